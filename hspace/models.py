@@ -1,0 +1,215 @@
+"""Loading unconditional diffusers U-Nets with their scheduler config.
+
+A model is named by one of:
+
+* a built-in config (random weights from a fixed seed, no download): ``tiny`` for fast tests and
+  ``celebahq-shape``, the exact architecture of ``google/ddpm-ema-celebahq-256``;
+* a local directory: either a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``)
+  or a bare U-Net folder (``config.json``, weights and ``scheduler_config.json``, the layout of
+  ``google/ddpm-ema-celebahq-256``);
+* a hub id ``owner/name``, fetched into (or read from) the user's Hugging Face cache, then loaded as a
+  local directory.
+
+Weights load through safetensors; a folder with only ``.bin`` weights is read by diffusers with
+``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from diffusers import UNet2DModel
+
+from hspace.errors import HSpaceError
+
+# The scheduler config of google/ddpm-ema-celebahq-256 (DDPM, linear betas, 1000 steps, clipped x0).
+DDPM_LINEAR_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+}
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedModel:
+    """A U-Net ready for sampling, with everything a corpus must record about it.
+
+    Attributes
+    ----------
+    name : str
+        The name it was loaded by (built-in name, directory or hub id).
+    unet : UNet2DModel
+        In eval mode, gradients off.
+    scheduler_config : dict
+        The training scheduler's config; samplers build a ``DDIMScheduler`` from it.
+    fingerprint : str
+        sha256 over the state dict (see :func:`weight_fingerprint`).
+    """
+
+    name: str
+    unet: UNet2DModel
+    scheduler_config: dict[str, Any]
+    fingerprint: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one sample."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(self.unet.config.in_channels), int(height), int(width))
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of h_t, the mid-block output: deepest channels at the lowest resolution."""
+        config = self.unet.config
+        _, height, width = self.image_shape
+        factor = 2 ** (len(config.down_block_types) - 1)
+        return (int(config.block_out_channels[-1]), height // factor, width // factor)
+
+
+def _tiny() -> UNet2DModel:
+    # Two levels with attention at the bottom, so the attention path (and its forward-mode AD
+    # caveat, environment.md) is exercised by every fast test. h = 32 x 8 x 8.
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=4,
+        attention_head_dim=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
+
+
+def _celebahq_shape() -> UNet2DModel:
+    # google/ddpm-ema-celebahq-256 (environment.md): 113.7M parameters, h = 512 x 8 x 8.
+    return UNet2DModel(
+        sample_size=256,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=(
+            "DownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        up_block_types=(
+            "UpBlock2D",
+            "AttnUpBlock2D",
+            "UpBlock2D",
+            "UpBlock2D",
+            "UpBlock2D",
+            "UpBlock2D",
+        ),
+        freq_shift=1,
+        flip_sin_to_cos=False,
+        downsample_padding=0,
+        norm_eps=1e-6,
+    )
+
+
+BUILTIN: dict[str, Callable[[], UNet2DModel]] = {"tiny": _tiny, "celebahq-shape": _celebahq_shape}
+
+
+def weight_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over the state dict: every key in sorted order with its dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def load_model(name: str, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a U-Net and its scheduler config by built-in name, directory or hub id.
+
+    Raises
+    ------
+    HSpaceError
+        If the name is none of these, the weights cannot be read, or the model has no ``mid_block``.
+    """
+    if name in BUILTIN:
+        unet, scheduler_config = _load_builtin(name), dict(DDPM_LINEAR_CONFIG)
+    elif Path(name).is_dir():
+        unet, scheduler_config = _load_directory(Path(name))
+    elif HUB_ID.match(name) and not Path(name).exists():
+        unet, scheduler_config = _load_directory(_hub_snapshot(name))
+    else:
+        raise HSpaceError(
+            f"unknown model {name!r}: not a built-in ({', '.join(sorted(BUILTIN))}), not an existing "
+            "directory, and not a hub id of the form owner/name"
+        )
+    if getattr(unet, "mid_block", None) is None:
+        raise HSpaceError(
+            f"model {name!r} has no mid_block, so it has no h-space: use a U-Net whose config has a "
+            "mid_block_type (the default UNetMidBlock2D)"
+        )
+    fingerprint = weight_fingerprint(unet)
+    unet = unet.to(device).eval().requires_grad_(False)
+    return LoadedModel(name=name, unet=unet, scheduler_config=scheduler_config, fingerprint=fingerprint)
+
+
+def _load_builtin(name: str) -> UNet2DModel:
+    # Random weights from a fixed seed, drawn without touching the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return BUILTIN[name]()
+
+
+def _load_directory(path: Path) -> tuple[UNet2DModel, dict[str, Any]]:
+    if (path / "model_index.json").is_file():
+        unet_dir, scheduler_file = path / "unet", path / "scheduler" / "scheduler_config.json"
+    else:
+        unet_dir, scheduler_file = path, path / "scheduler_config.json"
+    if not (unet_dir / "config.json").is_file():
+        raise HSpaceError(f"{path} is not a diffusers model folder: {unet_dir / 'config.json'} is missing")
+    if not scheduler_file.is_file():
+        raise HSpaceError(f"{path} has no scheduler config: expected {scheduler_file}")
+    config = json.loads((unet_dir / "config.json").read_text())
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise HSpaceError(
+            f"{path} holds a {config['_class_name']}; hspace works with unconditional UNet2DModel pipelines"
+        )
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=_has_safetensors(unet_dir))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise HSpaceError(f"cannot load the U-Net weights in {unet_dir}: {error}") from error
+    return unet, json.loads(scheduler_file.read_text())
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*/*.json",
+                                                       "*/*.safetensors", "*/*.bin"])
+        )
+    except Exception as error:  # the hub client raises many types; all mean "not available here"
+        raise HSpaceError(
+            f"cannot fetch hub model {repo_id!r} ({type(error).__name__}: {error}); without network access, "
+            "download it elsewhere and pass its local directory instead"
+        ) from error

@@ -1,0 +1,209 @@
+"""DDIM sampling with h capture and h injection (eq. 2-5 of the paper).
+
+Notation (<variable> -> <name in paper>):
+    x        -> x_t, the noisy image at the current step
+    eps      -> eps(x_t, t), the U-Net noise prediction
+    h        -> h_t, the mid-block output; ``h`` of a result is h_{T:1}, steps in sampling order
+    delta    -> delta h_{T:1}, added to h_t at every step (Sec. III)
+    eta      -> eta_t; 1 is DDPM-like (the paper's default), 0 is deterministic DDIM
+    z        -> z_t, the variance noise of step t
+
+Reproducibility: every sample owns a random stream, ``torch.Generator().manual_seed(seed)`` on the CPU.
+It draws x_T first and then z_t at each step with eta_t > 0, in sampling order: exactly the stream of
+diffusers' ``DDIMPipeline`` given one generator per sample. So a sample depends only on its seed, never
+on its batch, and an edit replays the same x_T and z_{T:1} (method.md). x_T and the z_t never come from
+the same stream position, the pitfall the authors' code warns about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+
+from hspace.errors import HSpaceError
+from hspace.hook import HHook, h_hook
+from hspace.models import LoadedModel
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleResult:
+    """Output of :func:`sample`.
+
+    Attributes
+    ----------
+    images : Tensor of shape (B, C, S, S), float32 in [0, 1], on the CPU
+    h : Tensor of shape (B, T, C_h, H_h, W_h), float32 on the CPU, or None without capture
+    timesteps : tuple of int, the T training timesteps in sampling order
+    """
+
+    images: torch.Tensor
+    h: torch.Tensor | None
+    timesteps: tuple[int, ...]
+
+
+def parse_eta(eta: float | Sequence[float], steps: int) -> tuple[float, ...]:
+    """One eta per step; a scalar is used at every step. Each must lie in [0, 1] (eq. 5)."""
+    values = (float(eta),) * steps if isinstance(eta, (int, float)) else tuple(float(e) for e in eta)
+    if len(values) != steps:
+        raise HSpaceError(f"eta has {len(values)} values but there are {steps} steps: give one per step or a scalar")
+    bad = [e for e in values if not 0.0 <= e <= 1.0]
+    if bad:
+        raise HSpaceError(f"eta must lie in [0, 1] (0 = DDIM, 1 = DDPM-like); got {bad[0]}")
+    return values
+
+
+def make_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
+    """A ``DDIMScheduler`` built from the model's (training) scheduler config, set to ``steps`` steps."""
+    if steps <= 0:
+        raise HSpaceError(f"steps must be a positive integer; got {steps}")
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    if steps > scheduler.config.num_train_timesteps:
+        raise HSpaceError(f"steps ({steps}) exceeds the model's {scheduler.config.num_train_timesteps} training timesteps")
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float images to uint8, rounded as diffusers' ``numpy_to_pil`` does."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def sample(
+    model: LoadedModel,
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    eta: float | Sequence[float] = 1.0,
+    delta: torch.Tensor | None = None,
+    capture: bool = True,
+    asyrp: bool = False,
+    microbatch: int | None = None,
+) -> SampleResult:
+    """Generate one sample per seed, optionally editing h and recording h_{T:1}.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    seeds : sequence of int
+        One per sample; the sample is a function of its seed alone.
+    steps : int
+        Number of DDIM steps T.
+    eta : float or sequence of T floats
+    delta : Tensor of shape (T, C, H, W) or (B, T, C, H, W), optional
+        delta h_{T:1}, e.g. from :func:`hspace.hook.compose_delta`. None samples unedited.
+    capture : bool
+        Record h_{T:1} (edit included).
+    asyrp : bool
+        Asyrp editing (Kwon et al., SM -B): P_t from the edited pass, D_t from an unedited pass; two
+        U-Net passes per step. Default is the paper's: one edited pass feeds both P_t and D_t.
+    microbatch : int, optional
+        Samples per U-Net pass. Defaults to 1 on the CPU, where oneDNN convolutions and GEMV/GEMM
+        dispatch round differently for different batch sizes (measured: 1.5e-6); one at a time makes
+        a sample bitwise independent of its batch. Defaults to the whole batch elsewhere.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise HSpaceError("sample needs at least one seed")
+    scheduler = make_scheduler(model.scheduler_config, steps)
+    etas = parse_eta(eta, steps)
+    unet = model.unet
+    device = unet.device
+    if microbatch is None:
+        microbatch = 1 if device.type == "cpu" else len(seeds)
+    deltas = _per_step_delta(delta, len(seeds), steps, model.h_shape, device)
+
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    x = _draw(generators, model.image_shape).to(device)  # x_T
+    captured: list[torch.Tensor] = []
+    with h_hook(unet) as hook, torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            eps, h_t = _eps(unet, hook, x, t, deltas[i], microbatch, capture=capture)
+            if capture:
+                captured.append(h_t)
+            # z_t is drawn only when eta_t > 0, exactly as DDIMScheduler.step draws it (eq. 3).
+            z = _draw(generators, model.image_shape).to(device) if etas[i] > 0 else None
+            out = scheduler.step(eps, t, x, eta=etas[i], variance_noise=z)
+            if asyrp and deltas[i] is not None:
+                # P_t from the edited eps, D_t (and sigma_t z_t) from an unedited pass:
+                # x_{t-1} = x_{t-1}(eps_orig) + sqrt(alpha_{t-1}) (P_t(eps_edit) - P_t(eps_orig)) (eq. 2).
+                eps_orig, _ = _eps(unet, hook, x, t, None, microbatch, capture=False)
+                plain = scheduler.step(eps_orig, t, x, eta=etas[i], variance_noise=z)
+                x = plain.prev_sample + _alpha_prev(scheduler, int(t)).sqrt() * (
+                    out.pred_original_sample - plain.pred_original_sample
+                )
+            else:
+                x = out.prev_sample
+    images = (x / 2 + 0.5).clamp(0, 1).float().cpu()
+    h = torch.stack(captured, dim=1).float().cpu() if capture else None
+    return SampleResult(images=images, h=h, timesteps=tuple(int(t) for t in scheduler.timesteps))
+
+
+def _draw(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
+
+
+def _eps(
+    unet: torch.nn.Module,
+    hook: HHook,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    delta_t: torch.Tensor | None,
+    microbatch: int,
+    *,
+    capture: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """eps(x_t, t) with delta_t added to h_t, in passes of ``microbatch`` samples; and h_t if captured."""
+    outputs, captures = [], []
+    hook.capture = capture
+    for start in range(0, x.shape[0], microbatch):
+        part = slice(start, start + microbatch)
+        hook.delta = None if delta_t is None else delta_t[part]
+        outputs.append(unet(x[part].to(unet.dtype), t).sample.float())
+        if capture:
+            captures.append(hook.captured)
+    hook.delta, hook.capture, hook.captured = None, False, None
+    return torch.cat(outputs), (torch.cat(captures) if capture else None)
+
+
+def _alpha_prev(scheduler: DDIMScheduler, t: int) -> torch.Tensor:
+    prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    return scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+
+
+def _per_step_delta(
+    delta: torch.Tensor | None,
+    batch: int,
+    steps: int,
+    h_shape: tuple[int, int, int],
+    device: torch.device,
+) -> list[torch.Tensor | None]:
+    """Split delta h_{T:1} into per-step (B, C, H, W) tensors; all None when there is no edit."""
+    if delta is None:
+        return [None] * steps
+    if tuple(delta.shape) == (steps, *h_shape):
+        delta = delta.unsqueeze(0).expand(batch, *delta.shape)
+    if tuple(delta.shape) != (batch, steps, *h_shape):
+        raise HSpaceError(
+            f"delta has shape {tuple(delta.shape)}; expected (T, C, H, W) = {(steps, *h_shape)} "
+            f"or (B, T, C, H, W) = {(batch, steps, *h_shape)}"
+        )
+    delta = delta.to(device=device, dtype=torch.float32)
+    return [delta[:, i] for i in range(steps)]
+
+
+def derive_seeds(base_seed: int, start: int, stop: int) -> list[int]:
+    """The per-sample seeds of samples ``start .. stop-1`` of a corpus with ``base_seed``.
+
+    Each comes from ``numpy.random.SeedSequence([base_seed, index])``, so neighbouring samples get
+    unrelated streams and sample i's seed does not depend on how the corpus is split into shards.
+    """
+    if base_seed < 0:
+        raise HSpaceError(f"seed must be a non-negative integer; got {base_seed}")
+    return [
+        int(np.random.SeedSequence([base_seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+        for i in range(start, stop)
+    ]

@@ -1,0 +1,320 @@
+"""The h-space corpus: one Zarr v3 group per model and sampler settings (design.md).
+
+Layout (N samples, T steps, shards of b samples):
+
+==========  ==================  =======  ==============================================  ====================
+array       shape               dtype    chunks / shards                                 dimension_names
+==========  ==================  =======  ==============================================  ====================
+h           (N, T, C, H, W)     f2/f4    chunk (b, 1, C, H, W), shard (b, T, C, H, W)     sample, step, h_*
+x0          (N, 3, S, S)        uint8    chunk (b, 3, S, S)                               sample, image_*
+seed        (N,)                int64    chunk (b,)                                       sample
+done        (n_shards,)         bool     chunk (1,)                                       shard
+timestep    (T,)                int64    one chunk                                        step
+==========  ==================  =======  ==============================================  ====================
+
+A shard is the unit of work, of resume and of retry: it is written in one whole-shard write per array
+(writes that cover part of a shard lose data under concurrent writers, environment.md), and only then
+is ``done[k]`` set, in a chunk of its own. Data of a shard that is not done is never trusted: a rerun
+rewrites it. The group attribute ``hspace`` holds the settings; ``initialized`` turns true only after
+every array exists, so a crash during creation is repaired by the next open.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+import zarr.errors
+from zarr.storage import FsspecStore, LocalStore
+
+from hspace.errors import HSpaceError
+
+SCHEMA_VERSION = 1
+H_DTYPES = ("float16", "float32")
+# Recorded but not compared when reopening: a newer hspace may resume a corpus it can read.
+NOT_COMPARED = ("package_version",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusSpec:
+    """Everything that fixes the corpus's content: reopening with any other value is an error."""
+
+    model: str
+    fingerprint: str
+    scheduler_class: str
+    scheduler_config: dict[str, Any]
+    samples: int
+    shard_size: int
+    steps: int
+    timesteps: tuple[int, ...]
+    eta: tuple[float, ...]
+    h_shape: tuple[int, int, int]
+    h_dtype: str
+    image_shape: tuple[int, int, int]
+    base_seed: int
+    package_version: str
+
+    def __post_init__(self) -> None:
+        if self.samples <= 0:
+            raise HSpaceError(f"samples must be a positive integer; got {self.samples}")
+        if self.shard_size <= 0:
+            raise HSpaceError(f"batch must be a positive integer; got {self.shard_size}")
+        if self.h_dtype not in H_DTYPES:
+            raise HSpaceError(f"h dtype must be one of {', '.join(H_DTYPES)}; got {self.h_dtype!r}")
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.samples // self.shard_size)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """[start, stop) sample indices of a shard; the last one is short when b does not divide N."""
+        if not 0 <= shard < self.n_shards:
+            raise HSpaceError(f"shard {shard} does not exist: this corpus has shards 0..{self.n_shards - 1}")
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.samples)
+
+    def to_attrs(self) -> dict[str, Any]:
+        # JSON round trip so that tuples and lists compare equal after reading back.
+        return json.loads(json.dumps({"schema_version": SCHEMA_VERSION, **asdict(self)}))
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> CorpusSpec:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in attrs.items() if k in names}
+        for key in ("timesteps", "eta", "h_shape", "image_shape"):
+            values[key] = tuple(values[key])
+        return cls(**values)
+
+
+class Corpus:
+    """An opened corpus. Create or resume one with :meth:`create_or_open`, read one with :meth:`open`."""
+
+    def __init__(self, url: str, group: zarr.Group, spec: CorpusSpec) -> None:
+        self.url, self.group, self.spec = url, group, spec
+
+    # ----- opening -----------------------------------------------------------------------------
+    @classmethod
+    def create_or_open(cls, url: str, spec: CorpusSpec) -> Corpus:
+        """Open the corpus at ``url`` for writing, creating it if nothing is there.
+
+        Raises
+        ------
+        HSpaceError
+            If the path holds something that is not an hspace corpus, a damaged group, or a corpus
+            with other settings (the message names every differing field), or cannot be written.
+        """
+        existing = _read_spec_attrs(url, must_exist=False)
+        if existing is None:
+            _refuse_non_empty(url)
+            group = _create_group(url, spec)
+        else:
+            _check_same(url, existing, spec)
+            group = zarr.open_group(_store(url, read_only=False), mode="r+")
+            if not existing.get("initialized", False):
+                _create_arrays(group, spec)
+        return cls(url, group, spec)
+
+    @classmethod
+    def open(cls, url: str, *, writable: bool = False) -> Corpus:
+        """Open an existing corpus with the settings it records (read-only unless ``writable``)."""
+        attrs = _read_spec_attrs(url, must_exist=True)
+        assert attrs is not None
+        if not attrs.get("initialized", False):
+            raise HSpaceError(f"{url} is a corpus whose creation did not finish: rerun `hspace corpus build`")
+        group = zarr.open_group(_store(url, read_only=not writable), mode="r+" if writable else "r")
+        return cls(url, group, CorpusSpec.from_attrs(attrs))
+
+    # ----- resume state ------------------------------------------------------------------------
+    def done_shards(self) -> np.ndarray:
+        """Bool (n_shards,): which shards are complete. An unreadable flag counts as not done."""
+        done = self.group["done"]
+        try:
+            return np.asarray(done[:], dtype=bool)
+        except Exception:  # a flag chunk damaged by a crash: read flag by flag, trust none that fails
+            flags = np.zeros(self.spec.n_shards, dtype=bool)
+            for k in range(self.spec.n_shards):
+                try:
+                    flags[k] = bool(done[k])
+                except Exception:
+                    flags[k] = False
+            return flags
+
+    def missing_shards(self) -> list[int]:
+        return [int(k) for k in np.flatnonzero(~self.done_shards())]
+
+    # ----- writing -----------------------------------------------------------------------------
+    def write_shard(self, shard: int, *, h: np.ndarray, x0: np.ndarray, seeds: np.ndarray) -> None:
+        """Write all T steps of one shard's samples in one write per array, then mark it done."""
+        start, stop = self.spec.shard_range(shard)
+        n = stop - start
+        expected = {
+            "h": (n, self.spec.steps, *self.spec.h_shape),
+            "x0": (n, *self.spec.image_shape),
+            "seed": (n,),
+        }
+        for name, array in (("h", h), ("x0", x0), ("seed", seeds)):
+            if tuple(array.shape) != expected[name]:
+                raise HSpaceError(f"shard {shard}: {name} has shape {tuple(array.shape)}, expected {expected[name]}")
+        self.group["h"][start:stop] = h.astype(self.spec.h_dtype, copy=False)
+        self.group["x0"][start:stop] = x0.astype(np.uint8, copy=False)
+        self.group["seed"][start:stop] = seeds.astype(np.int64, copy=False)
+        self.group["done"][shard] = True
+
+    # ----- reading -----------------------------------------------------------------------------
+    def read_h(self, samples: slice = slice(None), step: int | None = None) -> np.ndarray:
+        """h of some samples: (n, T, C, H, W), or (n, C, H, W) at one step (touches one chunk per shard)."""
+        return self.group["h"][samples] if step is None else self.group["h"][samples, step]
+
+    def read_x0(self, samples: slice = slice(None)) -> np.ndarray:
+        return self.group["x0"][samples]
+
+    def read_seeds(self, samples: slice = slice(None)) -> np.ndarray:
+        return self.group["seed"][samples]
+
+    def bytes_on_disk(self) -> int:
+        fs, path = fsspec.core.url_to_fs(self.url)
+        return int(fs.du(path, total=True))
+
+    def info(self) -> dict[str, Any]:
+        """Settings and progress, as one JSON-ready dict (``hspace corpus info --json``)."""
+        done = self.done_shards()
+        samples_done = sum(
+            stop - start for start, stop in (self.spec.shard_range(int(k)) for k in np.flatnonzero(done))
+        )
+        spec = self.spec
+        return {
+            "url": self.url,
+            "model": spec.model,
+            "fingerprint": spec.fingerprint,
+            "scheduler_class": spec.scheduler_class,
+            "samples": spec.samples,
+            "samples_done": int(samples_done),
+            "samples_missing": spec.samples - int(samples_done),
+            "batch": spec.shard_size,
+            "shards": spec.n_shards,
+            "shards_done": int(done.sum()),
+            "steps": spec.steps,
+            "timesteps": list(spec.timesteps),
+            "eta": list(spec.eta) if len(set(spec.eta)) > 1 else spec.eta[0],
+            "h_shape": list(spec.h_shape),
+            "h_dtype": spec.h_dtype,
+            "image_shape": list(spec.image_shape),
+            "seed": spec.base_seed,
+            "package_version": spec.package_version,
+            "bytes": self.bytes_on_disk(),
+        }
+
+
+# ----- private helpers ---------------------------------------------------------------------------
+def _is_url(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _store(url: str, *, read_only: bool) -> zarr.abc.store.Store:
+    if _is_url(url):
+        return FsspecStore.from_url(url, read_only=read_only)
+    return LocalStore(Path(url.removeprefix("file://")), read_only=read_only)
+
+
+def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
+    """The ``hspace`` group attribute at ``url``; None if nothing is there (and that is allowed)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(f"{path}/zarr.json"):
+        if must_exist:
+            raise HSpaceError(f"no corpus at {url}: build one with `hspace corpus build --out {url}`")
+        return None
+    try:
+        metadata = json.loads(fs.cat_file(f"{path}/zarr.json"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HSpaceError(
+            f"{url} holds a damaged Zarr group ({path}/zarr.json is not valid JSON: {error}); "
+            "remove it or choose another --out"
+        ) from error
+    if metadata.get("node_type") != "group" or metadata.get("zarr_format") != 3:
+        raise HSpaceError(f"{url} is a Zarr {metadata.get('node_type', 'node')}, not an hspace corpus group")
+    attrs = metadata.get("attributes", {}).get("hspace")
+    if not isinstance(attrs, dict):
+        raise HSpaceError(f"{url} is a Zarr group but not an hspace corpus; choose another --out")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise HSpaceError(
+            f"{url} has corpus schema version {attrs.get('schema_version')}; this hspace reads version "
+            f"{SCHEMA_VERSION}"
+        )
+    return attrs
+
+
+def _refuse_non_empty(url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
+            raise HSpaceError(f"{url} exists and is not an hspace corpus: choose another --out or remove it")
+    except PermissionError as error:
+        raise HSpaceError(f"cannot read {url}: {error}") from error
+
+
+def _check_same(url: str, attrs: dict[str, Any], spec: CorpusSpec) -> None:
+    wanted = spec.to_attrs()
+    differing = [
+        f"{key} (corpus: {_short(attrs.get(key))}, requested: {_short(wanted[key])})"
+        for key in wanted
+        if key not in NOT_COMPARED and attrs.get(key) != wanted[key]
+    ]
+    if differing:
+        raise HSpaceError(
+            f"the corpus at {url} was built with other settings: {'; '.join(differing)}. "
+            "Use the same settings to resume it, or another --out for a new corpus"
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _create_group(url: str, spec: CorpusSpec) -> zarr.Group:
+    attrs = {**spec.to_attrs(), "initialized": False}
+    try:
+        group = zarr.open_group(_store(url, read_only=False), mode="w-", attributes={"hspace": attrs})
+    except (OSError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as error:
+        raise HSpaceError(f"cannot create a corpus at {url}: {error}") from error
+    _create_arrays(group, spec)
+    return group
+
+
+def _create_arrays(group: zarr.Group, spec: CorpusSpec) -> None:
+    """Create (or recreate, after a crash during creation) every array, then mark the group ready."""
+    b, n = spec.shard_size, spec.samples
+    channels, height, width = spec.image_shape
+    group.create_array(
+        "h",
+        shape=(n, spec.steps, *spec.h_shape),
+        dtype=spec.h_dtype,
+        chunks=(b, 1, *spec.h_shape),
+        shards=(b, spec.steps, *spec.h_shape),
+        dimension_names=("sample", "step", "h_channel", "h_height", "h_width"),
+        overwrite=True,
+    )
+    group.create_array(
+        "x0",
+        shape=(n, channels, height, width),
+        dtype="uint8",
+        chunks=(b, channels, height, width),
+        dimension_names=("sample", "image_channel", "image_height", "image_width"),
+        overwrite=True,
+    )
+    group.create_array("seed", shape=(n,), dtype="int64", chunks=(b,), dimension_names=("sample",), overwrite=True)
+    group.create_array(
+        "done", shape=(spec.n_shards,), dtype="bool", chunks=(1,), fill_value=False,
+        dimension_names=("shard",), overwrite=True,
+    )
+    timestep = group.create_array(
+        "timestep", shape=(spec.steps,), dtype="int64", chunks=(spec.steps,), dimension_names=("step",),
+        overwrite=True,
+    )
+    timestep[:] = np.asarray(spec.timesteps, dtype=np.int64)
+    group.attrs.update({"hspace": {**spec.to_attrs(), "initialized": True}})

@@ -1,0 +1,112 @@
+"""Corpus tasks: prepare a corpus, and generate one shard of it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import hspace
+from hspace.errors import HSpaceError
+from hspace.models import LoadedModel, load_model
+from hspace.sampler import derive_seeds, make_scheduler, parse_eta, sample, to_uint8
+from storage.corpus import H_DTYPES, Corpus, CorpusSpec
+
+
+@functools.lru_cache(maxsize=2)
+def cached_model(name: str, device: str) -> LoadedModel:
+    """The model, loaded once per process (a Dask worker keeps it across shards); never sent through Prefect."""
+    return load_model(name, device=device)
+
+
+def check_build_arguments(*, samples: int, steps: int, eta: float | list[float], batch: int, seed: int,
+                          dtype: str, device: str) -> tuple[float, ...]:
+    """Reject bad arguments before anything is loaded or created; returns eta per step."""
+    for name, value in (("samples", samples), ("batch", batch), ("steps", steps)):
+        if not isinstance(value, int) or value <= 0:
+            raise HSpaceError(f"{name} must be a positive integer; got {value!r}")
+    if seed < 0:
+        raise HSpaceError(f"seed must be a non-negative integer; got {seed}")
+    if dtype not in H_DTYPES:
+        raise HSpaceError(f"dtype must be one of {', '.join(H_DTYPES)}; got {dtype!r}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise HSpaceError(f"device must be cpu or cuda; got {device!r}")
+    return parse_eta(eta, steps)
+
+
+def corpus_spec(model: LoadedModel, *, samples: int, steps: int, eta: tuple[float, ...], batch: int,
+                seed: int, dtype: str) -> CorpusSpec:
+    """The settings that fix a corpus's content, from the model and the sampler arguments."""
+    scheduler = make_scheduler(model.scheduler_config, steps)
+    return CorpusSpec(
+        model=model.name,
+        fingerprint=model.fingerprint,
+        scheduler_class=type(scheduler).__name__,
+        scheduler_config=dict(scheduler.config),
+        samples=samples,
+        shard_size=min(batch, samples),
+        steps=steps,
+        timesteps=tuple(int(t) for t in scheduler.timesteps),
+        eta=eta,
+        h_shape=model.h_shape,
+        h_dtype=dtype,
+        image_shape=model.image_shape,
+        base_seed=seed,
+        package_version=hspace.__version__,
+    )
+
+
+def prepare_corpus(*, out: str, model: str, samples: int, steps: int, eta: float | list[float], batch: int,
+                   seed: int, dtype: str, device: str) -> Corpus:
+    """Check the arguments, load the model, and create or reopen the corpus (refusing other settings)."""
+    etas = check_build_arguments(samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype,
+                                 device=device)
+    loaded = cached_model(model, device)
+    spec = corpus_spec(loaded, samples=samples, steps=steps, eta=etas, batch=batch, seed=seed, dtype=dtype)
+    return Corpus.create_or_open(out, spec)
+
+
+def _retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    # Retry storage hiccups (network filesystems, object stores); a bad argument fails the same way twice.
+    try:
+        state.result()
+    except (OSError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_on_io_error,
+    cache_policy=NO_CACHE,
+    task_run_name="generate-shard-{shard}",
+)
+def generate_shard(out: str, shard: int, model: str, device: str) -> int:
+    """Generate and write one shard (all T steps of b samples); a shard already done is skipped."""
+    corpus = Corpus.open(out, writable=True)
+    if corpus.done_shards()[shard]:
+        return shard
+    spec = corpus.spec
+    loaded = cached_model(model, device)
+    if loaded.fingerprint != spec.fingerprint:
+        raise HSpaceError(
+            f"the weights of {model!r} on this worker (sha256 {loaded.fingerprint[:12]}) differ from the "
+            f"corpus's ({spec.fingerprint[:12]}): every worker must see the same model files"
+        )
+    start, stop = spec.shard_range(shard)
+    seeds = derive_seeds(spec.base_seed, start, stop)
+    result = sample(loaded, seeds, steps=spec.steps, eta=spec.eta, capture=True)
+    assert result.h is not None
+    corpus.write_shard(
+        shard,
+        h=result.h.numpy(),
+        x0=to_uint8(result.images).numpy(),
+        seeds=np.asarray(seeds, dtype=np.int64),
+    )
+    return shard
