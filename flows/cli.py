@@ -15,6 +15,7 @@ from typing import Any
 # Before Prefect is imported: no telemetry, and only warnings from Prefect's own loggers on the terminal.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 DEFAULT_MODEL = "tiny"
 
