@@ -260,15 +260,24 @@ def _refuse_non_empty(url: str) -> None:
 def _check_same(url: str, attrs: dict[str, Any], spec: CorpusSpec) -> None:
     wanted = spec.to_attrs()
     differing = [
-        f"{key} (corpus: {_short(attrs.get(key))}, requested: {_short(wanted[key])})"
+        f"{name} (corpus: {_short(old)}, requested: {_short(new)})"
         for key in wanted
-        if key not in NOT_COMPARED and attrs.get(key) != wanted[key]
+        if key not in NOT_COMPARED
+        for name, old, new in _differences(key, attrs.get(key), wanted[key])
     ]
     if differing:
         raise HSpaceError(
             f"the corpus at {url} was built with other settings: {'; '.join(differing)}. "
             "Use the same settings to resume it, or another --out for a new corpus"
         )
+
+
+def _differences(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted name, old, new) for each differing leaf, so a config mismatch names the key inside it."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(old.keys() | new.keys())
+                for d in _differences(f"{name}.{key}", old.get(key), new.get(key))]
+    return [] if old == new else [(name, old, new)]
 
 
 def _short(value: Any) -> str:

@@ -45,7 +45,8 @@ def corpus_spec(model: LoadedModel, *, samples: int, steps: int, eta: tuple[floa
         model=model.name,
         fingerprint=model.fingerprint,
         scheduler_class=type(scheduler).__name__,
-        scheduler_config=dict(scheduler.config),
+        # diffusers' private keys (_use_default_values is a set-ordered list) vary between processes.
+        scheduler_config={k: v for k, v in scheduler.config.items() if not k.startswith("_")},
         samples=samples,
         shard_size=min(batch, samples),
         steps=steps,

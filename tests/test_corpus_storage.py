@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 
 import numpy as np
@@ -202,3 +203,26 @@ def test_xarray_opens_h_with_named_dimensions(tmp_path, spec):
 def test_spec_validation(spec, field, value, message):
     with pytest.raises(HSpaceError, match=message):
         dataclasses.replace(spec, **{field: value})
+
+
+def test_a_scheduler_config_difference_names_the_key(tmp_path, spec):
+    url = str(tmp_path / "c")
+    Corpus.create_or_open(url, spec)
+    other = dataclasses.replace(spec, scheduler_config={**spec.scheduler_config, "beta_end": 0.03})
+    with pytest.raises(HSpaceError, match=r"scheduler_config.beta_end \(corpus: 0.02, requested: 0.03\)"):
+        Corpus.create_or_open(url, other)
+
+
+def test_the_spec_is_the_same_in_another_process(tmp_path, spec):
+    import subprocess
+    import sys
+
+    # Settings computed in a fresh interpreter (another hash seed) must reopen this corpus.
+    url = str(tmp_path / "c")
+    Corpus.create_or_open(url, spec)
+    code = ("from hspace.models import load_model; from tasks.corpus import corpus_spec; "
+            "from storage.corpus import Corpus; "
+            f"Corpus.create_or_open({url!r}, corpus_spec(load_model('tiny'), samples=10, steps=4, eta=(1.0,) * 4, "
+            "batch=4, seed=3, dtype='float16'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "7"})
+    assert result.returncode == 0, result.stderr[-1500:]
