@@ -157,12 +157,14 @@ def _eps(
     capture: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """eps(x_t, t) with delta_t added to h_t, in passes of ``microbatch`` samples; and h_t if captured."""
+    # Once per call: ModelMixin.dtype walks every module, as costly as a tiny model's forward.
+    dtype = next(unet.parameters()).dtype
     outputs, captures = [], []
     hook.capture = capture
     for start in range(0, x.shape[0], microbatch):
         part = slice(start, start + microbatch)
         hook.delta = None if delta_t is None else delta_t[part]
-        outputs.append(unet(x[part].to(unet.dtype), t).sample.float())
+        outputs.append(unet(x[part].to(dtype), t).sample.float())
         if capture:
             captures.append(hook.captured)
     hook.delta, hook.capture, hook.captured = None, False, None
