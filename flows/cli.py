@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("url")
     info.add_argument("--json", action="store_true", help="print one JSON object")
 
+    testbed = commands.add_parser("testbed", help="the project's own trained model of procedural faces")
+    testbed_commands = testbed.add_subparsers(dest="testbed_command", required=True)
+    train = testbed_commands.add_parser("train", help="train (or resume) the testbed model and export it")
+    train.add_argument("--steps", type=int, default=8000)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch", type=int, default=32)
+    train.add_argument("--checkpoints", default=".train/testbed-ckpt", help="resumable checkpoint folder")
+    train.add_argument("--out", default=None, help="model folder to write (default: the shipped testbed model)")
+    train.add_argument("--no-progress", action="store_true")
+
     demo = commands.add_parser("demo", help="the main job on the embedded default: corpus, then a picture grid")
     demo.add_argument("--out", default="hspace-demo", help="folder for the corpus and pictures")
     demo.add_argument("--model", default=DEFAULT_MODEL)
@@ -118,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             from storage.corpus import Corpus
 
             _print_info(Corpus.open(args.url).info(), as_json=args.json)
+        elif args.command == "testbed" and args.testbed_command == "train":
+            from flows.testbed import train_testbed
+            from hspace.models import SHIPPED
+
+            sha = train_testbed(steps=args.steps, seed=args.seed, batch=args.batch, checkpoints=args.checkpoints,
+                                out=args.out or str(SHIPPED["testbed"]), progress=not args.no_progress)
+            print(f"testbed model written to {args.out or SHIPPED['testbed']} (sha256 {sha})")
         elif args.command == "demo":
             _demo(args)
     except HSpaceError as error:

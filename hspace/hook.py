@@ -33,16 +33,20 @@ class HHook:
     ----------
     delta : Tensor or None
         Added to h_t: shape (C, H, W) for every sample or (B, C, H, W) per sample. None edits nothing.
+    replace : Tensor or None
+        Used instead of the U-Net's own h_t (before ``delta``): the h-swap of Fig. 2a.
     captured : Tensor or None
         After a pass with ``capture`` set, h_t as the rest of the U-Net saw it (edit included).
     """
 
     delta: torch.Tensor | None = None
+    replace: torch.Tensor | None = None
     capture: bool = False
     captured: torch.Tensor | None = field(default=None, repr=False)
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        h = output if self.delta is None else output + self.delta.to(output.dtype)
+        h = output if self.replace is None else self.replace.to(output.dtype).expand_as(output)
+        h = h if self.delta is None else h + self.delta.to(output.dtype)
         if self.capture:
             self.captured = h.detach()
         return h

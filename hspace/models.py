@@ -128,6 +128,9 @@ def _celebahq_shape() -> UNet2DModel:
 
 BUILTIN: dict[str, Callable[[], UNet2DModel]] = {"tiny": _tiny, "celebahq-shape": _celebahq_shape}
 
+# Models the project trains and ships (weights inside the package, checked against their data card).
+SHIPPED: dict[str, Path] = {"testbed": Path(__file__).parent / "testbed" / "weights" / "model"}
+
 
 def weight_fingerprint(module: torch.nn.Module) -> str:
     """sha256 over the state dict: every key in sorted order with its dtype, shape and bytes."""
@@ -149,13 +152,15 @@ def load_model(name: str, *, device: str | torch.device = "cpu") -> LoadedModel:
     """
     if name in BUILTIN:
         unet, scheduler_config = _load_builtin(name), dict(DDPM_LINEAR_CONFIG)
+    elif name in SHIPPED:
+        unet, scheduler_config = _load_directory(verify_shipped(name))
     elif Path(name).is_dir():
         unet, scheduler_config = _load_directory(Path(name))
     elif HUB_ID.match(name) and not Path(name).exists():
         unet, scheduler_config = _load_directory(_hub_snapshot(name))
     else:
         raise HSpaceError(
-            f"unknown model {name!r}: not a built-in ({', '.join(sorted(BUILTIN))}), not an existing "
+            f"unknown model {name!r}: not a built-in ({', '.join(sorted([*BUILTIN, *SHIPPED]))}), not an existing "
             "directory, and not a hub id of the form owner/name"
         )
     if getattr(unet, "mid_block", None) is None:
@@ -166,6 +171,20 @@ def load_model(name: str, *, device: str | torch.device = "cpu") -> LoadedModel:
     fingerprint = weight_fingerprint(unet)
     unet = unet.to(device).eval().requires_grad_(False)
     return LoadedModel(name=name, unet=unet, scheduler_config=scheduler_config, fingerprint=fingerprint)
+
+
+def verify_shipped(name: str) -> Path:
+    """The folder of a shipped model, after checking its weights against the sha256 in its data card."""
+    folder = SHIPPED[name]
+    card_path, weights = folder / "card.json", folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not card_path.is_file() or not weights.is_file():
+        raise HSpaceError(f"the {name!r} model is not in this installation ({folder}); reinstall hspace")
+    expected = json.loads(card_path.read_text())["sha256"]
+    actual = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if actual != expected:
+        raise HSpaceError(f"the {name!r} weights are damaged (sha256 {actual[:12]}, card says {expected[:12]}); "
+                          "reinstall hspace")
+    return folder
 
 
 def _load_builtin(name: str) -> UNet2DModel:
@@ -190,7 +209,9 @@ def _load_directory(path: Path) -> tuple[UNet2DModel, dict[str, Any]]:
             f"{path} holds a {config['_class_name']}; hspace works with unconditional UNet2DModel pipelines"
         )
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=_has_safetensors(unet_dir))
+        # float32 on load: shipped weights are stored in float16 to stay small.
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=_has_safetensors(unet_dir),
+                                           torch_dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as error:
         raise HSpaceError(f"cannot load the U-Net weights in {unet_dir}: {error}") from error
     return unet, json.loads(scheduler_file.read_text())

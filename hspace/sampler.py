@@ -82,6 +82,7 @@ def sample(
     capture: bool = True,
     asyrp: bool = False,
     microbatch: int | None = None,
+    replace_h: torch.Tensor | None = None,
 ) -> SampleResult:
     """Generate one sample per seed, optionally editing h and recording h_{T:1}.
 
@@ -104,6 +105,9 @@ def sample(
         Samples per U-Net pass. Defaults to 1 on the CPU, where oneDNN convolutions and GEMV/GEMM
         dispatch round differently for different batch sizes (measured: 1.5e-6); one at a time makes
         a sample bitwise independent of its batch. Defaults to the whole batch elsewhere.
+    replace_h : Tensor of shape (B, T, C, H, W), optional
+        Use these h_{T:1} instead of the sample's own (Fig. 2a: keep x_T and z, take h from another
+        sample); ``delta`` is added on top.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -115,13 +119,14 @@ def sample(
     if microbatch is None:
         microbatch = 1 if device.type == "cpu" else len(seeds)
     deltas = _per_step_delta(delta, len(seeds), steps, model.h_shape, device)
+    replaced = _per_step_delta(replace_h, len(seeds), steps, model.h_shape, device)
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     x = _draw(generators, model.image_shape).to(device)  # x_T
     captured: list[torch.Tensor] = []
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
-            eps, h_t = _eps(unet, hook, x, t, deltas[i], microbatch, capture=capture)
+            eps, h_t = _eps(unet, hook, x, t, deltas[i], microbatch, capture=capture, replace_t=replaced[i])
             if capture:
                 captured.append(h_t)
             # z_t is drawn only when eta_t > 0, exactly as DDIMScheduler.step draws it (eq. 3).
@@ -130,7 +135,7 @@ def sample(
             if asyrp and deltas[i] is not None:
                 # P_t from the edited eps, D_t (and sigma_t z_t) from an unedited pass:
                 # x_{t-1} = x_{t-1}(eps_orig) + sqrt(alpha_{t-1}) (P_t(eps_edit) - P_t(eps_orig)) (eq. 2).
-                eps_orig, _ = _eps(unet, hook, x, t, None, microbatch, capture=False)
+                eps_orig, _ = _eps(unet, hook, x, t, None, microbatch, capture=False, replace_t=replaced[i])
                 plain = scheduler.step(eps_orig, t, x, eta=etas[i], variance_noise=z)
                 x = plain.prev_sample + _alpha_prev(scheduler, int(t)).sqrt() * (
                     out.pred_original_sample - plain.pred_original_sample
@@ -155,6 +160,7 @@ def _eps(
     microbatch: int,
     *,
     capture: bool,
+    replace_t: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """eps(x_t, t) with delta_t added to h_t, in passes of ``microbatch`` samples; and h_t if captured."""
     # Once per call: ModelMixin.dtype walks every module, as costly as a tiny model's forward.
@@ -164,10 +170,11 @@ def _eps(
     for start in range(0, x.shape[0], microbatch):
         part = slice(start, start + microbatch)
         hook.delta = None if delta_t is None else delta_t[part]
+        hook.replace = None if replace_t is None else replace_t[part]
         outputs.append(unet(x[part].to(dtype), t).sample.float())
         if capture:
             captures.append(hook.captured)
-    hook.delta, hook.capture, hook.captured = None, False, None
+    hook.delta, hook.replace, hook.capture, hook.captured = None, None, False, None
     return torch.cat(outputs), (torch.cat(captures) if capture else None)
 
 
@@ -183,7 +190,7 @@ def _per_step_delta(
     h_shape: tuple[int, int, int],
     device: torch.device,
 ) -> list[torch.Tensor | None]:
-    """Split delta h_{T:1} into per-step (B, C, H, W) tensors; all None when there is no edit."""
+    """Split delta (or replacement) h_{T:1} into per-step (B, C, H, W) tensors; all None when absent."""
     if delta is None:
         return [None] * steps
     if tuple(delta.shape) == (steps, *h_shape):

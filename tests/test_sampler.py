@@ -156,3 +156,13 @@ def test_derived_seeds_do_not_depend_on_the_split():
     assert derive_seeds(3, 0, 10)[4:7] == derive_seeds(3, 4, 7)
     assert len(set(derive_seeds(3, 0, 1000))) == 1000
     assert derive_seeds(3, 0, 5) != derive_seeds(4, 0, 5)
+
+
+def test_replacing_h_with_another_samples_h(tiny):
+    donor = sample(tiny, [31], steps=STEPS)
+    own = sample(tiny, [32], steps=STEPS)
+    swapped = sample(tiny, [32], steps=STEPS, replace_h=donor.h)
+    assert torch.equal(swapped.h, donor.h)  # the U-Net saw the donor's h at every step
+    assert not torch.equal(swapped.images, own.images)
+    # Replacing h by the sample's own h changes nothing.
+    assert torch.equal(sample(tiny, [32], steps=STEPS, replace_h=own.h).images, own.images)
