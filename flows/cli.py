@@ -17,7 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "testbed"
 
 
 def _eta(text: str) -> float | list[float]:
@@ -27,6 +27,14 @@ def _eta(text: str) -> float | list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"eta must be a number or comma-separated numbers; got {text!r}") from None
     return values[0] if len(values) == 1 else values
+
+
+def _floats(text: str) -> list[float]:
+    """Comma-separated numbers: ``1,2.5``."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoints", default=".train/testbed-ckpt", help="resumable checkpoint folder")
     train.add_argument("--out", default=None, help="model folder to write (default: the shipped testbed model)")
     train.add_argument("--no-progress", action="store_true")
+    report = testbed_commands.add_parser(
+        "report", help="measure what h controls in a model of the testbed faces: sample quality, supervised "
+                       "directions vs random, h swap (Fig. 2a), per-step R^2; writes report.json/.md and pictures")
+    report.add_argument("--model", default="testbed")
+    report.add_argument("--out", default="hspace-testbed-report", help="folder for report.json, report.md, *.png")
+    report.add_argument("--samples", type=int, default=512, help="annotated samples with h (corpus)")
+    report.add_argument("--eval-samples", type=int, default=64, help="fresh samples each direction edits")
+    report.add_argument("--k", type=int, default=None, help="top-k / bottom-k for eq. 11 (default samples / 4)")
+    report.add_argument("--gammas", type=_floats, default=[1.0, 2.0], help="edit strengths, e.g. 1,2")
+    report.add_argument("--steps", type=int, default=50)
+    report.add_argument("--swap-pairs", type=int, default=64)
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
     demo = commands.add_parser("demo", help="the main job on the embedded default: corpus, then a picture grid")
     demo.add_argument("--out", default="hspace-demo", help="folder for the corpus and pictures")
@@ -117,6 +138,61 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"samples grid: {grid}")
 
 
+def _testbed_report(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from hspace.annotators import load_annotator
+    from hspace.errors import HSpaceError
+    from hspace.models import load_model
+    from hspace.render import heatmap, image_grid
+    from hspace.testbed.evaluate import edit_grid, report, to_markdown
+
+    for name in ("samples", "eval_samples", "steps", "swap_pairs"):
+        if getattr(args, name) <= 0:
+            raise HSpaceError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, annotator = load_model(args.model), load_annotator("testbed")
+    result = report(model, annotator, samples=args.samples, eval_samples=args.eval_samples, k=args.k,
+                    steps=args.steps, gammas=args.gammas, seed=args.seed, swap_pairs=args.swap_pairs,
+                    progress=lambda message: print(f"[testbed report] {message}", file=sys.stderr, flush=True))
+    figures, corpus = result["figures"], result["corpus"]
+    print("[testbed report] pictures", file=sys.stderr, flush=True)
+    # Pictures first, the figures last: a report.json on disk means the whole report was written.
+    span = max(abs(g) for g in args.gammas)
+    gammas = [-2 * span, -span, 0.0, span, 2 * span]
+    seeds = corpus.seeds[:3]
+    pictures = {
+        "samples.png": image_grid(corpus.images[:64], columns=8),
+        "edits.png": image_grid(edit_grid(model, seeds, result["directions"], gammas, steps=args.steps),
+                                columns=len(seeds) * len(gammas)),
+        # Triples (noise donor, h donor, result), four per row (Fig. 2a).
+        "swap.png": image_grid(_swap_triples(corpus.images, result["swapped"], pairs=min(16, args.swap_pairs)),
+                               columns=12),
+        "r2.png": heatmap(torch.tensor(list(figures["per_step_r2"]["r2"].values())).numpy(),
+                          list(figures["per_step_r2"]["r2"]), title="held-out R^2 of h_t -> factor, step 1..T"),
+    }
+    for name, picture in pictures.items():
+        _atomic_write(out / name, lambda path, picture=picture: picture.save(path, format="PNG"))
+    _atomic_write(out / "report.md", lambda path: path.write_text(to_markdown(figures)))
+    _atomic_write(out / "report.json", lambda path: path.write_text(json.dumps(figures, indent=2) + "\n"))
+    return figures
+
+
+def _swap_triples(images: Any, swapped: Any, *, pairs: int) -> Any:
+    """(noise donor, h donor, result) for the first ``pairs`` h-swap pairs, flattened for a grid."""
+    import numpy as np
+
+    total = len(swapped)
+    return np.stack([image for i in range(pairs) for image in (images[i], images[total + i], swapped[i])])
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    write(staging)
+    staging.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from hspace.errors import HSpaceError
@@ -135,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             sha = train_testbed(steps=args.steps, seed=args.seed, batch=args.batch, checkpoints=args.checkpoints,
                                 out=args.out or str(SHIPPED["testbed"]), progress=not args.no_progress)
             print(f"testbed model written to {args.out or SHIPPED['testbed']} (sha256 {sha})")
+        elif args.command == "testbed" and args.testbed_command == "report":
+            figures = _testbed_report(args)
+            if args.json:
+                print(json.dumps(figures))
+            else:
+                print(f"testbed report written to {args.out}/report.md (face rate "
+                      f"{figures['quality']['face_rate']:.3f}; factors passing: "
+                      f"{[f for f, r in figures['supervised']['factors'].items() if r['passes_at_gamma'] is not None]})")
         elif args.command == "demo":
             _demo(args)
     except HSpaceError as error:

@@ -33,3 +33,28 @@ def save_grid(images: np.ndarray, path: Path, **grid_options: int) -> Path:
     """Write :func:`image_grid` to ``path`` (PNG) and return the path."""
     image_grid(images, **grid_options).save(path)
     return path
+
+
+def heatmap(values: np.ndarray, rows: list[str], *, low: float = 0.0, high: float = 1.0, cell: int = 10,
+            title: str = "") -> Image.Image:
+    """A matrix as coloured cells (blue at ``low`` to red at ``high``), row labels on the left."""
+    from PIL import ImageDraw
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] != len(rows):
+        raise HSpaceError(f"heatmap needs a (rows, columns) matrix with one label per row; got {values.shape}, "
+                          f"{len(rows)} labels")
+    label_width, top = 8 + 7 * max(map(len, rows)), 20 if title else 4
+    height, width = values.shape
+    picture = Image.new("RGB", (label_width + width * cell + 4, top + height * cell + 4), "white")
+    draw = ImageDraw.Draw(picture)
+    if title:
+        draw.text((4, 4), title, fill="black")
+    share = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low or 1.0), 0, 1)
+    for i, name in enumerate(rows):
+        draw.text((4, top + i * cell), name, fill="black")
+        for j in range(width):
+            red, blue = int(255 * share[i, j]), int(255 * (1 - share[i, j]))
+            x, y = label_width + j * cell, top + i * cell
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(red, 64, blue))
+    return picture
