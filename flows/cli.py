@@ -19,6 +19,11 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 DEFAULT_MODEL = "testbed"
 
+# Command groups that live in modules of their own (one per area, so that each area's parsing and printing
+# sits next to the flows it calls). Each module has ``add_commands(commands)``, which adds its sub-parsers
+# to the top-level ``commands`` and gives each a ``run`` default: ``run(args) -> int | None``.
+COMMAND_MODULES: tuple[str, ...] = ("flows.cli_bank",)
+
 
 def _eta(text: str) -> float | list[float]:
     """``1.0`` for every step, or one value per step: ``0,0.5,1``."""
@@ -79,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=50)
     demo.add_argument("--batch", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(commands)
     return parser
 
 
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     from hspace.errors import HSpaceError
 
     try:
+        if getattr(args, "run", None) is not None:
+            return int(args.run(args) or 0)
         if args.command == "corpus" and args.corpus_command == "build":
             _print_info(_build(args), as_json=False)
         elif args.command == "corpus" and args.corpus_command == "info":

@@ -4,6 +4,7 @@ The core library: model loading, the h hook, sampling with capture and injection
 only, no Prefect and no Zarr, so it is usable from a notebook.
 """
 
+from hspace.bank import Bank, Direction, edit, latest_version, list_versions, load_bank, publish
 from hspace.errors import HSpaceError
 from hspace.hook import compose_delta, h_hook
 from hspace.models import LoadedModel, load_model, weight_fingerprint
@@ -12,6 +13,13 @@ from hspace.sampler import SampleResult, sample
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bank",
+    "Direction",
+    "edit",
+    "latest_version",
+    "list_versions",
+    "load_bank",
+    "publish",
     "HSpaceError",
     "LoadedModel",
     "SampleResult",

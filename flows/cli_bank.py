@@ -1,0 +1,179 @@
+"""``hspace bank list|show|export|publish|verify``: inspect, copy and publish direction banks (hspace.bank).
+
+No Prefect: a bank is safetensors + JSON files, read and written by :mod:`hspace.bank`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``bank`` and its sub-commands to the top-level ``hspace`` commands."""
+    bank = commands.add_parser("bank", help="list, show, export, publish and verify direction banks")
+    sub = bank.add_subparsers(dest="bank_command", required=True)
+
+    listing = sub.add_parser("list", help="the versions of a bank, the latest marked")
+    listing.add_argument("url", help="bank location: a path or an fsspec URL")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    listing.set_defaults(run=_list)
+
+    show = sub.add_parser("show", help="the directions of one version: method, norms, evaluation")
+    show.add_argument("url")
+    show.add_argument("--version", default="latest")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.set_defaults(run=_show)
+
+    export = sub.add_parser("export", help="copy one version out: FILE.safetensors (+ FILE.json) or a new bank")
+    export.add_argument("url")
+    export.add_argument("--version", default="latest")
+    export.add_argument("--out", required=True,
+                        help="a .safetensors file (all directions, the manifest beside it as .json) or a bank folder")
+    export.set_defaults(run=_export)
+
+    publish = sub.add_parser("publish", help="publish named tensors with their metadata as a new version")
+    publish.add_argument("url")
+    publish.add_argument("--from", dest="tensors", required=True,
+                         help="safetensors file: one (T, C, H, W) tensor per direction name")
+    publish.add_argument("--meta", required=True,
+                         help="JSON: model_fingerprint, sampler {eta, timesteps}, notes, directions {name: {method, "
+                              "parameters, source, evaluation}} (an exported manifest works too)")
+    publish.add_argument("--version", default=None, help="version name (default: the next vNNNN)")
+    publish.add_argument("--json", action="store_true", help="print one JSON object")
+    publish.set_defaults(run=_publish)
+
+    verify = sub.add_parser("verify", help="check every checksum of a version (or of all versions)")
+    verify.add_argument("url")
+    which = verify.add_mutually_exclusive_group()
+    which.add_argument("--version", default="latest")
+    which.add_argument("--all", action="store_true", help="every published version")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(run=_verify)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from hspace.bank import latest_version, list_versions, load_bank
+    from hspace.errors import HSpaceError
+
+    latest = latest_version(args.url)
+    rows = []
+    for version in list_versions(args.url):
+        row: dict[str, Any] = {"version": version, "latest": version == latest}
+        try:
+            bank = load_bank(args.url, version)
+            row.update(created=bank.created, directions=list(bank.names), model_fingerprint=bank.fingerprint)
+        except HSpaceError as error:
+            row["damaged"] = str(error)
+        rows.append(row)
+    if not rows:
+        raise HSpaceError(f"no direction bank at {args.url}: publish one with `hspace bank publish`")
+    if args.json:
+        print(json.dumps({"url": args.url, "latest": latest, "versions": rows}))
+        return
+    width = max(len(row["version"]) for row in rows)
+    for row in rows:
+        if "damaged" in row:
+            print(f"{row['version']:<{width}}  DAMAGED: {row['damaged']}")
+            continue
+        mark = "  (latest)" if row["latest"] else ""
+        print(f"{row['version']:<{width}}  {row['created']}  {len(row['directions'])} direction{'s' * (len(row['directions']) != 1)}  model "
+              f"{row['model_fingerprint'][:12]}{mark}")
+
+
+def _show(args: argparse.Namespace) -> None:
+    from hspace.bank import load_bank
+
+    bank = load_bank(args.url, args.version)
+    info = bank.info()
+    for name, record in info["directions"].items():
+        record.update(_norms(bank.tensor(name)))
+    if args.json:
+        print(json.dumps(info))
+        return
+    eta = info["sampler"]["eta"]
+    print(f"bank {bank.url} version {bank.version} ({bank.created}), model {bank.fingerprint[:12]}, "
+          f"T = {bank.steps}, h = {bank.h_shape}, eta = {eta[0] if len(set(eta)) == 1 else eta}")
+    if bank.notes:
+        print(f"notes: {bank.notes}")
+    width = max(map(len, bank.names))
+    for name, record in info["directions"].items():
+        print(f"{name:<{width}}  {record['method']:<12}  |v| {record['norm']:.4g}  |v_t| {record['step_norm_min']:.4g}"
+              f"..{record['step_norm_max']:.4g}  source {record['source'] or '-'}  "
+              f"evaluation {_summary(record['evaluation'])}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from hspace.bank import load_bank
+
+    bank = load_bank(args.url, args.version)
+    for path in bank.export(args.out):
+        print(path)
+
+
+def _publish(args: argparse.Namespace) -> None:
+    import fsspec
+    import safetensors.torch
+
+    from hspace.bank import parse_meta, publish
+    from hspace.errors import HSpaceError
+
+    try:
+        with fsspec.open(args.tensors, "rb") as file:
+            data = file.read()
+        with fsspec.open(args.meta, "rb") as file:
+            meta = json.loads(file.read())
+    except FileNotFoundError as error:
+        raise HSpaceError(f"cannot read {error.filename or error}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HSpaceError(f"--meta {args.meta} is not valid JSON: {error}") from None
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as error:  # safetensors raises its own SafetensorError for any malformed file
+        raise HSpaceError(f"--from {args.tensors} is not a safetensors file: {error}") from None
+    version = publish(args.url, version=args.version, **parse_meta(meta, tensors))
+    print(json.dumps({"url": args.url, "version": version}) if args.json else f"published {args.url} version {version}")
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from hspace.bank import list_versions, load_bank
+
+    versions = list_versions(args.url) if args.all else [args.version]
+    checked = {}
+    for version in versions:
+        bank = load_bank(args.url, version)
+        checked[bank.version] = bank.verify()
+    if args.json:
+        print(json.dumps({"url": args.url, "verified": checked}))
+        return
+    for version, names in checked.items():
+        print(f"{version}: {len(names)} direction{'s' * (len(names) != 1)} verified")
+
+
+def _norms(tensor: Any) -> dict[str, float]:
+    """|v| over all steps, and the smallest and largest |v_t|."""
+    from hspace.directions import per_step_norm
+
+    per_step = per_step_norm(tensor.float())
+    return {"norm": float(tensor.float().norm()), "step_norm_min": float(per_step.min()),
+            "step_norm_max": float(per_step.max())}
+
+
+def _summary(evaluation: dict[str, Any], limit: int = 4) -> str:
+    """The first few numbers of an evaluation dict, nested keys dotted: ``auc=0.91, effect.gamma_2=0.4``."""
+    flat: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat.append((prefix, value))
+
+    walk("", evaluation)
+    if not flat:
+        return "-"
+    shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                      for key, value in flat[:limit])
+    return shown + (f" (+{len(flat) - limit} more)" if len(flat) > limit else "")
