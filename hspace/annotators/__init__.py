@@ -1,21 +1,99 @@
-"""Annotators: score images for named attributes behind one interface (see :mod:`hspace.annotators.base`)."""
+"""Annotators: score images for named attributes behind one interface (see :mod:`hspace.annotators.base`).
+
+Built in (:func:`load_annotator`):
+
+* ``"testbed"``: the testbed CNN (:mod:`hspace.testbed.annotator`); options ``path``, ``batch``.
+* ``"clip"``: open_clip zero-shot scores from prompt pairs (:mod:`hspace.annotators.clip`); options
+  ``model``, ``pretrained``, ``prompts``, ``name``, ``batch``, ``device``, ``cache_dir``.
+* ``"faces"``: MTCNN face probability, box, landmarks and pose proxies (:mod:`hspace.annotators.faces`);
+  options ``min_side``, ``min_face_size``, ``thresholds``, ``factor``, ``batch``, ``device``.
+* a user classifier (:mod:`hspace.annotators.classifier`): ``"classifier:<path>"``, or simply a path whose
+  name ends in ``.ts``, ``.torchscript`` or ``.safetensors``; options ``config``, ``select``, ``output``,
+  ``name``, ``batch``, ``device``. Paths to pickles (``.pt``, ``.pth``, ``.pkl``, ...) go there too, to be
+  refused with a message that says how to export the model instead.
+
+Each annotator's dependencies are imported only when it is loaded: naming ``faces`` never imports open_clip.
+"""
 
 from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
 
 from hspace.annotators.base import Annotator
 from hspace.errors import HSpaceError
 
-# Name -> loader; loaders import lazily so that naming one annotator never loads another's dependencies.
-ANNOTATORS = ("testbed",)
+ANNOTATORS = ("testbed", "clip", "faces")
+CLASSIFIER_PREFIX = "classifier:"
+# Names ending so are paths of user classifiers (the pickle ones only to be refused with advice).
+CLASSIFIER_SUFFIXES = (".ts", ".torchscript", ".safetensors", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+# Annotator and attribute names become corpus paths (annotations/<name>/<attribute>): one plain path segment.
+# The same rule as storage.annotations.NAME, which hspace may not import.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def load_annotator(name: str) -> Annotator:
-    """A built-in annotator by name (see :data:`ANNOTATORS`)."""
+def check_name(name: object, what: str) -> str:
+    """``name`` if it is safe as one path segment of the corpus; HSpaceError saying what is allowed otherwise."""
+    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
+        raise HSpaceError(f"{what} name {name!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
+                          "starting with a letter or digit (it becomes a path in the corpus)")
+    return name
+
+
+def load_annotator(name: str, /, **options: Any) -> Annotator:
+    """An annotator by name: a built-in (:data:`ANNOTATORS`) or a user classifier path (module docstring).
+
+    Parameters
+    ----------
+    name : str
+        ``"testbed"``, ``"clip"``, ``"faces"``, ``"classifier:<path>"`` or a path ending in one of
+        :data:`CLASSIFIER_SUFFIXES`.
+    **options
+        Passed to the annotator's loader (see the module docstring).
+
+    Returns
+    -------
+    Annotator
+
+    Raises
+    ------
+    HSpaceError
+        For an unknown name (the message lists the built-ins) or whatever the loader refuses.
+    """
+    if not isinstance(name, str):
+        raise HSpaceError(f"annotator name must be a string; got {type(name).__name__}")
+    arguments: tuple[Any, ...] = ()
     if name == "testbed":
         from hspace.testbed.annotator import TestbedAnnotator
 
-        return TestbedAnnotator.load()
-    raise HSpaceError(f"unknown annotator {name!r}; built in: {', '.join(ANNOTATORS)}")
+        loader = TestbedAnnotator.load
+    elif name == "clip":
+        from hspace.annotators.clip import ClipAnnotator
+
+        loader = ClipAnnotator.load
+    elif name == "faces":
+        from hspace.annotators.faces import FaceAnnotator
+
+        loader = FaceAnnotator
+    elif name.startswith(CLASSIFIER_PREFIX) or name.lower().endswith(CLASSIFIER_SUFFIXES):
+        from hspace.annotators.classifier import load_classifier
+
+        loader, arguments = load_classifier, (name.removeprefix(CLASSIFIER_PREFIX),)
+    else:
+        raise HSpaceError(f"unknown annotator {name!r}; built in: {', '.join(ANNOTATORS)}, or a user classifier "
+                          f"as '{CLASSIFIER_PREFIX}<path>' (TorchScript .ts, or .safetensors with a JSON config)")
+    try:
+        inspect.signature(loader).bind(*arguments, **options)
+    except TypeError as error:  # an option this annotator does not take
+        raise HSpaceError(f"annotator {name!r} does not take these options ({error}); it takes "
+                          f"{_option_names(loader, len(arguments))}") from None
+    return loader(*arguments, **options)
 
 
-__all__ = ["ANNOTATORS", "Annotator", "load_annotator"]
+def _option_names(loader: Any, positional: int) -> str:
+    names = list(inspect.signature(loader).parameters)[positional:]
+    return ", ".join(names) or "no options"
+
+
+__all__ = ["ANNOTATORS", "Annotator", "check_name", "load_annotator"]
