@@ -5,6 +5,7 @@ Notation (<variable> -> <name in paper>):
     eps      -> eps(x_t, t), the U-Net noise prediction
     h        -> h_t, the mid-block output; ``h`` of a result is h_{T:1}, steps in sampling order
     delta    -> delta h_{T:1}, added to h_t at every step (Sec. III)
+    noise_delta -> delta x_T, added to x_T once before the first step (eq. 11 with q = x_T, Fig. 8a)
     eta      -> eta_t; 1 is DDPM-like (the paper's default), 0 is deterministic DDIM
     z        -> z_t, the variance noise of step t
 
@@ -83,6 +84,7 @@ def sample(
     asyrp: bool = False,
     microbatch: int | None = None,
     replace_h: torch.Tensor | None = None,
+    noise_delta: torch.Tensor | None = None,
 ) -> SampleResult:
     """Generate one sample per seed, optionally editing h and recording h_{T:1}.
 
@@ -108,6 +110,13 @@ def sample(
     replace_h : Tensor of shape (B, T, C, H, W), optional
         Use these h_{T:1} instead of the sample's own (Fig. 2a: keep x_T and z, take h from another
         sample); ``delta`` is added on top.
+    noise_delta : Tensor of shape (C, S, S) or (B, C, S, S), optional
+        Added to x_T before the first step: an edit in x_T (eq. 11 with q = x_T, Fig. 8a). The z_t stay
+        the sample's own. Added as the paper adds it, with no renormalisation: x_T + delta is no longer
+        exactly on the shell |x_T| ~ sqrt(C S S) of Gaussian noise, but at the gammas where x_T edits
+        keep images in distribution the norm changes by a few percent (|x_T + g v|^2 = |x_T|^2 +
+        2 g <x_T, v> + g^2 |v|^2, and <x_T, v> averages out). A caller who wants the norm kept builds the
+        per-sample delta with :func:`hspace.directions.norm_preserving_noise_delta`.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -123,6 +132,8 @@ def sample(
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     x = _draw(generators, model.image_shape).to(device)  # x_T
+    if noise_delta is not None:
+        x = x + _noise_delta(noise_delta, len(seeds), model.image_shape, device)
     captured: list[torch.Tensor] = []
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
@@ -147,8 +158,31 @@ def sample(
     return SampleResult(images=images, h=h, timesteps=tuple(int(t) for t in scheduler.timesteps))
 
 
+def initial_noise(model: LoadedModel, seeds: Sequence[int]) -> torch.Tensor:
+    """x_T of each sample, exactly as :func:`sample` draws it: shape (n, C, S, S), float32 on the CPU.
+
+    x_T is the first draw of the sample's stream (diffusers' ``DDIMPipeline`` draws it the same way), so
+    eq. 11 in x_T needs only the seeds of the examples, never a rerun of the sampler.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise HSpaceError("initial_noise needs at least one seed")
+    return _draw([torch.Generator().manual_seed(s) for s in seeds], model.image_shape)
+
+
 def _draw(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
     return torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
+
+
+def _noise_delta(noise_delta: torch.Tensor, batch: int, image_shape: tuple[int, ...],
+                 device: torch.device) -> torch.Tensor:
+    """delta x_T as (B, C, S, S); one (C, S, S) delta is used for every sample."""
+    if tuple(noise_delta.shape) == tuple(image_shape):
+        noise_delta = noise_delta.unsqueeze(0).expand(batch, *image_shape)
+    if tuple(noise_delta.shape) != (batch, *image_shape):
+        raise HSpaceError(f"noise_delta has shape {tuple(noise_delta.shape)}; expected (C, S, S) = "
+                          f"{tuple(image_shape)} or (B, C, S, S) = {(batch, *image_shape)}")
+    return noise_delta.to(device=device, dtype=torch.float32)
 
 
 def _eps(

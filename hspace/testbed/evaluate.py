@@ -16,7 +16,6 @@ exist for generated samples) and returns plain dicts of numbers:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,39 +23,13 @@ import torch
 from hspace.annotators.base import Annotator
 from hspace.directions import random_direction_like, supervised_direction, top_bottom
 from hspace.errors import HSpaceError
+from hspace.evaluate import Samples, generate
 from hspace.models import LoadedModel
 from hspace.sampler import derive_seeds, sample, to_uint8
 from hspace.testbed.faces import BINARY_FACTORS, FACTORS, render_dataset
 
 FACE_THRESHOLD = 0.5
 STILL_A_FACE = 0.9  # share of edited samples the annotator must call faces
-
-
-@dataclass(frozen=True, kw_only=True)
-class Samples:
-    seeds: list[int]
-    images: np.ndarray  # uint8 (n, 3, S, S)
-    h: torch.Tensor | None  # (n, T, C, H, W)
-    scores: dict[str, np.ndarray]  # attribute -> (n,)
-
-
-def generate(model: LoadedModel, annotator: Annotator, seeds: Sequence[int], *, steps: int, eta: float = 1.0,
-             delta: torch.Tensor | None = None, replace_h: torch.Tensor | None = None, capture: bool = False,
-             batch: int = 128) -> Samples:
-    """Sample (whole batches per U-Net pass: evaluation needs no bitwise batch independence) and score."""
-    images, hs = [], []
-    for start in range(0, len(seeds), batch):
-        part = slice(start, start + batch)
-        d = delta if delta is None or delta.ndim == 4 else delta[part]
-        r = None if replace_h is None else replace_h[part]
-        result = sample(model, seeds[part], steps=steps, eta=eta, delta=d, replace_h=r, capture=capture,
-                        microbatch=batch)
-        images.append(to_uint8(result.images).numpy())
-        if capture:
-            hs.append(result.h)
-    images_all = np.concatenate(images)
-    return Samples(seeds=list(seeds), images=images_all, h=torch.cat(hs) if capture else None,
-                   scores=annotator.scores_by_attribute(images_all))
 
 
 def _is_face(scores: dict[str, np.ndarray]) -> np.ndarray:
