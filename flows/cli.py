@@ -22,7 +22,7 @@ DEFAULT_MODEL = "testbed"
 # Command groups that live in modules of their own (one per area, so that each area's parsing and printing
 # sits next to the flows it calls). Each module has ``add_commands(commands)``, which adds its sub-parsers
 # to the top-level ``commands`` and gives each a ``run`` default: ``run(args) -> int | None``.
-COMMAND_MODULES: tuple[str, ...] = ("flows.cli_bank",)
+COMMAND_MODULES: tuple[str, ...] = ("flows.cli_bank", "flows.cli_directions", "flows.cli_rebuild", "flows.cli_annotate")
 
 
 def _eta(text: str) -> float | list[float]:

@@ -58,3 +58,110 @@ def heatmap(values: np.ndarray, rows: list[str], *, low: float = 0.0, high: floa
             x, y = label_width + j * cell, top + i * cell
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(red, 64, blue))
     return picture
+
+
+# Label geometry of the default PIL font: about 6 px per character, 11 px per line.
+_CHAR_WIDTH, _LINE_HEIGHT = 6, 12
+
+
+def labeled_grid(images: np.ndarray, row_labels: list[str], column_labels: list[str], *,
+                 column_groups: list[str] | None = None, scale: int | None = None, pad: int = 2) -> Image.Image:
+    """A grid of uint8 images (rows, columns, 3, S, S) with row labels on the left and column labels on top.
+
+    ``column_groups`` (optional, one label per run of equal consecutive entries) is a second header line
+    above the column labels, e.g. the seed over its gamma columns (the layout of the paper's Fig. 3-5).
+    Each image is enlarged by ``scale`` (default: to about 64 px, as :func:`image_grid`). Cell (r, c) has its
+    top-left corner at ``(left + pad + c * (w + pad), top + pad + r * (h + pad))`` with ``w, h = scale * S``,
+    ``left = 4 + 6 * max(len(row label))`` and ``top = 12 * header lines + 2``; the picture is
+    ``left + pad + columns * (w + pad)`` wide and ``top + pad + rows * (h + pad)`` high.
+    """
+    from PIL import ImageDraw
+
+    if images.ndim != 5 or images.shape[2] != 3 or images.dtype != np.uint8:
+        raise HSpaceError(f"labeled_grid expects uint8 images of shape (rows, columns, 3, S, S); got "
+                          f"{images.dtype} {images.shape}")
+    rows, columns, _, height, width = images.shape
+    if len(row_labels) != rows or len(column_labels) != columns:
+        raise HSpaceError(f"labeled_grid needs one label per row and per column: {rows} x {columns} images, "
+                          f"{len(row_labels)} row and {len(column_labels)} column labels")
+    if column_groups is not None and len(column_groups) != columns:
+        raise HSpaceError(f"column_groups needs one entry per column ({columns}); got {len(column_groups)}")
+    scale = scale or max(1, 64 // max(height, width))
+    w, h = width * scale, height * scale
+    left = 4 + _CHAR_WIDTH * max(map(len, row_labels))
+    top = _LINE_HEIGHT * (1 if column_groups is None else 2) + 2
+    picture = Image.new("RGB", (left + pad + columns * (w + pad), top + pad + rows * (h + pad)), "white")
+    draw = ImageDraw.Draw(picture)
+    x_of = [left + pad + c * (w + pad) for c in range(columns)]
+    if column_groups is not None:
+        for c, name in enumerate(column_groups):
+            if c == 0 or column_groups[c - 1] != name:
+                draw.text((x_of[c], 1), name, fill="black")
+    for c, name in enumerate(column_labels):
+        draw.text((x_of[c], top - _LINE_HEIGHT), name, fill="black")
+    for r, name in enumerate(row_labels):
+        y = top + pad + r * (h + pad)
+        draw.text((2, y + max(0, (h - _LINE_HEIGHT) // 2)), name, fill="black")
+        for c in range(columns):
+            cell = Image.fromarray(images[r, c].transpose(1, 2, 0)).resize((w, h), Image.NEAREST)
+            picture.paste(cell, (x_of[c], y))
+    return picture
+
+
+def explained_variance_plot(ratios: np.ndarray, step_labels: list[str], *, title: str = "",
+                            size: tuple[int, int] = (480, 320)) -> Image.Image:
+    """Cumulative explained-variance ratio against the number of components, one curve per step.
+
+    ``ratios`` is (steps, k): the explained variance ratio of each component at each step (rows with NaN
+    are skipped). Curves go from blue (first step, the noisiest) to red (last step); the first and last
+    labels are written in the legend.
+    """
+    from PIL import ImageDraw
+
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if ratios.ndim != 2 or ratios.shape[0] != len(step_labels):
+        raise HSpaceError(f"explained_variance_plot needs a (steps, components) matrix with one label per step; "
+                          f"got {ratios.shape}, {len(step_labels)} labels")
+    width, height = size
+    margin_left, margin_right, margin_top, margin_bottom = 44, 12, 22 if title else 10, 30
+    picture = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(picture)
+    x0, x1, y0, y1 = margin_left, width - margin_right, height - margin_bottom, margin_top
+    draw.rectangle((x0, y1, x1, y0), outline="black")
+    if title:
+        draw.text((margin_left, 4), title, fill="black")
+    steps, k = ratios.shape
+
+    def x_at(j: float) -> float:  # j components (1..k)
+        return x0 + (x1 - x0) * ((j - 1) / max(k - 1, 1))
+
+    def y_at(value: float) -> float:
+        return y0 - (y0 - y1) * float(np.clip(value, 0.0, 1.0))
+
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = y_at(value)
+        draw.line((x0 - 3, y, x0, y), fill="black")
+        draw.text((4, y - 5), f"{value:.2f}", fill="black")
+    for j in sorted({1, (k + 1) // 2, k}):
+        x = x_at(j)
+        draw.line((x, y0, x, y0 + 3), fill="black")
+        draw.text((x - 3, y0 + 5), str(j), fill="black")
+    draw.text(((x0 + x1) // 2 - 40, height - 12), "components (cumulative)", fill="black")
+    drawn = [i for i in range(steps) if not np.isnan(ratios[i]).any()]
+    for rank, i in enumerate(drawn):
+        share = rank / max(len(drawn) - 1, 1)
+        colour = (int(255 * share), 40, int(255 * (1 - share)))
+        cumulative = np.cumsum(ratios[i])
+        points = [(x_at(j + 1), y_at(cumulative[j])) for j in range(k)]
+        if len(points) == 1:
+            x, y = points[0]
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        else:
+            draw.line(points, fill=colour, width=1)
+    if drawn:
+        legend = [(drawn[0], (0, 40, 255)), (drawn[-1], (255, 40, 0))] if len(drawn) > 1 else [(drawn[0], (0, 40, 255))]
+        for n, (i, colour) in enumerate(legend):
+            y = y0 - 14 - 12 * (len(legend) - 1 - n)
+            draw.line((x1 - 110, y + 5, x1 - 96, y + 5), fill=colour, width=2)
+            draw.text((x1 - 92, y), step_labels[i], fill="black")
+    return picture

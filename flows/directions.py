@@ -1,0 +1,65 @@
+"""Flows that make named directions: supervised (eq. 11), disentangled (eq. 12), from real images (SM -F).
+
+Each flow plans first (every argument checked, inputs opened, the target name checked) and fails before
+any work; the direction is written last, data before its ``complete`` flag (:mod:`storage.directions`).
+A rerun with the same arguments rewrites the same direction; another direction of the same name is
+refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow
+
+from storage.corpus import Corpus
+from storage.directions import list_directions
+from tasks.directions import (
+    DEFAULT_K,
+    disentangle_direction_task,
+    invert_task,
+    plan_disentangle,
+    plan_invert,
+    plan_supervised,
+    supervised_direction_task,
+)
+
+
+@flow(name="supervised-direction")
+def supervised(url: str, name: str, attribute: str | None = None, annotator: str | None = None, k: int = DEFAULT_K,
+               positives: list[int] | None = None, negatives: list[int] | None = None, space: str = "h",
+               overwrite: bool = False) -> dict[str, Any]:
+    """eq. 11 from the corpus at ``url``: top-k vs bottom-k samples by ``attribute``, or explicit sample ids.
+
+    Stored as ``directions/<name>`` (method ``supervised``, ``supervised-xT`` or ``examples``); returns a
+    summary (name, method, space, shape, norms, parameters). See :func:`tasks.directions.plan_supervised`.
+    """
+    plan = plan_supervised(url, name, attribute=attribute, annotator=annotator, k=k, positives=positives,
+                           negatives=negatives, space=space, overwrite=overwrite)
+    return supervised_direction_task(plan)
+
+
+@flow(name="disentangle-direction")
+def disentangled(url: str, name: str, source: str, against: Sequence[str], overwrite: bool = False) -> dict[str, Any]:
+    """eq. 12: ``directions/<name>`` = ``directions/<source>`` with its projection on the ``against`` span removed."""
+    plan = plan_disentangle(url, name, source=source, against=list(against), overwrite=overwrite)
+    return disentangle_direction_task(plan)
+
+
+@flow(name="invert-direction")
+def inverted(model: str, steps: int, images: str | None = None, positives: str | None = None,
+             negatives: str | None = None, out: str | None = None, corpus: str | None = None,
+             name: str | None = None, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+    """DDIM-invert real images (SM -F): their x_T and h to ``out``, or eq. 11 on positives vs negatives.
+
+    See :func:`tasks.directions.plan_invert` for the argument combinations.
+    """
+    plan = plan_invert(model=model, steps=steps, images=images, positives=positives, negatives=negatives, out=out,
+                       corpus=corpus, name=name, device=device, overwrite=overwrite)
+    return invert_task(plan)
+
+
+def directions_of(url: str) -> list[dict[str, Any]]:
+    """Every direction stored in the corpus at ``url``: its record and ``complete`` (no Prefect needed)."""
+    return list_directions(Corpus.open(url))

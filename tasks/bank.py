@@ -1,0 +1,171 @@
+"""Bank tasks: gather a corpus's directions, evaluate them (Table I), publish them as a bank version.
+
+Each task reads its inputs from storage and returns small things (names, a version, a path). The evaluation
+is the costly part (every direction edits ``samples`` x ``repeats`` fresh samples), so its result is kept
+in the corpus under ``evaluations/<key>``, where the key hashes the directions' bytes and every setting: a
+rerun after a crash, or a scheduled rebuild with nothing new, reuses it instead of sampling again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from hspace.bank import Direction, publish
+from hspace.evaluate import EvaluationResult, evaluate_directions
+from hspace.errors import HSpaceError
+from storage.corpus import Corpus
+from storage.directions import read_direction
+from storage.results import PCARun, read_pca_directions
+from tasks.annotate import cached_annotator, options_key
+from tasks.jacobian import corpus_model
+
+EVALUATIONS = "evaluations"
+
+
+def pca_direction_name(j: int) -> str:
+    return f"pca-{j}"
+
+
+def gather_directions(url: str, *, supervised: list[str], pca_run: str | None, pca_directions: int
+                      ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """name -> (tensor (T, C, H, W), bank metadata) for the named corpus directions and the top PCA ones.
+
+    PCA direction j is component j at every step (Sec. IV-A), scaled at each step by the square root of that
+    step's explained variance, so that gamma = 1 moves h_t by one standard deviation of the samples along
+    the component: comparable across steps and with supervised directions, whose size eq. 11 fixes.
+    """
+    corpus = Corpus.open(url)
+    out: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    for name in supervised:
+        tensor, record = read_direction(corpus, name)
+        if record.space != "h":
+            raise HSpaceError(f"direction {name!r} lives in x_T; a bank holds h-space directions (T, C, H, W)")
+        out[name] = (tensor, {"method": record.method, "parameters": record.parameters, "source": record.source})
+    if pca_run is not None and pca_directions > 0:
+        run = PCARun.open(url, pca_run)
+        if pca_directions > run.spec.components:
+            raise HSpaceError(f"PCA run {pca_run!r} has {run.spec.components} components; asked for the top "
+                              f"{pca_directions}")
+        directions = read_pca_directions(url, pca_run, list(range(pca_directions)))
+        for j in range(pca_directions):
+            scaled = directions[j].copy()
+            for step in run.spec.steps:
+                scaled[step] *= float(np.sqrt(run.read_step(step).explained_variance[j]))
+            out[pca_direction_name(j)] = (scaled, {
+                "method": "pca", "source": url,
+                "parameters": {"run": pca_run, "component": j, "components": run.spec.components,
+                               "method": run.spec.method, "scale": "sqrt(explained variance) per step"}})
+    return out
+
+
+def evaluation_key(directions: dict[str, np.ndarray], settings: dict[str, Any]) -> str:
+    """sha256 over every direction's name, shape and bytes and the evaluation settings (JSON, sorted)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name in sorted(directions):
+        array = np.ascontiguousarray(directions[name], dtype=np.float32)
+        digest.update(f"{name}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def stored_evaluation(corpus: Corpus, key: str) -> EvaluationResult | None:
+    if EVALUATIONS not in corpus.group or key not in corpus.group[EVALUATIONS]:
+        return None
+    attrs = corpus.group[EVALUATIONS][key].attrs.asdict()
+    return EvaluationResult.from_dict(attrs["result"]) if "result" in attrs else None
+
+
+@task(cache_policy=NO_CACHE, task_run_name="evaluate-directions")
+def evaluate_bank_directions(url: str, names: list[str], *, pca_run: str | None, pca_directions: int,
+                             supervised: list[str], annotator: str, annotator_options: dict[str, Any] | None,
+                             gamma: float, samples: int, repeats: int, seed: int, device: str = "cpu",
+                             report: str | None = None) -> str:
+    """Table I for ``names`` (a stored result with the same key is reused); returns the key.
+
+    With ``report``, the CSV, the markdown table and the heatmap are also written to that folder, and the
+    markdown goes into a Prefect artifact.
+    """
+    corpus = Corpus.open(url, writable=True)
+    found = gather_directions(url, supervised=supervised, pca_run=pca_run, pca_directions=pca_directions)
+    tensors = {name: found[name][0] for name in names}
+    spec = corpus.spec
+    settings = {"annotator": annotator, "options": options_key(annotator_options), "gamma": gamma,
+                "samples": samples, "repeats": repeats, "seed": seed, "steps": spec.steps, "eta": list(spec.eta),
+                "fingerprint": spec.fingerprint}
+    key = evaluation_key(tensors, settings)
+    result = stored_evaluation(corpus, key)
+    if result is None:
+        if len(set(spec.eta)) != 1:
+            raise HSpaceError("the evaluation samples with one eta for every step; this corpus has per-step eta")
+        model = corpus_model(corpus, device)
+        scorer = cached_annotator(annotator, options_key(annotator_options))
+        result = evaluate_directions(model, scorer, {n: torch.from_numpy(t) for n, t in tensors.items()},
+                                     gamma=gamma, steps=spec.steps, samples=samples, repeats=repeats,
+                                     eta=spec.eta[0], seed=seed)
+        # Written once, whole: a key with a result is always a complete evaluation.
+        corpus.group.require_group(EVALUATIONS).create_group(key, overwrite=True).attrs.update(
+            {"settings": settings, "result": result.to_dict()})
+    if report is not None:
+        write_report(result, Path(report))
+        create_markdown_artifact(markdown=result.to_markdown("std"), key="bank-evaluation",
+                                 description="Table I: change of each attribute (stds) per direction")
+    return key
+
+
+def write_report(result: EvaluationResult, folder: Path) -> list[Path]:
+    """evaluation.csv, evaluation.md and evaluation.png (write-then-rename each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, write in (("evaluation.csv", lambda p: p.write_text(result.to_csv())),
+                        ("evaluation.md", lambda p: p.write_text(result.to_markdown("std") + "\n" +
+                                                                 result.to_markdown("score"))),
+                        ("evaluation.png", lambda p: result.heatmap("std").save(p, format="PNG"))):
+        path = folder / name
+        staging = path.with_name(f".{name}.tmp")
+        write(staging)
+        staging.replace(path)
+        written.append(path)
+    return written
+
+
+def direction_evaluation(result: EvaluationResult, name: str) -> dict[str, Any]:
+    """One direction's row of Table I (and its random twin's) for the bank's ``evaluation`` field."""
+    rows = list(result.rows)
+    summary: dict[str, Any] = {"settings": result.settings, "attributes": list(result.attributes)}
+    for label, row in (("effect", name), ("random", f"random({name})")):
+        if row in rows:
+            i = rows.index(row)
+            summary[label] = {"mean": result.mean()[i].tolist(), "std": result.std()[i].tolist(),
+                              "mean_in_std": result.mean("std")[i].tolist()}
+    return summary
+
+
+@task(cache_policy=NO_CACHE, task_run_name="publish-bank")
+def publish_bank(url: str, bank: str, names: list[str], *, pca_run: str | None, pca_directions: int,
+                 supervised: list[str], evaluation_key: str | None, notes: str | None = None) -> str:
+    """Publish ``names`` with their evaluation rows as a new bank version (a no-op if the newest version
+    already holds exactly this content); returns the version."""
+    corpus = Corpus.open(url)
+    spec = corpus.spec
+    found = gather_directions(url, supervised=supervised, pca_run=pca_run, pca_directions=pca_directions)
+    result = None if evaluation_key is None else stored_evaluation(corpus, evaluation_key)
+    if evaluation_key is not None and result is None:
+        raise HSpaceError(f"evaluation {evaluation_key} is not in the corpus at {url}; rerun the evaluation")
+    directions = [
+        Direction(name=name, tensor=torch.from_numpy(np.ascontiguousarray(found[name][0], dtype=np.float32)),
+                  method=found[name][1]["method"], parameters=found[name][1]["parameters"],
+                  source=found[name][1]["source"], fingerprint=spec.fingerprint,
+                  evaluation={} if result is None else direction_evaluation(result, name))
+        for name in names
+    ]
+    return publish(bank, directions, model_fingerprint=spec.fingerprint, eta=list(spec.eta),
+                   timesteps=list(spec.timesteps), notes=notes)

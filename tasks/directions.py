@@ -1,0 +1,359 @@
+"""Direction tasks: supervised directions from a corpus (eq. 11), disentangled ones (eq. 12), and
+directions from DDIM-inverted real images (SM -F).
+
+Each ``plan_*`` function checks every argument and opens everything it needs, and raises before any work
+or write; the tasks run a plan and write its result last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from hspace.directions import disentangle, top_bottom
+from hspace.errors import HSpaceError
+from hspace.inversion import direction_from_images, invert, load_image_files, load_images
+from hspace.models import LoadedModel
+from hspace.sampler import initial_noise, make_scheduler
+from storage.annotations import check_name, find_annotator
+from storage.corpus import Corpus
+from storage.directions import (
+    DirectionRecord,
+    check_writable,
+    new_record,
+    read_direction,
+    write_direction,
+    write_direction_file,
+)
+from tasks.corpus import cached_model
+
+DEFAULT_K = 100
+
+
+# ----- supervised (eq. 11) from a corpus -----------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class SupervisedPlan:
+    """Which corpus rows are positives and negatives, and the record the direction will carry."""
+
+    url: str
+    record: DirectionRecord
+    positives: np.ndarray  # int64 row indices
+    negatives: np.ndarray
+    overwrite: bool
+
+
+def plan_supervised(url: str, name: str, *, attribute: str | None = None, annotator: str | None = None,
+                    k: int = DEFAULT_K, positives: Sequence[int] | None = None,
+                    negatives: Sequence[int] | None = None, space: str = "h",
+                    overwrite: bool = False) -> SupervisedPlan:
+    """Choose the examples of eq. 11: top-k vs bottom-k by an annotation, or explicit sample ids.
+
+    Parameters
+    ----------
+    url : str
+        The corpus.
+    name : str
+        The direction's name, ``directions/<name>``.
+    attribute, annotator : str, optional
+        Rank every sample by this annotation (``annotator`` may be left out when one annotator has it).
+    k : int
+        Top-k positives, bottom-k negatives; at most half the samples, so the two sets never overlap.
+    positives, negatives : sequence of int, optional
+        Explicit corpus row indices instead of an attribute (method ``examples``); the counts may differ.
+    space : {"h", "xT"}
+        eq. 11 in h_{T:1} (the paper's) or in x_T (Fig. 8a's comparison).
+    """
+    check_name(name, "direction")
+    corpus = Corpus.open(url, writable=True)
+    explicit = positives is not None or negatives is not None
+    if explicit:
+        if positives is None or negatives is None:
+            raise HSpaceError("give both --positives and --negatives (sample ids), or neither")
+        if attribute is not None:
+            raise HSpaceError("give either --attribute (top-k vs bottom-k) or --positives/--negatives, not both")
+        pos, neg = _sample_ids(corpus, positives, "positives"), _sample_ids(corpus, negatives, "negatives")
+        both = sorted(set(pos.tolist()) & set(neg.tolist()))
+        if both:
+            raise HSpaceError(f"samples {both[:10]} are both positive and negative examples")
+        method = "examples"
+        parameters: dict[str, Any] = {}
+    else:
+        if attribute is None:
+            raise HSpaceError("give --attribute (rank samples by an annotation) or --positives and --negatives")
+        annotations = find_annotator(corpus, attribute, annotator)
+        samples = corpus.spec.samples
+        if not isinstance(k, int) or k <= 0:
+            raise HSpaceError(f"--k must be a positive integer; got {k!r}")
+        if k > samples // 2:
+            raise HSpaceError(f"--k {k} is more than half of the corpus's {samples} samples, so the top-k and "
+                              f"bottom-k examples would overlap: use --k {samples // 2} or less, or a larger corpus")
+        pos, neg = top_bottom(annotations.scores(attribute), k)
+        method = "supervised" if space == "h" else "supervised-xT"
+        parameters = {"annotator": annotations.record.name, "attribute": attribute, "k": k,
+                      "annotator_config": annotations.record.config}
+    # Row ids (and their order: best score first) make the choice reproducible and auditable.
+    parameters = {**parameters, "positives": pos.tolist(), "negatives": neg.tolist()}
+    _require_done(corpus, np.concatenate([pos, neg]))
+    record = new_record(corpus, name, method=method, space=space, parameters=parameters)
+    check_writable(corpus, record, overwrite=overwrite)
+    return SupervisedPlan(url=url, record=record, positives=pos, negatives=neg, overwrite=overwrite)
+
+
+def mean_h(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
+    """Mean h_{T:1} of some corpus rows, float64 (T, C, H, W), reading one shard at a time (never all of h)."""
+    spec = corpus.spec
+    rows = np.asarray(rows, dtype=np.int64)
+    total = np.zeros((spec.steps, *spec.h_shape), dtype=np.float64)
+    for shard in np.unique(rows // spec.shard_size):
+        start, stop = spec.shard_range(int(shard))
+        inside = rows[(rows >= start) & (rows < stop)] - start
+        # h is stored as float16: sum in float64 so that thousands of rows lose nothing.
+        total += corpus.read_h(slice(start, stop))[inside].astype(np.float64).sum(axis=0)
+    return total / len(rows)
+
+
+def mean_x_T(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
+    """Mean x_T of some corpus rows, float64 (3, S, S): regenerated exactly from their seeds."""
+    spec = corpus.spec
+    model = _corpus_model(corpus)
+    rows = np.asarray(rows, dtype=np.int64)
+    total = np.zeros(spec.image_shape, dtype=np.float64)
+    for shard in np.unique(rows // spec.shard_size):
+        start, stop = spec.shard_range(int(shard))
+        seeds = corpus.read_seeds(slice(start, stop))[rows[(rows >= start) & (rows < stop)] - start]
+        total += initial_noise(model, seeds.tolist()).double().sum(0).numpy()
+    return total / len(rows)
+
+
+def run_supervised(plan: SupervisedPlan) -> dict[str, Any]:
+    """eq. 11, v = mean(q+) - mean(q-) over the plan's rows, written as ``directions/<name>``; returns its summary."""
+    corpus = Corpus.open(plan.url, writable=True)
+    mean = mean_h if plan.record.space == "h" else mean_x_T
+    direction = mean(corpus, plan.positives) - mean(corpus, plan.negatives)
+    write_direction(corpus, plan.record, direction.astype(np.float32), overwrite=plan.overwrite)
+    return _summary(plan.record, direction)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="supervised-direction-{plan.record.name}")
+def supervised_direction_task(plan: SupervisedPlan) -> dict[str, Any]:
+    """Compute and store one supervised direction (eq. 11)."""
+    return run_supervised(plan)
+
+
+# ----- disentangled (eq. 12) -----------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class DisentanglePlan:
+    url: str
+    record: DirectionRecord
+    source: str
+    against: tuple[str, ...]
+    overwrite: bool
+
+
+def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str],
+                     overwrite: bool = False) -> DisentanglePlan:
+    """Check that ``source`` and every ``against`` direction exist, are complete and share one space."""
+    check_name(name, "direction")
+    against = tuple(against)
+    if not against:
+        raise HSpaceError("give at least one direction to disentangle against (--against B,C)")
+    if source in against:
+        raise HSpaceError(f"cannot disentangle {source!r} against itself")
+    if len(set(against)) != len(against):
+        raise HSpaceError(f"--against names a direction twice: {list(against)}")
+    if name in (source, *against):
+        raise HSpaceError(f"--name {name!r} would replace one of its own inputs: choose another name")
+    corpus = Corpus.open(url, writable=True)
+    records = [read_direction(corpus, other)[1] for other in (source, *against)]
+    spaces = {r.space for r in records}
+    if len(spaces) != 1:
+        raise HSpaceError(f"directions {', '.join(r.name + ' (' + r.space + ')' for r in records)} live in different "
+                          "spaces; disentangle h directions against h directions only")
+    record = new_record(corpus, name, method="disentangled", space=records[0].space,
+                        parameters={"from": source, "against": list(against)})
+    check_writable(corpus, record, overwrite=overwrite)
+    return DisentanglePlan(url=url, record=record, source=source, against=against, overwrite=overwrite)
+
+
+def run_disentangle(plan: DisentanglePlan) -> dict[str, Any]:
+    """eq. 12, v = [I - V (V^T V)^-1 V^T] v_0, written as ``directions/<name>``; returns its summary."""
+    corpus = Corpus.open(plan.url, writable=True)
+    v0 = torch.from_numpy(read_direction(corpus, plan.source)[0])
+    others = [torch.from_numpy(read_direction(corpus, other)[0]) for other in plan.against]
+    direction = disentangle(v0.double(), [v.double() for v in others]).numpy()
+    write_direction(corpus, plan.record, direction.astype(np.float32), overwrite=plan.overwrite)
+    return _summary(plan.record, direction)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="disentangle-direction-{plan.record.name}")
+def disentangle_direction_task(plan: DisentanglePlan) -> dict[str, Any]:
+    """Compute and store one disentangled direction (eq. 12)."""
+    return run_disentangle(plan)
+
+
+# ----- from real images (SM -F) --------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class InvertPlan:
+    """Inputs of an inversion: the model, the images, and where the result goes."""
+
+    model: str
+    device: str
+    steps: int
+    images: dict[str, list[str]]  # "images" or "positives"/"negatives" -> file paths
+    out: str | None
+    corpus: str | None
+    record: DirectionRecord | None  # None: invert only (x_T and h to ``out``)
+    overwrite: bool
+
+
+def plan_invert(*, model: str, steps: int, images: str | None = None, positives: str | None = None,
+                negatives: str | None = None, out: str | None = None, corpus: str | None = None,
+                name: str | None = None, device: str = "cpu", overwrite: bool = False) -> InvertPlan:
+    """Check folders, model, steps and outputs before any image is inverted.
+
+    Either ``images`` (write their x_T and h_{T:1} to ``out``), or ``positives`` and ``negatives`` (eq. 11 on
+    their inverted h: a direction, to ``out`` and/or to ``directions/<name>`` of ``corpus``).
+    """
+    if not isinstance(steps, int) or steps <= 0:
+        raise HSpaceError(f"--steps must be a positive integer; got {steps!r}")
+    if images is not None and (positives is not None or negatives is not None):
+        raise HSpaceError("give either --images (invert them) or --positives and --negatives (a direction), not both")
+    if out is not None and not str(out).endswith(".safetensors"):
+        raise HSpaceError(f"--out must be a .safetensors file; got {out!r}")
+    if out is not None and not Path(out).resolve().parent.is_dir():
+        raise HSpaceError(f"the folder of --out ({Path(out).parent}) does not exist")
+    loaded = cached_model(model, device)
+    make_scheduler(loaded.scheduler_config, steps)  # steps within the training timesteps
+    if images is not None:
+        if out is None:
+            raise HSpaceError("--images needs --out FILE.safetensors for the inverted x_T and h")
+        if corpus is not None or name is not None:
+            raise HSpaceError("--corpus and --name store directions; with --images nothing but --out is written")
+        files = {"images": _image_files(images, loaded)}
+        return InvertPlan(model=model, device=device, steps=steps, images=files, out=out, corpus=None, record=None,
+                          overwrite=overwrite)
+    if positives is None or negatives is None:
+        raise HSpaceError("give --images FOLDER, or both --positives FOLDER and --negatives FOLDER")
+    if out is None and corpus is None:
+        raise HSpaceError("say where the direction goes: --out FILE.safetensors and/or --corpus URL --name NAME")
+    if corpus is not None and name is None:
+        raise HSpaceError("--corpus needs --name: the direction is stored as directions/<name>")
+    name = name if name is not None else Path(str(out)).stem
+    check_name(name, "direction")
+    files = {"positives": _image_files(positives, loaded), "negatives": _image_files(negatives, loaded)}
+    parameters = {"positives": str(positives), "negatives": str(negatives),
+                  "positive_files": [Path(f).name for f in files["positives"]],
+                  "negative_files": [Path(f).name for f in files["negatives"]]}
+    source = f"{positives} vs {negatives}"
+    if corpus is not None:
+        opened = Corpus.open(corpus, writable=True)
+        if opened.spec.fingerprint != loaded.fingerprint:
+            raise HSpaceError(f"the corpus at {corpus} belongs to another model (sha256 {opened.spec.fingerprint[:12]}) "
+                              f"than {model!r} ({loaded.fingerprint[:12]})")
+        if opened.spec.steps != steps:
+            raise HSpaceError(f"the corpus at {corpus} has {opened.spec.steps} steps; invert with --steps "
+                              f"{opened.spec.steps} so the direction applies to its samples")
+        record = new_record(opened, name, method="inverted", space="h", parameters=parameters, source=source)
+        check_writable(opened, record, overwrite=overwrite)
+    else:
+        scheduler = make_scheduler(loaded.scheduler_config, steps)
+        record = DirectionRecord(name=name, method="inverted", space="h", parameters=parameters, source=source,
+                                 model=loaded.name, fingerprint=loaded.fingerprint, shape=(steps, *loaded.h_shape),
+                                 steps=steps, timesteps=tuple(int(t) for t in scheduler.timesteps))
+    return InvertPlan(model=model, device=device, steps=steps, images=files, out=out, corpus=corpus, record=record,
+                      overwrite=overwrite)
+
+
+def run_invert(plan: InvertPlan) -> dict[str, Any]:
+    """Invert the plan's images; write x_T and h (``--images``) or the eq. 11 direction; returns a summary."""
+    loaded = cached_model(plan.model, plan.device)
+    shape = loaded.image_shape
+    if plan.record is None:
+        images = _load(plan.images["images"], shape)
+        result = invert(loaded, images, steps=plan.steps)
+        scheduler = make_scheduler(loaded.scheduler_config, plan.steps)
+        metadata = {"model": loaded.name, "fingerprint": loaded.fingerprint, "steps": plan.steps,
+                    "timesteps": [int(t) for t in scheduler.timesteps],
+                    "files": [Path(f).name for f in plan.images["images"]]}
+        assert plan.out is not None
+        write_direction_file(plan.out, {"x_T": result.x_T.numpy(), "h": result.h.numpy()}, metadata)
+        return {"out": plan.out, "images": len(images), "x_T_shape": list(result.x_T.shape),
+                "h_shape": list(result.h.shape)}
+    direction = direction_from_images(loaded, _load(plan.images["positives"], shape),
+                                      _load(plan.images["negatives"], shape), steps=plan.steps).numpy()
+    if plan.corpus is not None:
+        write_direction(Corpus.open(plan.corpus, writable=True), plan.record, direction, overwrite=plan.overwrite)
+    if plan.out is not None:
+        write_direction_file(plan.out, {"direction": direction}, {**plan.record.to_attrs(), "complete": True})
+    return {**_summary(plan.record, direction), "out": plan.out, "corpus": plan.corpus}
+
+
+@task(cache_policy=NO_CACHE, task_run_name="invert-images")
+def invert_task(plan: InvertPlan) -> dict[str, Any]:
+    """DDIM-invert real images and write what the plan asks for."""
+    return run_invert(plan)
+
+
+# ----- private helpers ---------------------------------------------------------------------------
+def _sample_ids(corpus: Corpus, ids: Sequence[int], what: str) -> np.ndarray:
+    ids = list(ids)
+    if not ids:
+        raise HSpaceError(f"--{what} lists no sample ids")
+    bad = [i for i in ids if not isinstance(i, (int, np.integer)) or not 0 <= int(i) < corpus.spec.samples]
+    if bad:
+        raise HSpaceError(f"--{what}: {bad[:5]} are not sample ids of this corpus (0..{corpus.spec.samples - 1})")
+    if len(set(ids)) != len(ids):
+        raise HSpaceError(f"--{what} lists a sample id twice")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _require_done(corpus: Corpus, rows: np.ndarray) -> None:
+    """Refuse examples from corpus shards that are not done: their h are not trusted."""
+    done = corpus.done_shards()
+    shards = sorted({int(s) for s in np.unique(rows // corpus.spec.shard_size) if not done[int(s)]})
+    if shards:
+        raise HSpaceError(f"examples lie in corpus shards {shards[:10]} that are not generated yet: finish the corpus "
+                          f"with `hspace corpus build --out {corpus.url} ...` first")
+
+
+def _corpus_model(corpus: Corpus) -> LoadedModel:
+    loaded = cached_model(corpus.spec.model, "cpu")
+    if loaded.fingerprint != corpus.spec.fingerprint:
+        raise HSpaceError(f"model {corpus.spec.model!r} here (sha256 {loaded.fingerprint[:12]}) differs from the "
+                          f"corpus's ({corpus.spec.fingerprint[:12]})")
+    return loaded
+
+
+def _image_files(folder: str, model: LoadedModel) -> list[str]:
+    # Reading every file now makes an empty folder or a broken file fail before any inversion.
+    _, paths = load_images(folder, model.image_shape)
+    return [str(p) for p in paths]
+
+
+def _load(files: list[str], shape: tuple[int, int, int]) -> np.ndarray:
+    """The images of a plan, read again (the plan carries paths, not pixels, through Prefect)."""
+    return load_image_files([Path(f) for f in files], shape)
+
+
+def _summary(record: DirectionRecord, direction: np.ndarray) -> dict[str, Any]:
+    norms = np.linalg.norm(direction.reshape(direction.shape[0], -1), axis=1) if record.space == "h" else None
+    return {
+        "name": record.name,
+        "method": record.method,
+        "space": record.space,
+        "shape": list(record.shape),
+        "norm": float(np.linalg.norm(direction)),
+        **({"per_step_norm": [round(float(n), 6) for n in norms]} if norms is not None else {}),
+        "parameters": {k: v for k, v in record.parameters.items() if k not in ("positives", "negatives")},
+        "positives": len(record.parameters.get("positives", [])) if record.method != "inverted"
+        else len(record.parameters["positive_files"]),
+        "negatives": len(record.parameters.get("negatives", [])) if record.method != "inverted"
+        else len(record.parameters["negative_files"]),
+    }

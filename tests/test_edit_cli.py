@@ -1,0 +1,165 @@
+"""`hspace pca`, `hspace jacobian` and `hspace edit`: results, the picture grid, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import flows.cli
+from hspace.directions import random_direction_like
+from hspace.render import labeled_grid
+from hspace.sampler import derive_seeds, sample, to_uint8
+from storage.corpus import Corpus
+from storage.results import JacobianRun, read_jacobian_directions, read_pca_directions
+from tasks.corpus import generate_shard, prepare_corpus
+
+SAMPLES, STEPS, BASE_SEED = 8, 4, 2
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    # Only this module's commands: the test does not depend on other command groups being importable.
+    monkeypatch.setattr(flows.cli, "COMMAND_MODULES", ("flows.cli_directions",))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("cli") / "corpus")
+    corpus = prepare_corpus(out=url, model="tiny", samples=SAMPLES, steps=STEPS, eta=1.0, batch=4, seed=BASE_SEED,
+                            dtype="float16", device="cpu")
+    for shard in corpus.missing_shards():
+        generate_shard.fn(url, shard, "tiny", "cpu")
+    return url
+
+
+@pytest.fixture
+def url(built, tmp_path) -> str:
+    shutil.copytree(built, tmp_path / "corpus")
+    return str(tmp_path / "corpus")
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    status = flows.cli.main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def listing(root: str) -> dict[str, bytes]:
+    base = Path(root)
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def test_pca_fit_and_info(prefect_harness, url, capsys, tmp_path):
+    status, out, _ = cli(capsys, "pca", "fit", url, "--components", "3", "--batch-size", "4", "--json",
+                         "--no-progress")
+    assert status == 0
+    fitted = json.loads(out)
+    assert fitted["complete"] and fitted["components"] == 3 and fitted["steps"] == list(range(STEPS))
+    status, out, _ = cli(capsys, "pca", "info", url, "--json", "--plot", str(tmp_path / "ev.png"))
+    info = json.loads(out)
+    assert status == 0 and info["run"] == "default" and len(info["explained_variance_ratio"]) == STEPS
+    ratio = np.array(info["explained_variance_ratio"])
+    assert ratio.shape == (STEPS, 3) and (np.diff(ratio, axis=1) <= 0).all() and (ratio.sum(1) < 1).all()
+    assert Image.open(tmp_path / "ev.png").size == (480, 320)
+    assert not list(tmp_path.glob(".*.tmp"))
+    status, out, _ = cli(capsys, "pca", "info", url)
+    assert status == 0 and "explained_variance_ratio_total" in out
+
+
+def test_jacobian_json_reports_what_is_stored(prefect_harness, url, capsys):
+    status, out, _ = cli(capsys, "jacobian", url, "--sample", "2", "--step", "1", "--k", "2", "--max-iter", "3",
+                         "--json", "--no-progress")
+    assert status == 0
+    info = json.loads(out)
+    assert info["run"] == "sample2-step1-k2" and info["done"] == 1
+    cell = JacobianRun.open(url, "sample2-step1-k2").read(2, 1)
+    assert info["results"][0]["singular_values"] == [float(s) for s in cell.singular_values]
+
+
+def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(prefect_harness, url, capsys, tmp_path,
+                                                                           tiny):
+    assert cli(capsys, "pca", "fit", url, "--components", "2", "--batch-size", "4", "--no-progress")[0] == 0
+    out = tmp_path / "grid.png"
+    status, stdout, _ = cli(capsys, "edit", url, "--pca", "default", "--directions", "1,0", "--seeds", "5,0",
+                            "--gammas", "-3,3", "--random-baseline", "--out", str(out))
+    assert status == 0 and "3 directions x 2 samples x 3 gammas" in stdout
+    # Oracle: the corpus's own x0 at gamma 0; hspace.sample along the stored directions elsewhere.
+    v = torch.from_numpy(read_pca_directions(url, "default", [1, 0]))
+    directions = [v[0], v[1], random_direction_like(v[0], torch.Generator().manual_seed(0))]
+    x0 = Corpus.open(url).read_x0()
+    gammas = [-3.0, 0.0, 3.0]
+    cells = np.zeros((3, 6, 3, 16, 16), dtype=np.uint8)
+    for r, direction in enumerate(directions):
+        for s, sample_id in enumerate((5, 0)):
+            for g, gamma in enumerate(gammas):
+                if gamma == 0:
+                    cells[r, s * 3 + g] = x0[sample_id]
+                else:
+                    seed = derive_seeds(BASE_SEED, sample_id, sample_id + 1)
+                    edited = sample(tiny, seed, steps=STEPS, eta=1.0, delta=gamma * direction, capture=False)
+                    cells[r, s * 3 + g] = to_uint8(edited.images).numpy()[0]
+    expected = labeled_grid(cells, ["pca 1", "pca 0", "random"], ["-3", "+0", "+3"] * 2,
+                            column_groups=["sample 5"] * 3 + ["sample 0"] * 3)
+    picture = Image.open(out)
+    # Geometry of labeled_grid's docstring: 16 px images enlarged 4x, pad 2, labels of <= 6 characters.
+    assert picture.size == (4 + 6 * 6 + 2 + 6 * (64 + 2), 12 * 2 + 2 + 2 + 3 * (64 + 2))
+    assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(expected))
+    assert (cells[0, 0] != cells[0, 1]).any()  # the edit changes the picture
+
+
+def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harness, url, capsys, tmp_path, tiny):
+    assert cli(capsys, "jacobian", url, "--sample", "3", "--step", "2", "--k", "2", "--max-iter", "3", "--run", "j",
+               "--no-progress")[0] == 0
+    out = tmp_path / "jac.png"
+    status, _, _ = cli(capsys, "edit", url, "--jacobian", "j", "--sample", "3", "--step", "2", "--directions", "0",
+                       "--gammas", "8", "--out", str(out))
+    assert status == 0
+    found = torch.from_numpy(read_jacobian_directions(url, "j", 3, 2, [0]))[0]
+    seed = derive_seeds(BASE_SEED, 3, 4)
+    edited = sample(tiny, seed, steps=STEPS, eta=1.0, delta=8.0 * found.expand(STEPS, *found.shape), capture=False)
+    cells = np.stack([Corpus.open(url).read_x0(slice(3, 4))[0], to_uint8(edited.images).numpy()[0]])[None]
+    expected = labeled_grid(cells, ["jac 0"], ["+0", "+8"], column_groups=["sample 3"] * 2)
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(expected))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pca", "info", "{url}", "--run", "nope"], "no PCA run 'nope'"),
+        (["pca", "fit", "{url}", "--components", "2", "--run", "a/b"], "invalid run name"),
+        (["pca", "fit", "{url}", "--components", "2", "--steps", "0,9"], "step 9 is out of range"),
+        (["pca", "fit", "{tmp}/none", "--components", "2"], "no corpus at"),
+        (["jacobian", "{url}", "--sample", "99", "--step", "0", "--k", "2"], "sample 99 is out of range"),
+        (["jacobian", "{url}", "--sample", "0", "--step", "4", "--k", "2"], "step 4 is out of range"),
+        (["jacobian", "{url}", "--sample", "0", "--step", "0", "--k", "2", "--mask", "{tmp}/mask.jpg"],
+         "is a JPEG file; give a PNG"),
+        (["jacobian", "{url}", "--sample", "0", "--step", "0", "--k", "2", "--mask", "{tmp}/black.png"],
+         "has no white pixel"),
+        (["edit", "{url}", "--pca", "nope", "--directions", "0", "--out", "{tmp}/g.png"], "no PCA run 'nope'"),
+        (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/g.png"], "is not complete"),
+        (["edit", "{url}", "--jacobian", "j", "--directions", "0", "--out", "{tmp}/g.png"], "needs --sample ID"),
+        (["edit", "{url}", "--pca", "half", "--directions", "0", "--seeds", "8", "--out", "{tmp}/g.png"],
+         "sample 8 is out of range"),
+        (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/no/g.png"], "does not exist"),
+        (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/g.jpg"], "must name a .png"),
+    ],
+)
+def test_bad_input_exits_1_with_one_line_and_writes_nothing(url, capsys, tmp_path, args, message):
+    from tasks.pca import fit_pca_step, prepare_pca
+
+    prepare_pca(url, components=2, run="half", batch_size=4)
+    fit_pca_step.fn(url, "half", 0)  # steps 1..3 missing
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "mask.jpg", format="JPEG")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "black.png")
+    before, files_before = listing(url), sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = cli(capsys, *[a.format(url=url, tmp=tmp_path) for a in args])
+    assert status == 1 and out == ""
+    assert err.startswith("hspace: error: ") and err.count("\n") == 1 and message in err, err
+    assert listing(url) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before

@@ -1,0 +1,127 @@
+"""The rebuild_bank flow end to end on `tiny`: what it publishes equals the stages' own stored results, a
+rerun publishes nothing new, and a crash before publishing is finished by the rerun with the same bank."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tasks.bank as bank_tasks
+from flows.bank import run_rebuild_bank
+from flows.cli import main
+from hspace.bank import list_versions, load_bank
+from hspace.directions import top_bottom
+from storage.corpus import Corpus
+
+ARGS = dict(model="tiny", samples=16, steps=4, eta=1.0, batch=8, seed=3, annotator="testbed",
+            attributes=["smile", "hat"], k=4, disentangle={"smile": ["hat"]}, pca_components=2, pca_directions=1,
+            gamma=2.0, eval_samples=4, repeats=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The evaluation samples a few tiny batches; one torch thread keeps that fast on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_new(prefect_harness, tmp_path):
+    corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
+    result = run_rebuild_bank(bank=bank_url, corpus=corpus_url, report=str(tmp_path / "report"), **ARGS)
+    assert result["directions"] == ["smile", "hat", "smile-disentangled", "pca-0"]
+    bank = load_bank(bank_url)
+    corpus = Corpus.open(corpus_url)
+    assert bank.fingerprint == corpus.spec.fingerprint and bank.steps == 4
+
+    # eq. 11 by hand from the corpus: top-4 vs bottom-4 samples by the stored smile score.
+    scores = corpus.group["annotations/testbed/smile"][:]
+    h = corpus.read_h().astype(np.float64)
+    top, bottom = top_bottom(scores, 4)
+    smile = h[top].mean(0) - h[bottom].mean(0)
+    assert np.allclose(bank.tensor("smile").numpy(), smile, atol=1e-5)
+    hat_top, hat_bottom = top_bottom(corpus.group["annotations/testbed/hat"][:], 4)
+    hat = (h[hat_top].mean(0) - h[hat_bottom].mean(0)).ravel()
+    # eq. 12 by hand: smile minus its projection on hat.
+    expected = smile.ravel() - (smile.ravel() @ hat) / (hat @ hat) * hat
+    assert np.allclose(bank.tensor("smile-disentangled").numpy().ravel(), expected, atol=1e-5)
+    # PCA direction 0 at step t: the top right singular vector of the centred h_t, times its std.
+    for t in range(4):
+        x = h[:, t].reshape(16, -1)
+        x = x - x.mean(0)
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        got = bank.tensor("pca-0")[t].double().ravel().numpy()
+        assert abs(abs(got @ vt[0]) - s[0] / np.sqrt(15)) < 1e-3 * s[0]
+    # Every direction carries its evaluation row (Table I) and its random twin's.
+    for name in result["directions"]:
+        evaluation = bank[name].evaluation
+        assert set(evaluation) >= {"effect", "random", "attributes"} and len(evaluation["effect"]["mean"]) == 9
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"evaluation.csv", "evaluation.md", "evaluation.png"}
+
+    before = _files(tmp_path / "bank")
+    again = run_rebuild_bank(bank=bank_url, corpus=corpus_url, **ARGS)
+    assert again["version"] == result["version"] and again["evaluation"] == result["evaluation"]
+    assert _files(tmp_path / "bank") == before
+    assert len(list_versions(bank_url)) == 1
+
+
+def test_a_crash_before_publishing_is_finished_by_the_rerun(prefect_harness, tmp_path, monkeypatch):
+    corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
+    reference = run_rebuild_bank(bank=str(tmp_path / "reference"), corpus=str(tmp_path / "ref.zarr"), **ARGS)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(bank_tasks, "publish", crash)
+    with pytest.raises(Exception, match="disk went away"):
+        run_rebuild_bank(bank=bank_url, corpus=corpus_url, **ARGS)
+    monkeypatch.undo()
+    result = run_rebuild_bank(bank=bank_url, corpus=corpus_url, **ARGS)
+    assert result["evaluation"] == reference["evaluation"]  # same directions and settings: same key
+    ours, theirs = load_bank(bank_url), load_bank(str(tmp_path / "reference"))
+    for name in reference["directions"]:
+        assert torch.equal(ours.tensor(name), theirs.tensor(name))
+        assert ours[name].evaluation == theirs[name].evaluation
+
+
+def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
+    corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
+    argv = ["rebuild-bank", bank_url, "--corpus", corpus_url, "--model", "tiny", "--samples", "16", "--steps", "4",
+            "--batch", "8", "--attributes", "smile,hat", "--k", "4", "--pca-components", "2", "--pca-directions", "1",
+            "--eval-samples", "4", "--repeats", "2", "--json"]
+    assert main(argv) == 0
+    published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert published["directions"] == ["smile", "hat", "pca-0"]
+    assert main(["evaluate", corpus_url, "--directions", "smile,pca-0", "--pca-run", "bank", "--samples", "4",
+                 "--repeats", "2", "--gamma", "2", "--out", str(tmp_path / "ev"), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert table["rows"] == ["smile", "pca-0", "random(smile)", "random(pca-0)"]
+    assert (tmp_path / "ev" / "evaluation.png").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["evaluate", "{c}", "--directions", "pca-0"], "give --pca-run"),
+    (["evaluate", "{c}", "--directions", "nosuch"], "nosuch"),
+    (["evaluate", "{c}", "--directions", "smile", "--samples", "0"], "--samples must be a positive"),
+    (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--disentangle", "glasses"], "A:B"),
+])
+def test_bad_input_fails_with_one_line(prefect_harness, tmp_path, capsys, argv, message):
+    corpus_url = str(tmp_path / "c.zarr")
+    if argv[0] == "evaluate":
+        from flows.corpus import run_build_corpus
+
+        run_build_corpus(out=corpus_url, model="tiny", samples=8, steps=2, eta=1.0, batch=8, seed=0,
+                         dtype="float16", device="cpu", progress=False)
+    argv = [a.format(c=corpus_url, b=str(tmp_path / "bank")) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bank").exists()
