@@ -18,6 +18,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 DEFAULT_MODEL = "testbed"
+DEMO_ATTRIBUTES = ("smile", "eyes_open", "glasses", "hat")
+DEMO_GAMMA = 4.0
 
 # Command groups that live in modules of their own (one per area, so that each area's parsing and printing
 # sits next to the flows it calls). Each module has ``add_commands(commands)``, which adds its sub-parsers
@@ -84,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=50)
     demo.add_argument("--batch", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--gamma", type=float, default=DEMO_GAMMA, help="edit strength of the evaluation and pictures")
+    demo.add_argument("--eval-samples", type=int, default=16, help="fresh samples per evaluation repeat")
 
     import importlib
 
@@ -133,19 +137,41 @@ def _print_info(info: dict[str, Any], as_json: bool) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from flows.corpus import run_build_corpus
-    from hspace.render import save_grid
+    """corpus -> annotate -> PCA -> supervised -> disentangle -> evaluate -> bank, then pictures of edits."""
+    import torch
+
+    from flows.bank import run_rebuild_bank
+    from hspace.bank import load_bank
+    from hspace.sampler import sample, to_uint8
+    from hspace.models import load_model
+    from hspace.render import labeled_grid, save_grid
     from storage.corpus import Corpus
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    url = str(out / "corpus.zarr")
-    run_build_corpus(model=args.model, samples=args.samples, steps=args.steps, out=url, eta=1.0, batch=args.batch,
-                     seed=args.seed, dtype="float16", device="cpu")
+    url, bank_url = str(out / "corpus.zarr"), str(out / "bank")
+    result = run_rebuild_bank(
+        bank=bank_url, corpus=url, model=args.model, samples=args.samples, steps=args.steps, eta=1.0,
+        batch=args.batch, seed=args.seed, annotator="testbed", attributes=list(DEMO_ATTRIBUTES), k=args.samples // 4,
+        pca_components=4, pca_directions=2, gamma=args.gamma, eval_samples=args.eval_samples, repeats=2,
+        report=str(out), progress=True)
     corpus = Corpus.open(url)
-    grid = save_grid(corpus.read_x0(slice(0, 64)), out / "samples.png")
+    save_grid(corpus.read_x0(slice(0, 64)), out / "samples.png")
+    # Fig. 3's layout: one row per bank direction, per seed the columns -2g, -g, 0, g, 2g.
+    bank, model = load_bank(bank_url), load_model(args.model)
+    gammas = [-2 * args.gamma, -args.gamma, 0.0, args.gamma, 2 * args.gamma]
+    seeds = [int(s) for s in corpus.read_seeds(slice(0, 3))]
+    bank.check_model(model)
+    deltas = torch.stack([g * bank.tensor(name) for name in bank.names for _ in seeds for g in gammas])
+    images = sample(model, [s for _ in bank.names for s in seeds for _ in gammas], steps=bank.steps, eta=1.0,
+                    delta=deltas, capture=False, microbatch=len(deltas)).images
+    rows = to_uint8(images).numpy().reshape(len(bank.names), len(seeds) * len(gammas), *images.shape[1:])
+    labeled_grid(rows, list(bank.names), [f"{g:+g}" for _ in seeds for g in gammas],
+                 column_groups=[f"seed {i}" for i in range(len(seeds)) for _ in gammas]).save(out / "edits.png")
     _print_info(corpus.info(), as_json=False)
-    print(f"samples grid: {grid}")
+    print(f"bank {bank_url}: version {result['version']} with {', '.join(result['directions'])}")
+    for name in ("samples.png", "edits.png", "evaluation.png", "evaluation.md"):
+        print(f"{name}: {out / name}")
 
 
 def _testbed_report(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,3 +29,16 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(prefect_server, tmp_p
             "-p", f"out={out}", env=env)
     prefect("worker", "start", "--pool", "hspace-process", "--run-once", env=env)
     assert zarr.open_group(str(out), mode="r")["done"][:].tolist() == [True, True]
+
+
+def test_the_bank_rebuild_deploys_on_its_cron_schedule(prefect_server, tmp_path):
+    import json
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "HSPACE_ROOT": str(ROOT),
+           "PREFECT_HOME": str(tmp_path / "home")}
+    prefect("work-pool", "create", "hspace-process", "--type", "process", "--overwrite", env=env)
+    prefect("--no-prompt", "deploy", "--name", "rebuild-bank", env=env)
+    shown = prefect("deployment", "inspect", "rebuild-bank/rebuild-bank", "--output", "json", env=env).stdout
+    deployment = json.loads(shown)
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
+    assert deployment["parameters"]["model"] == "testbed"
