@@ -67,8 +67,7 @@ def colour_annotator(monkeypatch):
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    monkeypatch.setattr(flows.cli, "COMMAND_MODULES", ("flows.cli_annotate",))
+def cli():
     return flows.cli.main
 
 

@@ -131,13 +131,24 @@ def test_info_json_has_the_contract_fields(prefect_harness, tmp_path, capsys):
     assert info["bytes"] == sum(p.stat().st_size for p in (tmp_path / "c").rglob("*") if p.is_file())
 
 
-def test_demo_writes_a_picture_grid(prefect_harness, tmp_path, capsys):
+def test_demo_runs_the_pipeline_and_draws_samples_edits_and_the_evaluation(prefect_harness, tmp_path, capsys):
     from PIL import Image
 
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--samples", "8", "--steps", "3", "--batch", "4"]) == 0
-    picture = Image.open(tmp_path / "demo" / "samples.png")
-    assert picture.mode == "RGB" and picture.width >= 3 * 16
-    assert "samples grid:" in capsys.readouterr().out
+    from hspace.bank import load_bank
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--samples", "8", "--steps", "3", "--batch", "4",
+                 "--eval-samples", "2"]) == 0
+    picture = Image.open(out / "samples.png")
+    assert picture.mode == "RGB" and picture.width >= 3 * 32
+    bank = load_bank(str(out / "bank"))
+    # smile, eyes_open, glasses, hat, glasses-disentangled, pca-0, pca-1: one row each, 3 seeds x 5 gammas.
+    assert len(bank.names) == 7
+    edits = Image.open(out / "edits.png")
+    assert edits.height > 7 * 64 and edits.width > 15 * 64
+    assert (out / "evaluation.png").exists() and "| direction |" in (out / "evaluation.md").read_text()
+    printed = capsys.readouterr().out
+    assert f"edits.png: {out / 'edits.png'}" in printed and "version v0001" in printed
 
 
 def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_prefect_server, tmp_path):

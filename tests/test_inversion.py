@@ -135,7 +135,6 @@ def test_load_images_reads_resizes_and_refuses_bad_folders(tmp_path):
 
 
 def test_cli_invert_writes_a_direction_and_inversions(prefect_harness, tmp_path, monkeypatch, capsys, tiny):
-    monkeypatch.setattr(flows.cli, "COMMAND_MODULES", ("flows.cli_annotate",))
     positives, negatives = random_images(2, 16, seed=4), random_images(2, 16, seed=5)
     pos, neg = write_folder(tmp_path / "pos", positives), write_folder(tmp_path / "neg", negatives)
     out = tmp_path / "smile.safetensors"

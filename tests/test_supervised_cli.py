@@ -39,7 +39,6 @@ def url(annotated, tmp_path):
 
 @pytest.fixture
 def cli(monkeypatch, capsys):
-    monkeypatch.setattr(flows.cli, "COMMAND_MODULES", ("flows.cli_annotate",))
 
     def run(*args: str) -> tuple[int, str, str]:
         code = flows.cli.main(list(args))
