@@ -72,6 +72,7 @@ import safetensors.torch
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from hspace import names
 from hspace.errors import HSpaceError
 from hspace.hook import compose_delta
 from hspace.models import LoadedModel
@@ -79,7 +80,7 @@ from hspace.sampler import make_scheduler, parse_eta, sample, to_uint8
 
 SCHEMA_VERSION = 1
 METHODS = ("pca", "jacobian", "supervised", "disentangled", "examples", "inverted", "random")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = names.NAME
 AUTO_VERSION = re.compile(r"^v(\d{4,})$")
 RESERVED_VERSIONS = ("latest",)
 TENSOR_KEY = "direction"
@@ -89,11 +90,7 @@ BOOKKEEPING = ("version", "created", "package_version", "content_sha256", "manif
 
 def check_name(name: object, what: str = "direction") -> str:
     """``name`` if it can be a file or folder name inside the bank; HSpaceError otherwise."""
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
-        raise HSpaceError(
-            f"invalid {what} name {name!r}: use 1 to 64 letters, digits, '_', '.' or '-', starting with a letter "
-            "or digit, without '..' or slashes"
-        )
+    names.check_name(name, what)
     if what == "version" and name in RESERVED_VERSIONS:
         raise HSpaceError(f"{name!r} is reserved (it names the pointer to the newest version); choose another version")
     return name

@@ -23,7 +23,6 @@ next open, exactly like the corpus itself.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 import zarr
 
 from hspace.errors import HSpaceError
+from hspace.names import check_name
 from storage.corpus import Corpus, _differences, _short
 
 GROUP = "annotations"
@@ -38,17 +38,8 @@ ATTRS_KEY = "hspace_annotations"
 SCHEMA_VERSION = 1
 DONE = "done"
 # Names become Zarr paths: one path segment of plain characters, never "." or "..".
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def check_name(name: str, what: str) -> str:
-    """``name`` if it is safe as one Zarr path segment; else an error that says what is allowed."""
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
-        raise HSpaceError(
-            f"{what} name {name!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', starting with a "
-            "letter or digit (it becomes a path in the corpus)"
-        )
-    return name
 
 
 def read_flags(array: zarr.Array) -> np.ndarray:

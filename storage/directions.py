@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 
 from hspace.errors import HSpaceError
-from storage.annotations import check_name
+from hspace.names import check_name
 from storage.corpus import Corpus, _differences, _short
 
 GROUP = "directions"

@@ -36,7 +36,7 @@ mask             (S, S)                  uint8    one chunk                  M o
 
 Each run group has an ``hspace`` attribute with its parameters and ``initialized`` (true once every array
 exists). Reopening a run with other parameters is an error that names each difference. Run names become
-paths, so they are validated (:data:`RUN_NAME`).
+paths, so they are validated (:func:`hspace.names.check_name`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,21 +53,16 @@ import numpy as np
 import zarr
 
 from hspace.errors import HSpaceError
+from hspace.names import check_name
 from hspace.pca import pca_direction
 from storage.corpus import NOT_COMPARED, Corpus, _differences, _short
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RESULTS_SCHEMA_VERSION = 1
 
 
 def check_run_name(run: str) -> str:
     """Return ``run`` if it is a valid run name (it becomes a path inside the corpus group)."""
-    if not isinstance(run, str) or not RUN_NAME.fullmatch(run) or ".." in run:
-        raise HSpaceError(
-            f"invalid run name {run!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or "
-            "digit (no '/', no '..')"
-        )
-    return run
+    return check_name(run, "run")
 
 
 def corpus_settings(corpus: Corpus) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from hspace.errors import HSpaceError
 from hspace.inversion import direction_from_images, invert, load_image_files, load_images
 from hspace.models import LoadedModel
 from hspace.sampler import initial_noise, make_scheduler
-from storage.annotations import check_name, find_annotator
+from hspace.names import check_name
+from storage.annotations import find_annotator
 from storage.corpus import Corpus
 from storage.directions import (
     DirectionRecord,

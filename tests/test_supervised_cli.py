@@ -139,7 +139,7 @@ def test_same_name_made_another_way_needs_overwrite(url, cli):
         (["supervised", "{url}", "--attribute", "smile", "--k", "13", "--name", "a"], "--k 13 is more than half"),
         (["supervised", "{url}", "--attribute", "nope", "--name", "a"], "no annotator of the corpus"),
         (["supervised", "{url}", "--attribute", "smile", "--annotator", "clip", "--name", "a"], "no annotations by 'clip'"),
-        (["supervised", "{url}", "--attribute", "smile", "--k", "2", "--name", "../a"], "direction name '../a' is not allowed"),
+        (["supervised", "{url}", "--attribute", "smile", "--k", "2", "--name", "../a"], "invalid direction name '../a'"),
         (["supervised", "{url}", "--positives", "1,2", "--name", "a"], "give both --positives and --negatives"),
         (["supervised", "{url}", "--positives", "1,2", "--negatives", "2,3", "--name", "a"], "both positive and negative"),
         (["supervised", "{url}", "--positives", "1,99", "--negatives", "3", "--name", "a"], "not sample ids"),

@@ -18,11 +18,11 @@ Each annotator's dependencies are imported only when it is loaded: naming ``face
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any
 
 from hspace.annotators.base import Annotator
 from hspace.errors import HSpaceError
+from hspace.names import check_name
 
 ANNOTATORS = ("testbed", "clip", "faces")
 CLASSIFIER_PREFIX = "classifier:"
@@ -30,15 +30,8 @@ CLASSIFIER_PREFIX = "classifier:"
 CLASSIFIER_SUFFIXES = (".ts", ".torchscript", ".safetensors", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 # Annotator and attribute names become corpus paths (annotations/<name>/<attribute>): one plain path segment.
 # The same rule as storage.annotations.NAME, which hspace may not import.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def check_name(name: object, what: str) -> str:
-    """``name`` if it is safe as one path segment of the corpus; HSpaceError saying what is allowed otherwise."""
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
-        raise HSpaceError(f"{what} name {name!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
-                          "starting with a letter or digit (it becomes a path in the corpus)")
-    return name
 
 
 def load_annotator(name: str, /, **options: Any) -> Annotator:
