@@ -50,13 +50,11 @@ def cached_annotator(name: str, options: str = "{}") -> Annotator:
 def annotator_record(annotator: Annotator) -> AnnotatorRecord:
     """The record stored with the scores: name, attributes and the annotator's own ``config``.
 
-    ``config`` (a dict, or a property giving one) is the annotator's statement of what fixes its scores
+    ``config`` (:attr:`hspace.annotators.base.Annotator.config`) is the annotator's statement of what fixes its scores
     (weights checksum, prompts, preprocessing). Load options are not recorded as such: some (batch, device)
     never change a score, and those that do belong in ``config``.
     """
-    own = getattr(annotator, "config", None)
-    own = own() if callable(own) else own
-    return AnnotatorRecord(name=annotator.name, attributes=tuple(annotator.attributes), config=dict(own or {}))
+    return AnnotatorRecord(name=annotator.name, attributes=tuple(annotator.attributes), config=dict(annotator.config))
 
 
 def prepare_annotations(url: str, annotator: str, options: dict[str, Any] | None = None) -> Annotations:

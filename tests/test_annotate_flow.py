@@ -30,7 +30,10 @@ class MeanColour(Annotator):
 
     def __init__(self, scale: float = 1.0, label: str = "colour") -> None:
         self.scale, self.name = scale, label
-        self.config = {"scale": scale}
+
+    @property
+    def config(self) -> dict:
+        return {"scale": self.scale}
 
     def score(self, images: np.ndarray) -> np.ndarray:
         self.check_images(images)

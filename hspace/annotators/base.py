@@ -23,6 +23,12 @@ class Annotator(ABC):
     name: str
     attributes: tuple[str, ...]
 
+    @property
+    def config(self) -> dict:
+        """What fixes the scores (weight checksums, prompts, options), JSON-able: recorded with the scores in
+        the corpus, so annotations made by other weights are never mixed with these."""
+        return {}
+
     @abstractmethod
     def score(self, images: np.ndarray) -> np.ndarray:
         """Scores of shape (n, len(attributes)), float32, for uint8 images of shape (n, 3, H, W)."""

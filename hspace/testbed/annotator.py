@@ -157,6 +157,11 @@ class TestbedAnnotator(Annotator):
             raise HSpaceError(f"batch must be a positive integer; got {batch}")
         self.net = net.cpu().eval()
         self.batch = batch
+        self.weights_sha256: str | None = None  # set by load(): the checked file's sha256
+
+    @property
+    def config(self) -> dict:
+        return {"weights_sha256": self.weights_sha256}
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, batch: int = 512) -> TestbedAnnotator:
@@ -203,7 +208,9 @@ class TestbedAnnotator(Annotator):
         except (RuntimeError, KeyError) as error:
             raise HSpaceError(f"annotator weights {path} do not fit architecture {architecture} ({error}); "
                               f"{rebuild}") from None
-        return cls(net, batch=batch)
+        annotator = cls(net, batch=batch)
+        annotator.weights_sha256 = actual
+        return annotator
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """Score images.
