@@ -44,26 +44,8 @@ from hspace.jacobian import jacobian_directions, state_at_step
 from hspace.models import load_model
 from hspace.pca import StreamingPCA, align_signs, pca_direction
 from hspace.sampler import derive_seeds, sample
-from hspace.testbed import faces
 from hspace.testbed.evaluate import FACE_THRESHOLD, generate
-from hspace.testbed.faces import FACTORS
-
-
-def mouth_mask(size: int = 32) -> np.ndarray:
-    """Binary (size, size) mask of every pixel the mouth can cover, from the renderer's geometry.
-
-    The mouth (``faces._draw_mouth``) is a parabola of half-width MOUTH_HALF_WIDTH centred at
-    x = FACE_CENTER[0] + YAW_SHIFT * yaw, |yaw| <= 1, whose points lie within MOUTH_CURVE / 2 of MOUTH_Y
-    (y = MOUTH_Y + smile * MOUTH_CURVE * (0.5 - t^2), |smile| <= 1, t in [-1, 1]), drawn with a stroke of
-    MOUTH_WIDTH; a pixel is in the mask when it overlaps that box grown by half the stroke (the renderer
-    box-filters from 4x, so a partly covered pixel changes too).
-    """
-    pad = faces.MOUTH_WIDTH / 2
-    reach = faces.YAW_SHIFT + faces.MOUTH_HALF_WIDTH + pad
-    x0, x1 = faces.FACE_CENTER[0] - reach, faces.FACE_CENTER[0] + reach
-    y0, y1 = faces.MOUTH_Y - faces.MOUTH_CURVE / 2 - pad, faces.MOUTH_Y + faces.MOUTH_CURVE / 2 + pad
-    low, high = np.arange(size) / size, np.arange(1, size + 1) / size  # each pixel's extent
-    return ((high > y0) & (low < y1))[:, None] & ((high > x0) & (low < x1))[None, :]
+from hspace.testbed.faces import FACTORS, mouth_mask
 
 
 def h_scale(h: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from hspace.pca import StreamingPCA, align_signs, pca_direction
 from hspace.sampler import derive_seeds, sample
 from hspace.testbed import faces
 from hspace.testbed.evaluate import generate
-from hspace.testbed.faces import FACTORS
+from hspace.testbed.faces import FACTORS, mouth_mask
 
 STEPS = 10  # few steps keep the file fast; edits are weaker than at 50 steps (the bench's)
 ETA = 1.0
@@ -32,17 +32,6 @@ TOP = 2  # the third component at 10 steps moves only the binary hat, by < 2x ra
 @pytest.fixture(scope="module")
 def testbed():
     return load_model("testbed"), load_annotator("testbed")
-
-
-def mouth_mask(size: int) -> np.ndarray:
-    """(size, size) bool: pixels that overlap the box where the renderer can draw the mouth (any yaw and
-    smile), grown by half the stroke width (hspace/testbed/faces.py, ``_draw_mouth``)."""
-    pad = faces.MOUTH_WIDTH / 2
-    reach = faces.YAW_SHIFT + faces.MOUTH_HALF_WIDTH + pad
-    x0, x1 = faces.FACE_CENTER[0] - reach, faces.FACE_CENTER[0] + reach
-    y0, y1 = faces.MOUTH_Y - faces.MOUTH_CURVE / 2 - pad, faces.MOUTH_Y + faces.MOUTH_CURVE / 2 + pad
-    low, high = np.arange(size) / size, np.arange(1, size + 1) / size  # each pixel's extent
-    return ((high > y0) & (low < y1))[:, None] & ((high > x0) & (low < x1))[None, :]
 
 
 def test_mouth_mask_covers_the_rendered_mouths_and_little_else():

@@ -266,3 +266,20 @@ def _px(side: int, *coords: float) -> list[float]:
 def _width(side: int, fraction: float) -> int:
     """A stroke width in drawing pixels, never below one."""
     return max(1, round(fraction * side))
+
+
+def mouth_mask(size: int = 32) -> np.ndarray:
+    """Binary (size, size) mask of every pixel the mouth can cover, from the renderer's geometry.
+
+    The mouth (``_draw_mouth``) is a parabola of half-width MOUTH_HALF_WIDTH centred at
+    x = FACE_CENTER[0] + YAW_SHIFT * yaw, |yaw| <= 1, whose points lie within MOUTH_CURVE / 2 of MOUTH_Y
+    (y = MOUTH_Y + smile * MOUTH_CURVE * (0.5 - t^2), |smile| <= 1, t in [-1, 1]), drawn with a stroke of
+    MOUTH_WIDTH; a pixel is in the mask when it overlaps that box grown by half the stroke (the renderer
+    box-filters from 4x, so a partly covered pixel changes too).
+    """
+    pad = MOUTH_WIDTH / 2
+    reach = YAW_SHIFT + MOUTH_HALF_WIDTH + pad
+    x0, x1 = FACE_CENTER[0] - reach, FACE_CENTER[0] + reach
+    y0, y1 = MOUTH_Y - MOUTH_CURVE / 2 - pad, MOUTH_Y + MOUTH_CURVE / 2 + pad
+    low, high = np.arange(size) / size, np.arange(1, size + 1) / size  # each pixel's extent
+    return ((high > y0) & (low < y1))[:, None] & ((high > x0) & (low < x1))[None, :]
