@@ -32,6 +32,18 @@ def disentangled_name(name: str) -> str:
     return f"{name}-disentangled"
 
 
+def disentangle_plan(attributes: Sequence[str], disentangle: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    """The eq. 12 pairs to publish: the given ones (each name must be one of ``attributes``), or by default
+    those of :data:`DEFAULT_DISENTANGLE` whose attributes are all built."""
+    if disentangle is None:
+        return {a: others for a, others in DEFAULT_DISENTANGLE.items()
+                if a in attributes and all(o in attributes for o in others)}
+    unknown = sorted({a for a, others in disentangle.items() for a in [a, *others] if a not in attributes})
+    if unknown:
+        raise HSpaceError(f"disentangle names {unknown}, which are not among the attributes {list(attributes)}")
+    return dict(disentangle)
+
+
 @flow(name="rebuild-bank")
 def rebuild_bank(
     bank: str,
@@ -89,15 +101,10 @@ def rebuild_bank(
         server (``PREFECT_API_URL``). The later stages are light next to it and run in this process.
     """
     attributes = list(attributes)
-    if disentangle is None:
-        disentangle = {a: others for a, others in DEFAULT_DISENTANGLE.items()
-                       if a in attributes and all(o in attributes for o in others)}
-    unknown = sorted({a for a, others in disentangle.items() for a in [a, *others] if a not in attributes})
-    if unknown:
-        raise HSpaceError(f"disentangle names {unknown}, which are not among the attributes {attributes}")
+    disentangle = disentangle_plan(attributes, disentangle)
     runner = task_runner(workers=workers, dask_address=dask_address, device=device, threads=threads)
-    build_corpus.with_options(task_runner=runner)(model=model, samples=samples, steps=steps, out=corpus, eta=eta, batch=batch, seed=seed,
-                 device=device, progress=progress)
+    build_corpus.with_options(task_runner=runner)(model=model, samples=samples, steps=steps, out=corpus, eta=eta,
+                                                  batch=batch, seed=seed, device=device, progress=progress)
     annotate(corpus, annotator, annotator_options, progress=progress)
     pca_run = None
     if pca_components > 0:
@@ -124,6 +131,7 @@ def run_rebuild_bank(**arguments: Any) -> dict[str, Any]:
     defaults = {name: p.default for name, p in inspect.signature(rebuild_bank.fn).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     settings = {**defaults, **arguments}
+    disentangle_plan(list(settings["attributes"]), settings["disentangle"])  # fails before anything is written
     prepare_corpus(out=settings["corpus"], dtype="float16", device=settings["device"],
                    **{key: settings[key] for key in ("model", "samples", "steps", "eta", "batch", "seed")})
     uses_processes = settings["workers"] is not None or settings["dask_address"] is not None
