@@ -43,3 +43,5 @@ class Annotator(ABC):
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
             got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
             raise HSpaceError(f"annotators take uint8 images of shape (n, 3, H, W); got {got}")
+        if min(images.shape[-2:]) < 1:
+            raise HSpaceError(f"annotators take images at least 1 pixel wide; got shape {images.shape}")

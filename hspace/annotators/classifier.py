@@ -310,8 +310,6 @@ class ClassifierAnnotator(Annotator):
             float32, shape (n, len(attributes)): probabilities or logits (``output``).
         """
         self.check_images(images)
-        if min(images.shape[-2:]) < 1:
-            raise HSpaceError(f"annotators take images at least 1 pixel wide; got shape {images.shape}")
         out = np.empty((len(images), len(self.attributes)), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(images), self.batch):

@@ -207,8 +207,6 @@ class FaceAnnotator(Annotator):
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         self.check_images(images)
-        if min(images.shape[-2:]) < 1:
-            raise HSpaceError(f"annotators take images at least 1 pixel wide; got shape {images.shape}")
         n = len(images)
         probability = np.zeros(n, dtype=np.float32)
         box = np.full((n, 4), np.nan, dtype=np.float32)

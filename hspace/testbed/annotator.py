@@ -227,8 +227,6 @@ class TestbedAnnotator(Annotator):
             binary factors, factor units for the continuous ones.
         """
         self.check_images(images)
-        if images.shape[-2] < 1 or images.shape[-1] < 1:
-            raise HSpaceError(f"annotators take images at least 1 pixel wide; got shape {images.shape}")
         out = np.empty((len(images), len(ATTRIBUTES)), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(images), self.batch):
