@@ -597,17 +597,35 @@ def align_signs(components: np.ndarray | torch.Tensor) -> tuple[np.ndarray | tor
     rows = torch.as_tensor(components)
     if rows.ndim != 3:
         raise HSpaceError(f"components must have shape (T, k, D); got {tuple(rows.shape)}")
-    work = rows.to(torch.float64)
-    signs = torch.empty(rows.shape[:2], dtype=torch.float64, device=rows.device)
-    signs[0] = _flip_signs(work[0])
-    for t in range(1, len(work)):
-        dots = (work[t] * (work[t - 1] * signs[t - 1, :, None])).sum(dim=1)
-        signs[t] = torch.where(dots < 0, -1.0, 1.0)
-    aligned = (work * signs[..., None]).to(rows.dtype)
+    signs = step_signs(rows)
+    aligned = (rows.to(torch.float64) * signs[..., None]).to(rows.dtype)
     signs = signs.to(rows.dtype)
     if isinstance(components, torch.Tensor):
         return aligned, signs
     return aligned.numpy(), signs.numpy()
+
+
+def step_signs(steps: Iterable[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """The signs of :func:`align_signs`, float64 (T, k), from the steps' (k, D) components in sampling order.
+
+    Reads one step at a time and keeps only the previous aligned step, so a run's components never have
+    to be in memory at once (k = 128 at D = 32,768 is 16 MB per step, 840 MB for T = 50).
+    """
+    signs: list[torch.Tensor] = []
+    previous: torch.Tensor | None = None
+    for t, step in enumerate(steps):
+        work = torch.as_tensor(step).to(torch.float64)
+        if work.ndim != 2 or (previous is not None and work.shape != previous.shape):
+            raise HSpaceError(f"step {t} components must have shape (k, D) like the others; got {tuple(work.shape)}")
+        if previous is None:
+            sign = _flip_signs(work)
+        else:
+            sign = torch.where((work * previous).sum(dim=1) < 0, -1.0, 1.0).to(torch.float64)
+        previous = work * sign[:, None]
+        signs.append(sign.to(torch.float64))
+    if not signs:
+        raise HSpaceError("no steps to align")
+    return torch.stack(signs)
 
 
 def pca_direction(components: np.ndarray | torch.Tensor, j: int, h_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -214,10 +214,13 @@ class PCARun:
                        explained_variance_ratio=g["explained_variance_ratio"][step],
                        n_samples=int(g["n_samples"][step]))
 
-    def read_components(self) -> np.ndarray:
-        """Raw components of every fitted step, (len(steps), k, D), signs as fitted; all steps must be done."""
+    def iter_components(self, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """Raw components of each fitted step in turn, (k, D) or (len(indices), D), signs as fitted; all steps
+        must be done. One step in memory at a time."""
         self._require_done()
-        return np.stack([self.group["components"][t] for t in self.spec.steps])
+        for t in self.spec.steps:
+            components = self.group["components"][t]
+            yield components if indices is None else components[list(indices)]
 
     def signs(self) -> np.ndarray:
         """+1/-1 of shape (len(steps), k); refuses a run that is not aligned."""
@@ -287,11 +290,12 @@ def read_pca_directions(url: str, run: str, indices: Sequence[int] | None = None
     if bad:
         raise HSpaceError(f"PCA run {run!r} has components 0..{k - 1}; got {bad[0]}")
     signs = pca.signs()  # refuses an incomplete run
-    aligned = pca.read_components()[:, indices] * signs[:, indices, None]  # (len(steps), n, D)
     spec = pca.corpus.spec
     directions = np.zeros((len(indices), spec.steps, *spec.h_shape), dtype=np.float32)
-    for i in range(len(indices)):
-        directions[i, list(pca.spec.steps)] = pca_direction(aligned, i, spec.h_shape).numpy()
+    for i, (t, components) in enumerate(zip(pca.spec.steps, pca.iter_components(indices))):
+        aligned = (components * signs[i, indices, None])[None]  # (1, n, D): this step alone
+        for j in range(len(indices)):
+            directions[j, t] = pca_direction(aligned, j, spec.h_shape).numpy()[0]
     return directions
 
 

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 import hspace
 from hspace.errors import HSpaceError
-from hspace.pca import METHODS, StreamingPCA, align_signs, default_batch_size, default_oversampling
+from hspace.pca import METHODS, StreamingPCA, default_batch_size, default_oversampling, step_signs
 from storage.corpus import Corpus
 from storage.results import PCARun, PCASpec, check_run_name, corpus_settings
 from tasks.corpus import _retry_on_io_error
@@ -89,7 +89,7 @@ def fit_pca_step(url: str, run: str, step: int, device: str = "cpu") -> int:
 def align_pca_run(url: str, run: str) -> str:
     """Align the signs of the components across the run's steps (method.md) and write them; returns the run."""
     pca = PCARun.open(url, run, writable=True)
-    _, signs = align_signs(pca.read_components())
-    pca.write_signs(np.asarray(signs).astype(np.int8))
+    signs = step_signs(pca.iter_components())  # one step at a time: a run can exceed memory
+    pca.write_signs(signs.numpy().astype(np.int8))
     return run
 

@@ -18,7 +18,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from hspace.errors import HSpaceError
-from hspace.pca import StreamingPCA, align_signs, pca_direction
+from hspace.pca import StreamingPCA, align_signs, pca_direction, step_signs
 
 N, D, K = 800, 2048, 10
 BATCH = 200  # several merges over N rows
@@ -224,6 +224,25 @@ def test_align_signs_restores_random_flips():
     np.testing.assert_allclose(as_tensor.numpy(), truth, atol=1e-6)
     with pytest.raises(HSpaceError, match=r"\(T, k, D\)"):
         align_signs(truth[0])
+
+
+def test_step_signs_streams_the_steps_and_restores_random_flips():
+    truth = _smooth_components(3)
+    flips = np.random.default_rng(4).choice([-1.0, 1.0], size=truth.shape[:2])
+    read = []
+
+    def one_step_at_a_time():
+        for t, step in enumerate(truth * flips[..., None]):
+            read.append(t)
+            yield step
+
+    signs = step_signs(one_step_at_a_time())
+    assert read == list(range(len(truth)))
+    np.testing.assert_array_equal(signs.numpy(), flips)
+    with pytest.raises(HSpaceError, match="step 1 components"):
+        step_signs([truth[0], truth[1, :2]])
+    with pytest.raises(HSpaceError, match="no steps"):
+        step_signs([])
 
 
 def test_pca_direction_shape_and_norms():

@@ -11,6 +11,7 @@ import torch
 
 from hspace.errors import HSpaceError
 from hspace.models import SHIPPED, load_model, weight_fingerprint
+from hspace.testbed.train import UNET_CONFIG, TrainConfig, cut_skip_connections, new_unet, train
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -28,7 +29,8 @@ def test_testbed_loads_in_float32_with_the_h_of_its_card():
     card = json.loads((SHIPPED["testbed"] / "card.json").read_text())
     assert all(p.dtype == torch.float32 for p in model.unet.parameters())
     assert model.image_shape == (3, 32, 32)
-    assert model.h_shape == (card["architecture"]["block_out_channels"][-1], 2, 2)
+    levels = len(card["architecture"]["block_out_channels"])
+    assert model.h_shape == (card["architecture"]["block_out_channels"][-1],) + (32 // 2 ** (levels - 1),) * 2
 
 
 def test_diffusers_reads_the_shipped_folder_with_the_same_weights():
@@ -53,3 +55,66 @@ def test_missing_weights_say_to_reinstall(tmp_path, monkeypatch):
     monkeypatch.setitem(SHIPPED, "testbed", tmp_path / "nowhere")
     with pytest.raises(HSpaceError, match="reinstall"):
         load_model("testbed")
+
+
+def _eps_with_noisy_skips(unet, blocks, x, t) -> torch.Tensor:
+    """diffusers' own forward, with the skip tensors that ``blocks`` receive replaced by large noise."""
+    generator = torch.Generator().manual_seed(1)
+
+    def noisy(module, args):
+        sample, skips, emb = args
+        return sample, tuple(10 * torch.randn(s.shape, generator=generator) for s in skips), emb
+
+    handles = [block.register_forward_pre_hook(noisy) for block in blocks]
+    try:
+        with torch.no_grad():
+            return unet(x, t).sample
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_below_full_resolution_only_h_reaches_the_decoder():
+    # The shipped weights, not the training code: noise in every cut skip leaves eps unchanged (so h is the
+    # only route from encoder to decoder below 32x32), while noise in the kept 32x32 skips changes it.
+    unet = load_model("testbed").unet
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 300, 600, 900])
+    with torch.no_grad():
+        eps = unet(x, t).sample
+    cut = _eps_with_noisy_skips(unet, unet.up_blocks[:-1], x, t)
+    kept = _eps_with_noisy_skips(unet, unet.up_blocks[-1:], x, t)
+    assert torch.allclose(cut, eps, atol=1e-6, rtol=0)
+    assert (kept - eps).abs().mean() > 0.01
+
+
+def test_a_cut_that_group_norm_would_leak_around_is_refused():
+    from diffusers import UNet2DModel
+
+    # 128 h-path + 64 skip channels in 8 groups of 24: a group would hold both.
+    unet = UNet2DModel(**dict(UNET_CONFIG, block_out_channels=(16, 32, 64, 128), norm_num_groups=8))
+    with pytest.raises(HSpaceError, match="would mix them"):
+        cut_skip_connections(unet)
+
+
+def test_training_holds_the_cut_at_zero_and_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    config = TrainConfig(steps=4, batch=4, checkpoint_every=2, warmup=2)
+    train(config, tmp_path / "straight")
+    train(TrainConfig(**{**config.__dict__, "steps": 2}), tmp_path / "resumed")
+    train(config, tmp_path / "resumed")
+    start = new_unet(config.seed).state_dict()
+    for kind in ("model", "ema"):
+        straight = load_file(tmp_path / "straight" / f"{kind}.safetensors")
+        resumed = load_file(tmp_path / "resumed" / f"{kind}.safetensors")
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight), kind
+    probe = new_unet(config.seed)
+    names = {id(p): n for n, p in probe.named_parameters()}
+    cut = [(names[id(weight)], first) for weight, first in cut_skip_connections(probe)]
+    assert len(cut) == 2 * sum(len(block.resnets) for block in probe.up_blocks[:-1])
+    for kind in ("model", "ema"):
+        trained = load_file(tmp_path / "straight" / f"{kind}.safetensors")
+        for name, first in cut:
+            assert torch.count_nonzero(trained[name][:, first:]) == 0, (kind, name)
+            assert not torch.equal(trained[name][:, :first], start[name][:, :first]), (kind, name)

@@ -1,10 +1,19 @@
 """Train the testbed diffusion model on procedural faces (DDPM, eps-prediction, EMA weights).
 
 Architecture (why): small U-Nets trained briefly barely use their bottleneck, because skip connections
-carry everything (measured before this module: a 4-level U-Net with h = 128x4x4 trained 4,000 steps let
-h move yaw only). This one has five levels, 32 -> 16 -> 8 -> 4 -> 2, with attention at 4x4 and 2x2, so
-h (128 x 2 x 2) is the only place where the whole face is seen at once, and it must fit the 10 MB budget
-for shipped weights (4.5M parameters, 8.9 MB in float16).
+carry everything. Measured before this module: a 4-level U-Net with h = 128x4x4 trained 4,000 steps let
+h move yaw only; a 5-level one (h = 128x2x2, attention at 4x4 and 2x2) trained 8,000 steps let h move
+hat only, and swapping h_{T:1} between samples (Fig. 2a) left every factor with the noise donor.
+
+So this model *cuts* the skip connections below full resolution: in every up block except the last
+(32x32), the weights that read the skip tensor (the skip columns of ``conv1`` and of the 1x1
+``conv_shortcut``) are zero and held at zero through training (:func:`cut_skip_connections`). It is still
+a plain diffusers ``UNet2DModel`` (nothing is monkeypatched; the zeros are in the weights), but the only
+route from the encoder to the decoder at 16x16 and below is h, as in the large models where h is
+semantic (the paper's premise, Sec. III). The full-resolution skips stay, for the fine denoising at the
+last steps that a 4x4 bottleneck cannot carry. The channel counts and ``norm_num_groups`` are chosen so
+that no GroupNorm group of an up-block resnet mixes h-path and skip channels: otherwise the group
+statistics would leak skip information around the zero weights (checked by :func:`cut_skip_connections`).
 
 Reproducible and resumable: batch k's faces come from ``render_dataset(.., seed=[seed, k])`` and its noise
 and timesteps from a generator seeded with (seed, k), so the data a step sees does not depend on where a
@@ -35,18 +44,50 @@ UNET_CONFIG = {
     "sample_size": 32,
     "in_channels": 3,
     "out_channels": 3,
-    "block_out_channels": (16, 32, 64, 128, 128),
+    "block_out_channels": (24, 48, 96, 96),
     "layers_per_block": 1,
-    "norm_num_groups": 8,
+    "norm_num_groups": 12,
     "attention_head_dim": 32,
-    "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
 }
+# Skip connections are kept only at this resolution and above (see the module docstring).
+KEEP_SKIPS_FROM = 32
+
+
+def cut_skip_connections(unet: UNet2DModel, keep_from: int = KEEP_SKIPS_FROM) -> list[tuple[torch.Tensor, int]]:
+    """Zero the weights that read skip tensors in the up blocks below resolution ``keep_from``.
+
+    Returns the cut weights as ``(weight, first_skip_column)`` pairs, so that training can re-zero them
+    after every optimizer step. Raises if a GroupNorm group of a cut resnet mixes h-path and skip
+    channels, since its statistics would then carry skip information past the zero weights.
+    """
+    cut: list[tuple[torch.Tensor, int]] = []
+    resolution = unet.config.sample_size // 2 ** (len(unet.up_blocks) - 1)
+    previous = unet.mid_block.resnets[-1].out_channels
+    for block in unet.up_blocks:
+        for j, resnet in enumerate(block.resnets):
+            # diffusers' up-block resnet input is cat([hidden, skip]): hidden first (UpBlock2D.forward).
+            hidden = previous if j == 0 else resnet.out_channels
+            if resolution >= keep_from:
+                continue
+            group = resnet.norm1.num_channels // resnet.norm1.num_groups
+            if hidden % group:
+                raise HSpaceError(f"up-block resnet with {hidden} h-path + {resnet.norm1.num_channels - hidden} skip "
+                                  f"channels: GroupNorm groups of {group} channels would mix them; choose "
+                                  "block_out_channels and norm_num_groups so that they do not")
+            cut += [(resnet.conv1.weight, hidden), (resnet.conv_shortcut.weight, hidden)]
+        previous = block.resnets[-1].out_channels
+        resolution *= 2
+    with torch.no_grad():
+        for weight, first in cut:
+            weight[:, first:] = 0
+    return cut
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    steps: int = 8000
+    steps: int = 7000
     batch: int = 32
     lr: float = 3e-4
     warmup: int = 250
@@ -63,7 +104,9 @@ class TrainConfig:
 def new_unet(seed: int) -> UNet2DModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DModel(**UNET_CONFIG)
+        unet = UNet2DModel(**UNET_CONFIG)
+    cut_skip_connections(unet)
+    return unet
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -104,6 +147,7 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
         ema.load_state_dict(load_file(checkpoint_dir / "ema.safetensors"))
         optimizer.load_state_dict(torch.load(checkpoint_dir / "optimizer.pt", weights_only=True))
         log["config"]["steps"] = config.steps
+    cut = cut_skip_connections(unet)
     unet.train()
     started, running = time.monotonic(), []
     for step in range(log["step"], config.steps):
@@ -116,6 +160,9 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
+        with torch.no_grad():
+            for weight, first in cut:
+                weight[:, first:] = 0  # Adam's eps and rounding must not regrow a cut skip
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters()):
@@ -187,6 +234,8 @@ def export_model(checkpoint_dir: Path, out_dir: Path, *, command: str) -> dict:
                 "P(hat | glasses) = 0.7, P(hat | no glasses) = 0.2)",
         "objective": "DDPM eps-prediction, MSE, linear betas 1e-4..0.02, 1000 timesteps; EMA weights",
         "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
+        "skip_connections": f"kept at {KEEP_SKIPS_FROM}x{KEEP_SKIPS_FROM} only: below it the up-block weights that "
+                            "read skips are zero (h is the only route from encoder to decoder there)",
         "parameters": sum(p.numel() for p in unet.parameters()),
         "train_config": log["config"],
         "steps_done": log["step"],
