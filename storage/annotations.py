@@ -242,17 +242,8 @@ def find_annotator(corpus: Corpus, attribute: str, annotator: str | None = None)
 
 # ----- private helpers ---------------------------------------------------------------------------
 def _read_record_attrs(corpus: Corpus, name: str) -> dict[str, Any] | None:
-    try:
-        node = corpus.group[f"{GROUP}/{name}"]
-    except KeyError:
-        return None
-    attrs = node.attrs.get(ATTRS_KEY) if isinstance(node, zarr.Group) else None
-    if not isinstance(attrs, dict):
-        raise HSpaceError(f"{corpus.url}/{GROUP}/{name} is not an hspace annotation group; remove it")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise HSpaceError(f"annotations {name!r} of {corpus.url} have schema version {attrs.get('schema_version')}; "
-                          f"this hspace reads version {SCHEMA_VERSION}")
-    return attrs
+    return corpus.read_member_attrs(f"{GROUP}/{name}", node_type=zarr.Group, key=ATTRS_KEY, version=SCHEMA_VERSION,
+                                    what="an hspace annotation group")
 
 
 def _check_same(corpus: Corpus, attrs: dict[str, Any], record: AnnotatorRecord) -> None:

@@ -176,6 +176,22 @@ class Corpus:
     def read_seeds(self, samples: slice = slice(None)) -> np.ndarray:
         return self.group["seed"][samples]
 
+    def read_member_attrs(self, path: str, *, node_type: type, key: str, version: int,
+                          what: str) -> dict[str, Any] | None:
+        """The hspace attributes (under ``key``) of the member at ``path`` (an annotation group, a direction
+        array, ...), or None where there is none; refuses a member of another kind or schema version."""
+        try:
+            node = self.group[path]
+        except KeyError:
+            return None
+        attrs = node.attrs.get(key) if isinstance(node, node_type) else None
+        if not isinstance(attrs, dict):
+            raise HSpaceError(f"{self.url}/{path} is not {what}; remove it")
+        if attrs.get("schema_version") != version:
+            raise HSpaceError(f"{path} of {self.url} has schema version {attrs.get('schema_version')}; this hspace "
+                              f"reads version {version}")
+        return attrs
+
     def bytes_on_disk(self) -> int:
         fs, path = fsspec.core.url_to_fs(self.url)
         return int(fs.du(path, total=True))

@@ -245,14 +245,5 @@ def read_direction_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
 
 # ----- private helpers ---------------------------------------------------------------------------
 def _read_attrs(corpus: Corpus, name: str) -> dict[str, Any] | None:
-    try:
-        node = corpus.group[f"{GROUP}/{name}"]
-    except KeyError:
-        return None
-    attrs = node.attrs.get(ATTRS_KEY) if isinstance(node, zarr.Array) else None
-    if not isinstance(attrs, dict):
-        raise HSpaceError(f"{corpus.url}/{GROUP}/{name} is not an hspace direction; remove it")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise HSpaceError(f"direction {name!r} of {corpus.url} has schema version {attrs.get('schema_version')}; "
-                          f"this hspace reads version {SCHEMA_VERSION}")
-    return attrs
+    return corpus.read_member_attrs(f"{GROUP}/{name}", node_type=zarr.Array, key=ATTRS_KEY, version=SCHEMA_VERSION,
+                                    what="an hspace direction")
