@@ -180,7 +180,7 @@ def _testbed_report(args: argparse.Namespace) -> dict[str, Any]:
     from hspace.annotators import load_annotator
     from hspace.errors import HSpaceError
     from hspace.models import load_model
-    from hspace.render import heatmap, image_grid
+    from hspace.render import heatmap, image_grid, write_files
     from hspace.testbed.evaluate import edit_grid, report, to_markdown
 
     for name in ("samples", "eval_samples", "steps", "swap_pairs"):
@@ -208,10 +208,11 @@ def _testbed_report(args: argparse.Namespace) -> dict[str, Any]:
         "r2.png": heatmap(torch.tensor(list(figures["per_step_r2"]["r2"].values())).numpy(),
                           list(figures["per_step_r2"]["r2"]), title="held-out R^2 of h_t -> factor, step 1..T"),
     }
-    for name, picture in pictures.items():
-        _atomic_write(out / name, lambda path, picture=picture: picture.save(path, format="PNG"))
-    _atomic_write(out / "report.md", lambda path: path.write_text(to_markdown(figures)))
-    _atomic_write(out / "report.json", lambda path: path.write_text(json.dumps(figures, indent=2) + "\n"))
+    write_files(out, {
+        **{name: lambda path, picture=picture: picture.save(path, format="PNG") for name, picture in pictures.items()},
+        "report.md": lambda path: path.write_text(to_markdown(figures)),
+        "report.json": lambda path: path.write_text(json.dumps(figures, indent=2) + "\n"),
+    })
     return figures
 
 
@@ -221,12 +222,6 @@ def _swap_triples(images: Any, swapped: Any, *, pairs: int) -> Any:
 
     total = len(swapped)
     return np.stack([image for i in range(pairs) for image in (images[i], images[total + i], swapped[i])])
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    write(staging)
-    staging.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,21 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, scale: int | N
         canvas[top:top + height, left:left + width] = image.transpose(1, 2, 0)
     picture = Image.fromarray(canvas)
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST) if scale > 1 else picture
+
+
+def write_files(folder: Path, writers: dict[str, Callable[[Path], object]]) -> list[Path]:
+    """Write each output file of a report by write-then-rename, in the given order: a file that exists is
+    complete, so the last one named can mark the whole report as written. Returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, write in writers.items():
+        path = folder / name
+        staging = path.with_name(f".{name}.tmp")
+        write(staging)
+        staging.replace(path)
+        written.append(path)
+    return written
 
 
 def save_grid(images: np.ndarray, path: Path, **grid_options: int) -> Path:

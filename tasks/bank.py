@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from hspace.bank import Direction, publish
 from hspace.evaluate import EvaluationResult, evaluate_directions
+from hspace.render import write_files
 from hspace.errors import HSpaceError
 from storage.corpus import Corpus
 from storage.directions import read_direction
@@ -123,18 +124,11 @@ def evaluate_bank_directions(url: str, names: list[str], *, pca_run: str | None,
 
 def write_report(result: EvaluationResult, folder: Path) -> list[Path]:
     """evaluation.csv, evaluation.md and evaluation.png (write-then-rename each)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, write in (("evaluation.csv", lambda p: p.write_text(result.to_csv())),
-                        ("evaluation.md", lambda p: p.write_text(result.to_markdown("std") + "\n" +
-                                                                 result.to_markdown("score"))),
-                        ("evaluation.png", lambda p: result.heatmap("std").save(p, format="PNG"))):
-        path = folder / name
-        staging = path.with_name(f".{name}.tmp")
-        write(staging)
-        staging.replace(path)
-        written.append(path)
-    return written
+    return write_files(folder, {
+        "evaluation.csv": lambda p: p.write_text(result.to_csv()),
+        "evaluation.md": lambda p: p.write_text(result.to_markdown("std") + "\n" + result.to_markdown("score")),
+        "evaluation.png": lambda p: result.heatmap("std").save(p, format="PNG"),
+    })
 
 
 def direction_evaluation(result: EvaluationResult, name: str) -> dict[str, Any]:
