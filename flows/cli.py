@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     testbed = commands.add_parser("testbed", help="the project's own trained model of procedural faces")
     testbed_commands = testbed.add_subparsers(dest="testbed_command", required=True)
     train = testbed_commands.add_parser("train", help="train (or resume) the testbed model and export it")
-    train.add_argument("--steps", type=int, default=7000)
+    train.add_argument("--steps", type=int, default=9000)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--checkpoints", default=".train/testbed-ckpt", help="resumable checkpoint folder")

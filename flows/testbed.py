@@ -9,7 +9,7 @@ from tasks.testbed import export_testbed_model, train_testbed_model
 
 
 @flow(name="train-testbed")
-def train_testbed(steps: int = 7000, seed: int = 0, batch: int = 32, checkpoints: str = ".train/testbed-ckpt",
+def train_testbed(steps: int = 9000, seed: int = 0, batch: int = 32, checkpoints: str = ".train/testbed-ckpt",
                   out: str = str(SHIPPED["testbed"]), progress: bool = True) -> str:
     """Train (resuming from ``checkpoints``) and export to ``out``; returns the weights' sha256."""
     train_testbed_model(checkpoints, steps, seed, batch, progress)

@@ -87,7 +87,7 @@ def cut_skip_connections(unet: UNet2DModel, keep_from: int = KEEP_SKIPS_FROM) ->
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    steps: int = 7000
+    steps: int = 9000
     batch: int = 32
     lr: float = 3e-4
     warmup: int = 250
