@@ -100,13 +100,24 @@ def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples
                 "face_rate": float(_is_face({a: s[part] for a, s in edited.scores.items()}).mean()),
                 "others_in_std": {o: float(change[o].mean()) for o in FACTORS if o != f},
             }}
-    for f, result in results.items():
-        passing = [float(g) for g, e in result["gammas"].items()
-                   if e["direction"]["change_in_std"] >= 1.0 and e["direction"]["face_rate"] >= STILL_A_FACE
-                   and e["direction"]["change_in_std"] >= 3 * e["random"]["abs_change_in_std"]]
-        result["passes_at_gamma"] = min(passing) if passing else None
+    base_face_rate = float(_is_face(base.scores).mean())
+    for result in results.values():
+        # Two readings of "the image is still a face": the acceptance's absolute one (>= 90% of edits are
+        # faces), and one relative to the unedited samples (the edit keeps >= 90% of their face rate), which
+        # separates what an edit destroys from what the model never drew.
+        result["passes_at_gamma"] = passing_gamma(result, STILL_A_FACE)
+        result["passes_at_gamma_vs_base"] = passing_gamma(result, STILL_A_FACE * base_face_rate)
     return {"k": k, "corpus_samples": len(corpus.seeds), "eval_samples": n,
-            "base_face_rate": float(_is_face(base.scores).mean()), "factors": results}, directions
+            "base_face_rate": base_face_rate, "factors": results}, directions
+
+
+def passing_gamma(result: dict, faces_needed: float) -> float | None:
+    """The smallest gamma of one factor's :func:`supervised_effects` entry where the direction moves the factor
+    by >= 1 std, >= 3x the random direction, with a share ``faces_needed`` of the edits still faces."""
+    passing = [float(g) for g, e in result["gammas"].items()
+               if e["direction"]["change_in_std"] >= 1.0 and e["direction"]["face_rate"] >= faces_needed
+               and e["direction"]["change_in_std"] >= 3 * e["random"]["abs_change_in_std"]]
+    return min(passing) if passing else None
 
 
 def h_swap(model: LoadedModel, annotator: Annotator, corpus: Samples, *, pairs: int,
@@ -226,10 +237,12 @@ def to_markdown(figures: dict) -> str:
         "",
         "Change of the factor's score in stds of the unedited samples: direction (mean signed change) / "
         "random direction with the same per-step norm (mean absolute change) / share of edits still faces. "
-        "Pass: >= 1 std, >= 3x random, >= 90% faces.",
+        f"Pass: >= 1 std, >= 3x random, and >= 90% of edits faces (absolute) or >= 90% of the unedited "
+        f"samples' face rate, {supervised['base_face_rate']:.2f} (vs unedited).",
         "",
-        "| factor | " + " | ".join(f"gamma {g}" for g in gammas) + " | passes at gamma | largest side effect |",
-        "|---|" + "---|" * (len(gammas) + 2),
+        "| factor | " + " | ".join(f"gamma {g}" for g in gammas) +
+        " | passes at gamma (absolute) | passes at gamma (vs unedited) | largest side effect |",
+        "|---|" + "---|" * (len(gammas) + 3),
     ]
     for f, result in supervised["factors"].items():
         cells = [f"{e['direction']['change_in_std']:+.2f} / {e['random']['abs_change_in_std']:.2f} / "
@@ -237,7 +250,7 @@ def to_markdown(figures: dict) -> str:
         last = list(result["gammas"].values())[-1]["direction"]["others_in_std"]
         worst = max(last, key=lambda o: abs(last[o]))
         lines.append(f"| {f} | " + " | ".join(cells) + f" | {_fmt(result['passes_at_gamma'], 1)} | "
-                     f"{worst} {last[worst]:+.2f} |")
+                     f"{_fmt(result.get('passes_at_gamma_vs_base'), 1)} | {worst} {last[worst]:+.2f} |")
     lines += [
         "",
         f"## h swap (Fig. 2a): x_T and z from one sample, h_{{T:1}} from another, {swap['pairs']} pairs",
