@@ -222,13 +222,14 @@ def _check_disentanglement(result: EvaluationResult) -> None:
 
 def test_testbed_glasses_disentangled_from_hat(testbed):
     """A small honest version of the acceptance check (the full one: HSPACE_SLOW=1, below). At this size
-    (64 samples, 10 steps, k = 10) the eq. 11 glasses direction is mostly the correlated hat (measured: hat
-    +0.50, glasses +0.01); eq. 12 must remove that: the hat change drops by >= 50%. Whether the glasses
-    effect survives is only measurable at the full size."""
+    (64 samples, 10 steps, k = 10, gamma 0.5) the eq. 11 glasses direction raises the correlated hat more than
+    glasses (measured: hat +0.26, glasses +0.18); eq. 12 must remove that: the hat change drops by >= 50%
+    (measured: to -0.00, glasses +0.05). How much of the glasses effect survives is measured at the full
+    size."""
     model, annotator = testbed
     directions, _ = _testbed_directions(model, annotator, pool=64, steps=10, factors=("glasses", "hat"))
     chosen = {name: directions[name] for name in ("glasses", "glasses-perp-hat")}
-    result = evaluate_directions(model, annotator, chosen, gamma=16.0, steps=10, samples=16, repeats=1, seed=1,
+    result = evaluate_directions(model, annotator, chosen, gamma=0.5, steps=10, samples=16, repeats=1, seed=1,
                                  random_baseline=False, attributes=("glasses", "hat"))
     print(result.to_markdown())
     hat, hat_perp = result.effect("glasses", "hat"), result.effect("glasses-perp-hat", "hat")
