@@ -1,7 +1,7 @@
 """Do the unsupervised directions (Sec. IV) mean something on the testbed? Full-size figures, as tables.
 
     python bench/bench_unsupervised_testbed.py [--samples 256] [--eval-samples 32] [--steps 50] [--eta 1]
-                                               [--components 5] [--gammas -2,-1,1,2] [--jacobian-seeds 4]
+                                               [--components 5] [--gammas -1,-0.5,0.5,1] [--jacobian-seeds 4]
                                                [--jacobian-step 40] [--jacobian-gamma 1] [--threads N]
                                                [--skip-pca] [--skip-jacobian]
 
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--eta", type=float, default=1.0)
     parser.add_argument("--components", type=int, default=5)
-    parser.add_argument("--gammas", default="-2,-1,1,2")
+    parser.add_argument("--gammas", default="-1,-0.5,0.5,1")
     parser.add_argument("--jacobian-seeds", type=int, default=4)
     parser.add_argument("--jacobian-step", type=int, default=40)
     parser.add_argument("--jacobian-gamma", type=float, default=1.0)

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--samples", type=int, default=512, help="annotated samples with h (corpus)")
     report.add_argument("--eval-samples", type=int, default=64, help="fresh samples each direction edits")
     report.add_argument("--k", type=int, default=None, help="top-k / bottom-k for eq. 11 (default samples / 4)")
-    report.add_argument("--gammas", type=_floats, default=[1.0, 2.0], help="edit strengths, e.g. 1,2")
+    report.add_argument("--gammas", type=_floats, default=[0.5, 1.0, 2.0], help="edit strengths, e.g. 0.5,1,2")
     report.add_argument("--steps", type=int, default=50)
     report.add_argument("--swap-pairs", type=int, default=64)
     report.add_argument("--seed", type=int, default=0)

@@ -242,10 +242,10 @@ def test_testbed_glasses_disentangled_from_hat(testbed):
 def test_testbed_table_one_full_size(testbed):
     model, annotator = testbed
     factors = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
-    steps = int(os.environ.get("HSPACE_STEPS", "20"))
+    steps = int(os.environ.get("HSPACE_STEPS", "50"))
     directions, k = _testbed_directions(model, annotator, pool=int(os.environ.get("HSPACE_POOL", "256")), steps=steps,
                                         factors=factors)
-    result = evaluate_directions(model, annotator, directions, gamma=float(os.environ.get("HSPACE_GAMMA", "2.0")),
+    result = evaluate_directions(model, annotator, directions, gamma=float(os.environ.get("HSPACE_GAMMA", "0.5")),
                                  steps=steps, samples=int(os.environ.get("HSPACE_SAMPLES", "32")),
                                  repeats=int(os.environ.get("HSPACE_REPEATS", "3")), seed=1,
                                  progress=lambda message: print(message, flush=True))
