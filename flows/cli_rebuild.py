@@ -91,7 +91,8 @@ def _counts(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"counts are comma-separated whole numbers, e.g. 2,5,10; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"counts are comma-separated whole numbers, e.g. 2,5,10; "
+                                         f"got {text!r}") from None
 
 
 def _efficiency(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from hspace.annotators.base import Annotator
 from hspace.errors import HSpaceError
-from hspace.testbed.faces import BINARY_FACTORS, FACTOR_RANGES, FACTORS, render_dataset, render_faces, sample_factors
+from hspace.testbed.faces import BINARY_FACTORS, FACTOR_RANGES, FACTORS, render_dataset, render_faces
 
 SIZE = 32  # the annotator's input side; other sizes are resized to it
 CONTINUOUS_FACTORS: tuple[str, ...] = tuple(name for name in FACTORS if name not in BINARY_FACTORS)
