@@ -11,7 +11,7 @@ import torch
 
 from hspace.errors import HSpaceError
 from hspace.models import SHIPPED, load_model, weight_fingerprint
-from hspace.testbed.train import UNET_CONFIG, TrainConfig, cut_skip_connections, new_unet, train
+from hspace.testbed.train import UNET_CONFIG, TrainConfig, cut_skip_connections, export_model, new_unet, train
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -104,6 +104,9 @@ def test_training_holds_the_cut_at_zero_and_resumes_to_the_same_weights(tmp_path
     train(config, tmp_path / "straight")
     train(TrainConfig(**{**config.__dict__, "steps": 2}), tmp_path / "resumed")
     train(config, tmp_path / "resumed")
+    history = json.loads((tmp_path / "resumed" / "state.json").read_text())["history"]
+    assert history == [{"at_step": 2, "steps_before": 2, "steps_after": 4}]
+    assert "history" not in json.loads((tmp_path / "straight" / "state.json").read_text())
     start = new_unet(config.seed).state_dict()
     for kind in ("model", "ema"):
         straight = load_file(tmp_path / "straight" / f"{kind}.safetensors")
@@ -118,3 +121,8 @@ def test_training_holds_the_cut_at_zero_and_resumes_to_the_same_weights(tmp_path
         for name, first in cut:
             assert torch.count_nonzero(trained[name][:, first:]) == 0, (kind, name)
             assert not torch.equal(trained[name][:, :first], start[name][:, :first]), (kind, name)
+    # Export: a loadable model folder whose card records the resume and the weights' checksum.
+    card = export_model(tmp_path / "resumed", tmp_path / "model", command="test")
+    assert card["resumed_with_other_steps"] == history and card["steps_done"] == 4
+    assert hashlib.sha256((tmp_path / "model" / WEIGHTS).read_bytes()).hexdigest() == card["sha256"]
+    assert load_model(str(tmp_path / "model")).h_shape == (UNET_CONFIG["block_out_channels"][-1], 4, 4)

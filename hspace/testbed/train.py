@@ -146,6 +146,10 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
         unet.load_state_dict(load_file(checkpoint_dir / "model.safetensors"))
         ema.load_state_dict(load_file(checkpoint_dir / "ema.safetensors"))
         optimizer.load_state_dict(torch.load(checkpoint_dir / "optimizer.pt", weights_only=True))
+        if log["config"]["steps"] != config.steps:
+            # The cosine decay is stretched from here on: record it, so the card says how the model was made.
+            log.setdefault("history", []).append(
+                {"at_step": log["step"], "steps_before": log["config"]["steps"], "steps_after": config.steps})
         log["config"]["steps"] = config.steps
     cut = cut_skip_connections(unet)
     unet.train()
@@ -245,6 +249,8 @@ def export_model(checkpoint_dir: Path, out_dir: Path, *, command: str) -> dict:
         "weights_dtype": "float16",
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "command": command,
+        # Resumes with another --steps (the learning-rate schedule changed at those steps); empty if none.
+        "resumed_with_other_steps": log.get("history", []),
     }
     (staging / "card.json").write_text(json.dumps(card, indent=2))
     if out_dir.exists():
