@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flows.cli_args import floats
+
 # Before Prefect is imported: no telemetry, and only warnings from Prefect's own loggers on the terminal.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -34,14 +36,6 @@ def _eta(text: str) -> float | list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"eta must be a number or comma-separated numbers; got {text!r}") from None
     return values[0] if len(values) == 1 else values
-
-
-def _floats(text: str) -> list[float]:
-    """Comma-separated numbers: ``1,2.5``."""
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--samples", type=int, default=512, help="annotated samples with h (corpus)")
     report.add_argument("--eval-samples", type=int, default=64, help="fresh samples each direction edits")
     report.add_argument("--k", type=int, default=None, help="top-k / bottom-k for eq. 11 (default samples / 4)")
-    report.add_argument("--gammas", type=_floats, default=[0.5, 1.0, 2.0], help="edit strengths, e.g. 0.5,1,2")
+    report.add_argument("--gammas", type=floats, default=[0.5, 1.0, 2.0], help="edit strengths, e.g. 0.5,1,2")
     report.add_argument("--steps", type=int, default=50)
     report.add_argument("--swap-pairs", type=int, default=64)
     report.add_argument("--seed", type=int, default=0)

@@ -14,28 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from flows.cli_args import floats, ints
 from hspace.errors import HSpaceError
 
 SEEDS_HELP = ("corpus sample ids whose edits to show, e.g. 0,1,2: sample i is regenerated from its own seed "
               "(derived from the corpus base seed), so the gamma = 0 column is exactly the corpus's x0[i]")
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}") from None
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
-
-
 def _steps(text: str) -> list[int] | None:
-    return None if text == "all" else _ints(text)
+    return None if text == "all" else ints(text)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -68,8 +55,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "jacobian", help="image-specific directions: top singular vectors of d eps / d h_t at a corpus sample's "
                          "step (Sec. IV-B)")
     jacobian.add_argument("url", help="the corpus (path or fsspec URL)")
-    jacobian.add_argument("--sample", type=_ints, required=True, help="corpus sample id(s), e.g. 3 or 3,7")
-    jacobian.add_argument("--step", type=_ints, required=True, help="step index(es) in sampling order, e.g. 5")
+    jacobian.add_argument("--sample", type=ints, required=True, help="corpus sample id(s), e.g. 3 or 3,7")
+    jacobian.add_argument("--step", type=ints, required=True, help="step index(es) in sampling order, e.g. 5")
     jacobian.add_argument("--k", type=int, required=True, help="directions per (sample, step)")
     jacobian.add_argument("--mask", default=None,
                           help="PNG of the image region (eq. 9-10): white = region; resized to the image size by "
@@ -98,10 +85,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                       help="with --jacobian: the sample id whose directions to use")
     edit.add_argument("--step", type=int, default=None,
                       help="with --jacobian: the step they were found at (they are applied at every step)")
-    edit.add_argument("--directions", type=_ints, required=True, help="direction indices, e.g. 0,1,2")
-    edit.add_argument("--seeds", type=_ints, default=None,
+    edit.add_argument("--directions", type=ints, required=True, help="direction indices, e.g. 0,1,2")
+    edit.add_argument("--seeds", type=ints, default=None,
                       help=SEEDS_HELP + " (default: the --sample with --jacobian, else 0,1,2)")
-    edit.add_argument("--gammas", type=_floats, default=[-4.0, -2.0, 0.0, 2.0, 4.0],
+    edit.add_argument("--gammas", type=floats, default=[-4.0, -2.0, 0.0, 2.0, 4.0],
                       help="edit strengths; 0 is always shown (default -4,-2,0,2,4)")
     edit.add_argument("--random-baseline", action="store_true",
                       help="add a row along a random direction with the per-step norm of the first one (Fig. 4)")

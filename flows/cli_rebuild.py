@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from flows.cli_args import ints
+
 
 def _names(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
@@ -38,7 +40,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     efficiency.add_argument("--model", default="testbed")
     efficiency.add_argument("--annotator", default="testbed")
     efficiency.add_argument("--attribute", required=True, help="the attribute that ranks the pool's samples")
-    efficiency.add_argument("--counts", type=_counts, default=[2, 5, 10, 25, 50, 100],
+    efficiency.add_argument("--counts", type=ints, default=[2, 5, 10, 25, 50, 100],
                             help="numbers of examples n (top n vs bottom n), e.g. 2,5,10,25,50,100")
     efficiency.add_argument("--pool", type=int, default=512, help="annotated samples to draw examples from")
     efficiency.add_argument("--eval-samples", type=int, default=64, help="fresh samples every direction edits")
@@ -85,14 +87,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     where.add_argument("--threads", type=int, default=1)
     rebuild.add_argument("--json", action="store_true")
     rebuild.set_defaults(run=_rebuild)
-
-
-def _counts(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"counts are comma-separated whole numbers, e.g. 2,5,10; "
-                                         f"got {text!r}") from None
 
 
 def _efficiency(args: argparse.Namespace) -> int:

@@ -622,7 +622,7 @@ def step_signs(steps: Iterable[np.ndarray | torch.Tensor]) -> torch.Tensor:
         else:
             sign = torch.where((work * previous).sum(dim=1) < 0, -1.0, 1.0).to(torch.float64)
         previous = work * sign[:, None]
-        signs.append(sign.to(torch.float64))
+        signs.append(sign)
     if not signs:
         raise HSpaceError("no steps to align")
     return torch.stack(signs)

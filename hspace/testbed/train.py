@@ -79,10 +79,15 @@ def cut_skip_connections(unet: UNet2DModel, keep_from: int = KEEP_SKIPS_FROM) ->
             cut += [(resnet.conv1.weight, hidden), (resnet.conv_shortcut.weight, hidden)]
         previous = block.resnets[-1].out_channels
         resolution *= 2
+    zero_cut(cut)
+    return cut
+
+
+def zero_cut(cut: list[tuple[torch.Tensor, int]]) -> None:
+    """Set the skip columns of the weights :func:`cut_skip_connections` returned back to zero."""
     with torch.no_grad():
         for weight, first in cut:
             weight[:, first:] = 0
-    return cut
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,9 +169,7 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
-        with torch.no_grad():
-            for weight, first in cut:
-                weight[:, first:] = 0  # Adam's eps and rounding must not regrow a cut skip
+        zero_cut(cut)  # Adam's eps and rounding must not regrow a cut skip
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters()):
