@@ -44,7 +44,7 @@ def test_mouth_mask_covers_the_rendered_mouths_and_little_else():
     changed = (np.abs(images_a - images_b).max(axis=(0, 1)) > 0)
     mask = mouth_mask(32)
     assert changed.any() and not (changed & ~mask).any()
-    assert mask.mean() < 0.1
+    assert mask.mean() < 0.15  # the box of every mouth position: 18 x 8 of 32 x 32 pixels
 
 
 def _pca_directions(h: torch.Tensor, k: int) -> torch.Tensor:
