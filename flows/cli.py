@@ -20,7 +20,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 DEFAULT_MODEL = "testbed"
-DEMO_ATTRIBUTES = ("yaw", "eyes_open", "glasses", "hat")
+DEMO_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat")
 DEMO_GAMMA = 1.0
 
 # Command groups that live in modules of their own (one per area, so that each area's parsing and printing

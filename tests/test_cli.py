@@ -142,10 +142,10 @@ def test_demo_runs_the_pipeline_and_draws_samples_edits_and_the_evaluation(prefe
     picture = Image.open(out / "samples.png")
     assert picture.mode == "RGB" and picture.width >= 3 * 32
     bank = load_bank(str(out / "bank"))
-    # yaw, eyes_open, glasses, hat, glasses-disentangled, pca-0, pca-1: one row each, 3 seeds x 5 gammas.
-    assert len(bank.names) == 7
+    # yaw, smile, eyes_open, glasses, hat, glasses-disentangled, pca-0, pca-1: one row each, 3 seeds x 5 gammas.
+    assert len(bank.names) == 8
     edits = Image.open(out / "edits.png")
-    assert edits.height > 7 * 64 and edits.width > 15 * 64
+    assert edits.height > 8 * 64 and edits.width > 15 * 64
     assert (out / "evaluation.png").exists() and "| direction |" in (out / "evaluation.md").read_text()
     printed = capsys.readouterr().out
     assert f"edits.png: {out / 'edits.png'}" in printed and "version v0001" in printed
