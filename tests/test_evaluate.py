@@ -189,8 +189,8 @@ def test_efficiency_command_writes_the_curve_of_the_library_call(tmp_path, capsy
 
 def _testbed_directions(model, annotator, *, pool: int, steps: int, factors, seed: int = 0):
     """eq. 11 from the top quarter vs bottom quarter of the pool's faces (factor scores of non-faces mean
-    nothing), plus glasses and hat disentangled from each other (eq. 12), as eq. 12 leaves them
-    (``glasses-perp-hat``) and rescaled to the norm of the original (``glasses-perp-hat-rescaled``)."""
+    nothing), plus glasses and hat disentangled from each other and smile from skin tone (eq. 12), as eq. 12
+    leaves them (``glasses-perp-hat``) and rescaled to the original's norm (``glasses-perp-hat-rescaled``)."""
     from hspace.directions import supervised_direction, top_bottom
 
     samples = generate(model, annotator, derive_seeds(seed, 0, pool), steps=steps, capture=True)
@@ -200,10 +200,13 @@ def _testbed_directions(model, annotator, *, pool: int, steps: int, factors, see
     for f in factors:
         top, bottom = top_bottom(samples.scores[f][faces], k)
         directions[f] = supervised_direction(samples.h[faces[top]], samples.h[faces[bottom]])
-    pairs = {"glasses": ["hat"], "hat": ["glasses"]}
+    # The deliberate correlation (glasses, hat), and smile against skin tone, which the model entangles
+    # (measured: each one's direction moves the other by ~0.8 std) though the data does not.
+    pairs = {name: others for name, others in {"glasses": ["hat"], "hat": ["glasses"], "smile": ["skin_tone"]}.items()
+             if name in factors and set(others) <= set(factors)}
     rescaled = disentangled_set(directions, pairs, keep_norm=True)
-    return disentangled_set(directions, pairs) | {f"{name}-perp-{others[0]}-rescaled": rescaled[f"{name}-perp-{others[0]}"]
-                                                   for name, others in pairs.items()}, k
+    labels = [f"{name}-perp-{'-'.join(others)}" for name, others in pairs.items()]
+    return disentangled_set(directions, pairs) | {f"{label}-rescaled": rescaled[label] for label in labels}, k
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ Factors (all float32, one value per face):
 
 * ``yaw`` in [-1, 1]: horizontal shift of the inner features (eyes, nose, mouth, glasses) relative to the
   face outline, like turning the head; uniform.
-* ``smile`` in [-1, 1]: signed mouth curvature, -1 frown, +1 big smile; uniform.
+* ``smile`` in [-1, 1]: signed mouth curvature, -1 frown, +1 big smile; uniform. The mouth is a thick
+  stroke (MOUTH_WIDTH, 2.6 px at 32x32) bent by up to 3.8 px: as a 1.4 px line it was settled in the last
+  sampling steps by the model's full-resolution skips, outside h, and its h direction did not move it.
 * ``eyes_open`` in {0, 1}: both eyes open (white ellipse with a dark pupil) or closed (a thin line);
   Bernoulli(0.5).
 * ``glasses`` in {0, 1}: dark round frames around both eyes plus a bridge; Bernoulli(0.3).
