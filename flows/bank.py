@@ -59,6 +59,7 @@ def rebuild_bank(
     attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
     k: int = 100,
     disentangle: dict[str, list[str]] | None = None,
+    keep_norm: bool = False,
     pca_components: int = 8,
     pca_directions: int = 3,
     gamma: float = 1.0,
@@ -89,6 +90,9 @@ def rebuild_bank(
     disentangle : dict of str -> list of str
         ``{"glasses": ["hat"]}`` also publishes ``glasses-disentangled``: glasses with its projection on hat
         removed (eq. 12). Default: :data:`DEFAULT_DISENTANGLE` where those attributes are built.
+    keep_norm : bool
+        Rescale each disentangled direction to its original's norm (``hspace.directions.disentangle``), so
+        that one gamma edits as far along both; default: eq. 12 as written.
     pca_components, pca_directions
         Components fitted per step (Sec. IV-A); the top ``pca_directions`` are published as ``pca-<j>``.
     gamma, eval_samples, repeats, eval_seed
@@ -114,7 +118,7 @@ def rebuild_bank(
         supervised(corpus, attribute, attribute=attribute, annotator=annotator, k=k, overwrite=True)
     named = list(attributes)
     for source, others in disentangle.items():
-        disentangled(corpus, disentangled_name(source), source, others, overwrite=True)
+        disentangled(corpus, disentangled_name(source), source, others, keep_norm=keep_norm, overwrite=True)
         named.append(disentangled_name(source))
     names = named + [pca_direction_name(j) for j in range(pca_directions if pca_run else 0)]
     common = {"pca_run": pca_run, "pca_directions": pca_directions if pca_run else 0, "supervised": named}

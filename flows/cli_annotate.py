@@ -48,6 +48,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     disentangle.add_argument("--name", required=True, help="stored as directions/<name>")
     disentangle.add_argument("--from", dest="source", required=True, help="the direction to disentangle")
     disentangle.add_argument("--against", type=_names, required=True, help="directions to leave alone, e.g. B,C")
+    disentangle.add_argument("--keep-norm", action="store_true",
+                             help="rescale the result to the norm of --from, so one gamma edits as far along both "
+                                  "(InterFaceGAN's convention; default: eq. 12 as written, which shortens it)")
     disentangle.add_argument("--overwrite", action="store_true", help="replace a direction of that name made another way")
     disentangle.add_argument("--json", action="store_true", help="print one JSON object")
     disentangle.set_defaults(run=_disentangle)
@@ -96,8 +99,10 @@ def _disentangle(args: argparse.Namespace) -> None:
     from flows.directions import disentangled
     from tasks.directions import plan_disentangle
 
-    plan_disentangle(args.url, args.name, source=args.source, against=args.against, overwrite=args.overwrite)
-    _print(disentangled(args.url, args.name, args.source, args.against, overwrite=args.overwrite), args.json)
+    plan_disentangle(args.url, args.name, source=args.source, against=args.against, keep_norm=args.keep_norm,
+                     overwrite=args.overwrite)
+    _print(disentangled(args.url, args.name, args.source, args.against, keep_norm=args.keep_norm,
+                        overwrite=args.overwrite), args.json)
 
 
 def _list(args: argparse.Namespace) -> None:

@@ -74,6 +74,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rebuild.add_argument("--k", type=int, default=100, help="top-k vs bottom-k examples (eq. 11)")
     rebuild.add_argument("--disentangle", action="append", default=None, metavar="A:B,C",
                          help="also publish A-disentangled, A with B, C projected out (eq. 12); repeatable")
+    rebuild.add_argument("--keep-norm", action="store_true",
+                         help="rescale each disentangled direction to its original's norm (see `hspace directions "
+                              "disentangle --keep-norm`)")
     rebuild.add_argument("--pca-components", type=int, default=8)
     rebuild.add_argument("--pca-directions", type=int, default=3)
     rebuild.add_argument("--gamma", type=float, default=1.0)
@@ -182,8 +185,8 @@ def _rebuild(args: argparse.Namespace) -> int:
         bank=args.bank, corpus=args.corpus, model=args.model, samples=args.samples, steps=args.steps, eta=args.eta,
         batch=args.batch, seed=args.seed, annotator=args.annotator,
         attributes=args.attributes or list(DEFAULT_ATTRIBUTES), k=args.k, disentangle=_disentangle(args.disentangle),
-        pca_components=args.pca_components, pca_directions=args.pca_directions, gamma=args.gamma,
-        eval_samples=args.eval_samples, repeats=args.repeats, report=args.report, device=args.device,
+        keep_norm=args.keep_norm, pca_components=args.pca_components, pca_directions=args.pca_directions,
+        gamma=args.gamma, eval_samples=args.eval_samples, repeats=args.repeats, report=args.report, device=args.device,
         threads=args.threads, workers=args.workers, dask_address=args.dask_address, progress=True)
     result = run_rebuild_bank(**arguments)
     if args.json:

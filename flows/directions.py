@@ -41,9 +41,11 @@ def supervised(url: str, name: str, attribute: str | None = None, annotator: str
 
 
 @flow(name="disentangle-direction")
-def disentangled(url: str, name: str, source: str, against: Sequence[str], overwrite: bool = False) -> dict[str, Any]:
-    """eq. 12: ``directions/<name>`` = ``directions/<source>`` with its projection on the ``against`` span removed."""
-    plan = plan_disentangle(url, name, source=source, against=list(against), overwrite=overwrite)
+def disentangled(url: str, name: str, source: str, against: Sequence[str], keep_norm: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """eq. 12: ``directions/<name>`` = ``directions/<source>`` with its projection on the ``against`` span removed
+    (then rescaled to the norm of ``<source>`` with ``keep_norm``)."""
+    plan = plan_disentangle(url, name, source=source, against=list(against), keep_norm=keep_norm, overwrite=overwrite)
     return disentangle_direction_task(plan)
 
 

@@ -56,7 +56,7 @@ def random_direction_like(direction: torch.Tensor, generator: torch.Generator) -
 
 
 def disentangle(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor], *, per_step: bool = False,
-                rtol: float = 1e-6) -> torch.Tensor:
+                keep_norm: bool = False, rtol: float = 1e-6) -> torch.Tensor:
     """eq. 12: remove from ``v0`` its projection onto the span of the ``others``.
 
     ``v = [I - V (V^T V)^-1 V^T] v_0`` with ``V = [v_1 ... v_k]``, every direction flattened over all steps
@@ -75,6 +75,12 @@ def disentangle(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor],
         the result is then orthogonal to every other direction at every step, which implies the paper's
         global orthogonality but removes more of ``v0`` (k numbers per step instead of k in all). The
         paper's eq. 12 is the default (``False``).
+    keep_norm : bool
+        Rescale the result to the norm of ``v0`` (per step with ``per_step``), so that one gamma makes edits
+        of the same size along both: eq. 12 shortens ``v_0`` by the part it removes (to a third when ``v_0``
+        and ``v_1`` have cosine 0.95). Shen et al.'s ``project_boundary`` (InterFaceGAN, whose conditional
+        manipulation the paper's eq. 12 follows) renormalises the same way. The paper's eq. 12 is the
+        default (``False``).
     rtol : float
         V is refused as rank deficient when some ``v_j`` lies within ``rtol * |v_j|`` of the span of
         ``v_1 .. v_{j-1}`` (the diagonal of R is that distance); eq. 12 needs ``V^T V`` invertible.
@@ -89,10 +95,17 @@ def disentangle(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor],
     if per_step:
         if v0.ndim < 1:
             raise HSpaceError("per-step disentanglement needs directions with a leading step dimension")
-        projected = [_project_out(v0[t].reshape(-1), stacked[:, t].reshape(len(stacked), -1), rtol, step=t)
-                     for t in range(v0.shape[0])]
-        return torch.stack(projected).reshape(v0.shape).to(v0.dtype)
-    return _project_out(v0.reshape(-1), stacked.reshape(len(stacked), -1), rtol).reshape(v0.shape).to(v0.dtype)
+        projected = torch.stack([_project_out(v0[t].reshape(-1), stacked[:, t].reshape(len(stacked), -1), rtol, step=t)
+                                 for t in range(v0.shape[0])])
+        if keep_norm:
+            projected = projected * (v0.double().flatten(1).norm(dim=1) / projected.norm(dim=1).clamp_min(1e-300))[:, None]
+    else:
+        projected = _project_out(v0.reshape(-1), stacked.reshape(len(stacked), -1), rtol)
+        if keep_norm:
+            # One factor for the whole direction: a rescaling that differed between steps would undo the
+            # orthogonality of the global projection.
+            projected = projected * (v0.double().norm() / projected.norm().clamp_min(1e-300))
+    return projected.reshape(v0.shape).to(v0.dtype)
 
 
 def _stack_others(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -138,9 +151,7 @@ def disentangled_set(directions: Mapping[str, torch.Tensor], against: Mapping[st
     """The directions plus, for each ``name -> others`` of ``against``, ``name`` disentangled from the
     others by eq. 12, named ``"<name>-perp-<other>[-<other>...]"`` (Table I: original vs disentangled).
 
-    ``keep_norm`` rescales each disentangled direction to the norm of its original (per step with
-    ``per_step``), so that one gamma makes edits of the same size along both (eq. 12 shortens v_0 by the
-    part it removes: to a third when v_0 and v_1 have cosine 0.95). The paper's eq. 12 is the default.
+    ``keep_norm``: see :func:`disentangle` (each result keeps its original's norm).
 
     >>> disentangled_set({"glasses": v_g, "hat": v_h}, {"glasses": ["hat"]})  # doctest: +SKIP
     {"glasses": v_g, "hat": v_h, "glasses-perp-hat": disentangle(v_g, [v_h])}
@@ -154,15 +165,8 @@ def disentangled_set(directions: Mapping[str, torch.Tensor], against: Mapping[st
         if name in others:
             raise HSpaceError(f"cannot disentangle {name!r} against itself")
         label = f"{name}-perp-{'-'.join(others)}"
-        v = disentangle(directions[name], [directions[o] for o in others], per_step=per_step)
-        if keep_norm:
-            # One factor for the whole direction (or one per step with per_step): a rescaling that differed
-            # between steps would undo the orthogonality of the global projection.
-            original = directions[name]
-            scale = (per_step_norm(original) / per_step_norm(v).clamp_min(1e-12) if per_step
-                     else original.norm() / v.norm().clamp_min(1e-12))
-            v = v * scale.reshape(-1, *([1] * (v.ndim - 1))).to(v.dtype)
-        result[label] = v
+        result[label] = disentangle(directions[name], [directions[o] for o in others], per_step=per_step,
+                                    keep_norm=keep_norm)
     return result
 
 

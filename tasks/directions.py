@@ -155,10 +155,11 @@ class DisentanglePlan:
     record: DirectionRecord
     source: str
     against: tuple[str, ...]
+    keep_norm: bool
     overwrite: bool
 
 
-def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str],
+def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str], keep_norm: bool = False,
                      overwrite: bool = False) -> DisentanglePlan:
     """Check that ``source`` and every ``against`` direction exist, are complete and share one space."""
     check_name(name, "direction")
@@ -178,17 +179,19 @@ def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str]
         raise HSpaceError(f"directions {', '.join(r.name + ' (' + r.space + ')' for r in records)} live in different "
                           "spaces; disentangle h directions against h directions only")
     record = new_record(corpus, name, method="disentangled", space=records[0].space,
-                        parameters={"from": source, "against": list(against)})
+                        parameters={"from": source, "against": list(against), "keep_norm": bool(keep_norm)})
     check_writable(corpus, record, overwrite=overwrite)
-    return DisentanglePlan(url=url, record=record, source=source, against=against, overwrite=overwrite)
+    return DisentanglePlan(url=url, record=record, source=source, against=against, keep_norm=bool(keep_norm),
+                           overwrite=overwrite)
 
 
 def run_disentangle(plan: DisentanglePlan) -> dict[str, Any]:
-    """eq. 12, v = [I - V (V^T V)^-1 V^T] v_0, written as ``directions/<name>``; returns its summary."""
+    """eq. 12, v = [I - V (V^T V)^-1 V^T] v_0 (rescaled to |v_0| with ``keep_norm``), written as
+    ``directions/<name>``; returns its summary."""
     corpus = Corpus.open(plan.url, writable=True)
     v0 = torch.from_numpy(read_direction(corpus, plan.source)[0])
     others = [torch.from_numpy(read_direction(corpus, other)[0]) for other in plan.against]
-    direction = disentangle(v0.double(), [v.double() for v in others]).numpy()
+    direction = disentangle(v0.double(), [v.double() for v in others], keep_norm=plan.keep_norm).numpy()
     write_direction(corpus, plan.record, direction.astype(np.float32), overwrite=plan.overwrite)
     return _summary(plan.record, direction)
 

@@ -96,10 +96,16 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
     argv = ["rebuild-bank", bank_url, "--corpus", corpus_url, "--model", "tiny", "--samples", "16", "--steps", "4",
             "--batch", "8", "--attributes", "smile,hat", "--k", "4", "--pca-components", "2", "--pca-directions", "1",
-            "--eval-samples", "4", "--repeats", "2", "--json"]
+            "--eval-samples", "4", "--repeats", "2", "--disentangle", "smile:hat", "--keep-norm", "--json"]
     assert main(argv) == 0
     published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert published["directions"] == ["smile", "hat", "pca-0"]
+    assert published["directions"] == ["smile", "hat", "smile-disentangled", "pca-0"]
+    # --keep-norm: eq. 12's result rescaled to the norm of the original smile direction.
+    bank = load_bank(bank_url)
+    smile, hat = (bank.tensor(n).double().ravel() for n in ("smile", "hat"))
+    expected = smile - (smile @ hat) / (hat @ hat) * hat
+    expected = expected * smile.norm() / expected.norm()
+    assert torch.allclose(bank.tensor("smile-disentangled").double().ravel(), expected, atol=1e-5)
     assert main(["evaluate", corpus_url, "--directions", "smile,pca-0", "--pca-run", "bank", "--samples", "4",
                  "--repeats", "2", "--gamma", "2", "--out", str(tmp_path / "ev"), "--json"]) == 0
     table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

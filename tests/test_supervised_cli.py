@@ -101,11 +101,19 @@ def test_disentangled_equals_the_hand_projection(url, cli):
     stored, record = read_direction(corpus, "smile-perp")
     np.testing.assert_allclose(stored.ravel(), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     assert abs(stored.ravel() @ v1) < 1e-4 * np.linalg.norm(v0) * np.linalg.norm(v1)
-    assert record.parameters == {"from": "smile", "against": ["yaw", "glasses"]}
+    assert record.parameters == {"from": "smile", "against": ["yaw", "glasses"], "keep_norm": False}
+
+    # --keep-norm: the same direction, rescaled to |v_0|.
+    assert cli("directions", "disentangle", url, "--name", "smile-perp-kept", "--from", "smile",
+               "--against", "yaw,glasses", "--keep-norm")[0] == 0
+    kept, record = read_direction(corpus, "smile-perp-kept")
+    np.testing.assert_allclose(kept.ravel(), expected * np.linalg.norm(v0) / np.linalg.norm(expected),
+                               rtol=1e-4, atol=1e-5 * np.abs(v0).max())
+    assert record.parameters["keep_norm"] is True
 
     code, out, _ = cli("directions", "list", url, "--json")
     listed = {d["name"]: d for d in json.loads(out)}
-    assert set(listed) == {"smile", "yaw", "glasses", "smile-perp"} and all(d["complete"] for d in listed.values())
+    assert set(listed) == {"smile", "yaw", "glasses", "smile-perp", "smile-perp-kept"} and all(d["complete"] for d in listed.values())
     code, out, _ = cli("directions", "list", url)
     assert code == 0 and "smile-perp" in out and "disentangled" in out
 
