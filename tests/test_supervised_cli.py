@@ -113,7 +113,8 @@ def test_disentangled_equals_the_hand_projection(url, cli):
 
     code, out, _ = cli("directions", "list", url, "--json")
     listed = {d["name"]: d for d in json.loads(out)}
-    assert set(listed) == {"smile", "yaw", "glasses", "smile-perp", "smile-perp-kept"} and all(d["complete"] for d in listed.values())
+    assert set(listed) == {"smile", "yaw", "glasses", "smile-perp", "smile-perp-kept"}
+    assert all(d["complete"] for d in listed.values())
     code, out, _ = cli("directions", "list", url)
     assert code == 0 and "smile-perp" in out and "disentangled" in out
 
