@@ -231,20 +231,19 @@ def _check_disentanglement(result: EvaluationResult) -> None:
 
 
 def test_testbed_glasses_disentangled_from_hat(testbed):
-    """A small honest version of the acceptance check (the full one: HSPACE_SLOW=1, below). At this size
-    (64 samples, 10 steps, k = 10, gamma 0.5) the eq. 11 glasses direction raises the correlated hat more than
-    glasses (measured: hat +0.14, glasses +0.08); eq. 12 must remove that: the hat change drops by >= 50%
-    (measured: to +0.065, glasses +0.05). How much of the glasses effect survives is measured at the full
-    size."""
+    """The acceptance check at a small size (the full one: HSPACE_SLOW=1, below): pool 96, 20 steps, k = 17,
+    gamma 1, 16 samples. Measured: the eq. 11 glasses direction raises the correlated hat more than glasses
+    (hat +0.50, glasses +0.36); rescaled to its norm, eq. 12 keeps the glasses effect (+0.40, 109%) and
+    turns the hat change to -0.15 (a 71% cut in size); unrescaled, hat -0.07 and glasses +0.24. Deterministic
+    on this torch build; a model or sampler change moves these figures, not the bounds."""
     model, annotator = testbed
-    directions, _ = _testbed_directions(model, annotator, pool=64, steps=10, factors=("glasses", "hat"))
-    chosen = {name: directions[name] for name in ("glasses", "glasses-perp-hat")}
-    result = evaluate_directions(model, annotator, chosen, gamma=0.5, steps=10, samples=16, repeats=1, seed=1,
+    directions, _ = _testbed_directions(model, annotator, pool=96, steps=20, factors=("glasses", "hat"))
+    chosen = {name: directions[name] for name in ("glasses", "glasses-perp-hat", "glasses-perp-hat-rescaled")}
+    result = evaluate_directions(model, annotator, chosen, gamma=1.0, steps=20, samples=16, repeats=1, seed=1,
                                  random_baseline=False, attributes=("glasses", "hat"))
     print(result.to_markdown())
-    hat, hat_perp = result.effect("glasses", "hat"), result.effect("glasses-perp-hat", "hat")
-    assert hat > 0.1, "the correlation: the glasses direction raises hat"
-    assert abs(hat_perp) <= 0.5 * hat
+    assert result.effect("glasses", "hat") > 0.1, "the correlation: the glasses direction raises hat"
+    _check_disentanglement(result)
 
 
 @pytest.mark.slow

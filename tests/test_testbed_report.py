@@ -24,7 +24,8 @@ def test_passing_gamma_is_the_smallest_gamma_meeting_every_condition():
 
 def test_markdown_side_effect_counts_only_pairs_that_stay_faces():
     # Hand-written figures: over all edits glasses moves most (non-faces score anything), over the pairs that
-    # stay faces hat does; the table must name hat. A factor with no face pair says n/a.
+    # stay faces hat does; the table must name hat, at the largest gamma that has face pairs (1.0, not 2.0).
+    # A factor with no face pair says n/a.
     direction = {"change_in_std": 1.5, "abs_change_in_std": 1.5, "face_rate": 0.5,
                  "others_in_std": {"glasses": 2.0, "hat": -0.4}, "others_in_std_faces": {"glasses": 0.1, "hat": -0.4}}
     broken = {**direction, "others_in_std_faces": None}
@@ -35,7 +36,8 @@ def test_markdown_side_effect_counts_only_pairs_that_stay_faces():
         "quality": {"face_rate": 0.8, "n": 8, "distances": {"yaw": {"value": 0.1, "measure": "W1", "samples": 0.2,
                                                                     "data": 0.1}}},
         "supervised": {"k": 2, "corpus_samples": 8, "eval_samples": 4, "base_face_rate": 0.8, "factors": {
-            "yaw": {"std": 1.0, "gammas": {"1.0": {"direction": direction, "random": random}},
+            "yaw": {"std": 1.0, "gammas": {"1.0": {"direction": direction, "random": random},
+                                           "2.0": {"direction": broken, "random": random}},
                     "passes_at_gamma": None, "passes_at_gamma_vs_base": None},
             "smile": {"std": 1.0, "gammas": {"1.0": {"direction": broken, "random": random}},
                       "passes_at_gamma": None, "passes_at_gamma_vs_base": None}}},
@@ -45,5 +47,5 @@ def test_markdown_side_effect_counts_only_pairs_that_stay_faces():
     # The supervised table's rows are the ones whose cells read "change / random / faces".
     rows = {line.split("|")[1].strip(): line for line in to_markdown(figures).splitlines()
             if line.startswith("| ") and " / " in line}
-    assert rows["yaw"].rstrip().endswith("| hat -0.40 |")
+    assert rows["yaw"].rstrip().endswith("| hat -0.40 (gamma 1.0) |")
     assert rows["smile"].rstrip().endswith("| n/a |")

@@ -246,15 +246,21 @@ def to_markdown(figures: dict) -> str:
         f"samples' face rate, {supervised['base_face_rate']:.2f} (vs unedited).",
         "",
         "| factor | " + " | ".join(f"gamma {g}" for g in gammas) +
-        " | passes at gamma (absolute) | passes at gamma (vs unedited) | largest side effect (last gamma, "
-        "pairs still faces) |",
+        " | passes at gamma (absolute) | passes at gamma (vs unedited) | largest side effect (largest gamma "
+        "with edits still faces; among those pairs) |",
         "|---|" + "---|" * (len(gammas) + 3),
     ]
     for f, result in supervised["factors"].items():
         cells = [f"{e['direction']['change_in_std']:+.2f} / {e['random']['abs_change_in_std']:.2f} / "
                  f"{e['direction']['face_rate']:.2f}" for e in result["gammas"].values()]
-        last = list(result["gammas"].values())[-1]["direction"].get("others_in_std_faces")
-        worst = f"{max(last, key=lambda o: abs(last[o]))} {max(last.values(), key=abs):+.2f}" if last else "n/a"
+        # The largest gamma at which some edited pairs are still faces.
+        found = [(g, e["direction"]["others_in_std_faces"]) for g, e in result["gammas"].items()
+                 if e["direction"].get("others_in_std_faces")]
+        worst = "n/a"
+        if found:
+            gamma, others = found[-1]
+            name = max(others, key=lambda o: abs(others[o]))
+            worst = f"{name} {others[name]:+.2f} (gamma {gamma})"
         lines.append(f"| {f} | " + " | ".join(cells) + f" | {_fmt(result['passes_at_gamma'], 1)} | "
                      f"{_fmt(result.get('passes_at_gamma_vs_base'), 1)} | {worst} |")
     lines += [
