@@ -98,7 +98,7 @@ def test_top_pca_directions_move_a_factor_monotonically_and_far_more_than_random
     for j, best in found:
         assert best is not None, f"PCA direction {j + 1} moves no factor monotonically"
         factor, swing, ratio = best
-        assert swing >= 0.4, (j, best)  # measured 0.74, 1.26 std; ratios 5.7, 12.1 (seed 0 corpus)
+        assert swing >= 0.4, (j, best)  # measured 0.89, 1.28 std; ratios 5.7, 11.6 (seed 0 corpus)
         assert ratio >= 3.0, (j, best)
 
 
@@ -128,8 +128,9 @@ def test_masked_jacobian_direction_changes_the_mouth_region_more_than_the_unmask
             ratios.setdefault(label, []).append(float(c[inside].mean() / c[~inside].mean()))
     mean = {label: float(np.mean(r)) for label, r in ratios.items()}
     print("mean inside/outside |pixel change|:", mean)
-    # Measured: masked 1.60 (all steps) and 2.75 (its step only), unmasked 1.39 and 1.33. The mouth covers
-    # 14% of the image and is where unmasked directions act most too, so the all-steps margin is the smaller.
+    # Measured: masked 1.93 (all steps) and 3.79 (its step only), unmasked 0.63 and 1.20; the bounds were set
+    # on the 9,000-step model (masked 1.60 / 2.75, unmasked 1.39 / 1.33), where unmasked directions acted
+    # on the mouth (14% of the image) too. Bounds below both models' figures.
     assert mean[("masked", "all")] >= 1.4
     assert mean[("masked", "all")] >= 1.1 * mean[("unmasked", "all")]
     assert mean[("masked", "step")] >= 2.2
