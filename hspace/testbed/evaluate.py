@@ -94,13 +94,14 @@ def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples
         for j, (kind, f) in enumerate((kind, f) for kind in ("direction", "random") for f in names):
             part = slice(j * n, (j + 1) * n)
             change = {a: (edited.scores[a][part] - base.scores[a]) / stds[a] for a in FACTORS}
+            faces = _is_face({a: s[part] for a, s in edited.scores.items()})
             # Side effects among the pairs where both images are faces: the factor scores of a non-face mean
             # nothing (the annotator was never asked to read factors off one).
-            both = _is_face({a: s[part] for a, s in edited.scores.items()}) & _is_face(base.scores)
+            both = faces & _is_face(base.scores)
             results[f]["gammas"][str(gamma)] = results[f]["gammas"].get(str(gamma), {}) | {kind: {
                 "change_in_std": float(change[f].mean()),
                 "abs_change_in_std": float(np.abs(change[f]).mean()),
-                "face_rate": float(_is_face({a: s[part] for a, s in edited.scores.items()}).mean()),
+                "face_rate": float(faces.mean()),
                 "others_in_std": {o: float(change[o].mean()) for o in FACTORS if o != f},
                 "others_in_std_faces": ({o: float(change[o][both].mean()) for o in FACTORS if o != f}
                                         if both.any() else None),
