@@ -98,7 +98,7 @@ def disentangle(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor],
         projected = torch.stack([_project_out(v0[t].reshape(-1), stacked[:, t].reshape(len(stacked), -1), rtol, step=t)
                                  for t in range(v0.shape[0])])
         if keep_norm:
-            scale = v0.double().flatten(1).norm(dim=1) / projected.norm(dim=1).clamp_min(1e-300)
+            scale = per_step_norm(v0.double()) / per_step_norm(projected).clamp_min(1e-300)
             projected = projected * scale[:, None]
     else:
         projected = _project_out(v0.reshape(-1), stacked.reshape(len(stacked), -1), rtol)
