@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=9000)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch", type=int, default=32)
+    train.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, then cosine to 10%%)")
+    train.add_argument("--init-from", default=None, metavar="MODEL",
+                       help="start from this model folder's weights (or the shipped testbed) with a new optimizer, "
+                            "to train on when a run's checkpoint is gone; the card records it")
     train.add_argument("--checkpoints", default=".train/testbed-ckpt", help="resumable checkpoint folder")
     train.add_argument("--out", default=None, help="model folder to write (default: the shipped testbed model)")
     train.add_argument("--no-progress", action="store_true")
@@ -235,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             from flows.testbed import train_testbed
             from hspace.models import SHIPPED
 
-            sha = train_testbed(steps=args.steps, seed=args.seed, batch=args.batch, checkpoints=args.checkpoints,
+            sha = train_testbed(steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr,
+                                init_from=args.init_from, checkpoints=args.checkpoints,
                                 out=args.out or str(SHIPPED["testbed"]), progress=not args.no_progress)
             print(f"testbed model written to {args.out or SHIPPED['testbed']} (sha256 {sha})")
         elif args.command == "testbed" and args.testbed_command == "report":

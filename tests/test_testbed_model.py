@@ -126,3 +126,35 @@ def test_training_holds_the_cut_at_zero_and_resumes_to_the_same_weights(tmp_path
     assert card["resumed_with_other_steps"] == history and card["steps_done"] == 4
     assert hashlib.sha256((tmp_path / "model" / WEIGHTS).read_bytes()).hexdigest() == card["sha256"]
     assert load_model(str(tmp_path / "model")).h_shape == (UNET_CONFIG["block_out_channels"][-1], 4, 4)
+
+
+def test_init_from_starts_at_a_model_folders_weights_and_records_it(tmp_path):
+    from safetensors.torch import load_file
+
+    train(TrainConfig(steps=2, batch=4, checkpoint_every=2, warmup=1), tmp_path / "first")
+    source = export_model(tmp_path / "first", tmp_path / "source", command="first")
+    # A learning rate of 1e-12 leaves the weights where they started, to float32 rounding.
+    config = TrainConfig(steps=1, batch=4, warmup=1, seed=1, lr=1e-12, init_from=str(tmp_path / "source"))
+    train(config, tmp_path / "second")
+    start = {k: v.float() for k, v in load_file(tmp_path / "source" / WEIGHTS).items()}
+    for kind in ("model", "ema"):
+        trained = load_file(tmp_path / "second" / f"{kind}.safetensors")
+        assert all(torch.allclose(trained[k], start[k], atol=1e-6) for k in start), kind
+    scratch = new_unet(config.seed).state_dict()  # where seed 1 would have started without init_from
+    assert not all(torch.allclose(scratch[k], start[k], atol=1e-3) for k in start)
+    card = export_model(tmp_path / "second", tmp_path / "model", command="second")
+    assert card["init_from"]["sha256"] == source["sha256"]
+    assert card["init_from"]["steps_done"] == 2 and card["init_from"]["command"] == "first"
+    assert card["train_config"]["init_from"] == str(tmp_path / "source")
+
+
+def test_init_from_refuses_a_folder_without_testbed_weights(tmp_path):
+    from diffusers import UNet2DModel
+
+    with pytest.raises(HSpaceError, match="no .*diffusion_pytorch_model.safetensors"):
+        train(TrainConfig(steps=1, batch=2, init_from=str(tmp_path)), tmp_path / "ckpt")
+    (tmp_path / "other" / "unet").mkdir(parents=True)
+    UNet2DModel(**dict(UNET_CONFIG, block_out_channels=(24, 48, 96, 192))).save_pretrained(tmp_path / "other" / "unet")
+    with pytest.raises(HSpaceError, match="not the testbed architecture"):
+        train(TrainConfig(steps=1, batch=2, init_from=str(tmp_path / "other")), tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "state.json").exists()

@@ -99,11 +99,16 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every: int = 250
+    # A model folder (or the shipped name "testbed") whose weights start this run instead of new_unet's:
+    # continued training when a finished run's checkpoint (optimizer state) is gone. None: from scratch.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise HSpaceError(f"{name} must be a positive integer; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise HSpaceError(f"lr must be positive; got {self.lr}")
 
 
 def new_unet(seed: int) -> UNet2DModel:
@@ -156,6 +161,14 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
             log.setdefault("history", []).append(
                 {"at_step": log["step"], "steps_before": log["config"]["steps"], "steps_after": config.steps})
         log["config"]["steps"] = config.steps
+    elif config.init_from is not None:
+        weights, log["init_from"] = _initial_weights(config.init_from)
+        for module in (unet, ema):
+            try:
+                module.load_state_dict(weights)
+            except RuntimeError as error:
+                raise HSpaceError(f"--init-from {config.init_from}: its U-Net is not the testbed architecture "
+                                  f"(UNET_CONFIG): {str(error).splitlines()[0]}") from error
     cut = cut_skip_connections(unet)
     unet.train()
     started, running = time.monotonic(), []
@@ -185,6 +198,24 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
             started = time.monotonic()
             _save_checkpoint(checkpoint_dir, unet, ema, optimizer, log)
     return log
+
+
+def _initial_weights(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """float32 weights of a model folder (or shipped name) and what its card says about how it was made."""
+    import hashlib
+
+    from hspace.models import SHIPPED, verify_shipped
+
+    folder = verify_shipped(name) if name in SHIPPED else Path(name)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        raise HSpaceError(f"--init-from {name}: no {path}; give a model folder written by `hspace testbed train` "
+                          "(or the shipped name testbed)")
+    card_path = folder / "card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    source = {"model": name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+              **{k: card.get(k) for k in ("steps_done", "final_loss", "command", "train_seconds", "init_from")}}
+    return {k: v.float() for k, v in load_file(path).items()}, source
 
 
 def _recover_interrupted_swap(directory: Path) -> None:
@@ -254,6 +285,8 @@ def export_model(checkpoint_dir: Path, out_dir: Path, *, command: str) -> dict:
         "command": command,
         # Resumes with another --steps (the learning-rate schedule changed at those steps); empty if none.
         "resumed_with_other_steps": log.get("history", []),
+        # The model this run started from (its own card's provenance nested), or None if from scratch.
+        "init_from": log.get("init_from"),
     }
     (staging / "card.json").write_text(json.dumps(card, indent=2))
     if out_dir.exists():
