@@ -21,11 +21,13 @@ from flows.directions import disentangled, supervised
 from flows.pca import fit_pca
 from flows.server import prefect_api_for_workers
 from hspace.errors import HSpaceError
+from hspace.names import check_name
 from tasks.bank import evaluate_bank_directions, pca_direction_name, publish_bank
 from tasks.corpus import prepare_corpus
 
 DEFAULT_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
 DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (faces.py)
+MADE_BY = "rebuild-bank"
 
 
 def disentangled_name(name: str) -> str:
@@ -62,6 +64,7 @@ def rebuild_bank(
     keep_norm: bool = False,
     pca_components: int = 8,
     pca_directions: int = 3,
+    pca_run_name: str = "bank",
     gamma: float = 1.0,
     eval_samples: int = 100,
     repeats: int = 10,
@@ -95,6 +98,8 @@ def rebuild_bank(
         that one gamma edits as far along both; default: eq. 12 as written.
     pca_components, pca_directions
         Components fitted per step (Sec. IV-A); the top ``pca_directions`` are published as ``pca-<j>``.
+    pca_run_name : str
+        The corpus's PCA run to fit or resume; another name for other ``pca_components``.
     gamma, eval_samples, repeats, eval_seed
         The evaluation (Table I): every direction edits ``eval_samples`` fresh samples per repeat at
         ``gamma``, against a norm-matched random direction.
@@ -112,13 +117,15 @@ def rebuild_bank(
     annotate(corpus, annotator, annotator_options, progress=progress)
     pca_run = None
     if pca_components > 0:
-        pca_run = "bank"
+        pca_run = check_name(pca_run_name, "PCA run")
         fit_pca(corpus, pca_components, run=pca_run, device=device, progress=progress)
+    # Tagged, so that a rebuild with other settings replaces its own directions but never one the user
+    # stored in this corpus under the same name (that is refused before any work).
     for attribute in attributes:
-        supervised(corpus, attribute, attribute=attribute, annotator=annotator, k=k, overwrite=True)
+        supervised(corpus, attribute, attribute=attribute, annotator=annotator, k=k, made_by=MADE_BY)
     named = list(attributes)
     for source, others in disentangle.items():
-        disentangled(corpus, disentangled_name(source), source, others, keep_norm=keep_norm, overwrite=True)
+        disentangled(corpus, disentangled_name(source), source, others, keep_norm=keep_norm, made_by=MADE_BY)
         named.append(disentangled_name(source))
     names = named + [pca_direction_name(j) for j in range(pca_directions if pca_run else 0)]
     common = {"pca_run": pca_run, "pca_directions": pca_directions if pca_run else 0, "supervised": named}
@@ -136,6 +143,7 @@ def run_rebuild_bank(**arguments: Any) -> dict[str, Any]:
                 if p.default is not inspect.Parameter.empty}
     settings = {**defaults, **arguments}
     disentangle_plan(list(settings["attributes"]), settings["disentangle"])  # fails before anything is written
+    check_name(settings["pca_run_name"], "PCA run")
     prepare_corpus(out=settings["corpus"], dtype="float16", device=settings["device"],
                    **{key: settings[key] for key in ("model", "samples", "steps", "eta", "batch", "seed")})
     uses_processes = settings["workers"] is not None or settings["dask_address"] is not None

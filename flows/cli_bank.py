@@ -57,7 +57,10 @@ def _list(args: argparse.Namespace) -> None:
     from hspace.bank import latest_version, list_versions, load_bank
     from hspace.errors import HSpaceError
 
-    latest = latest_version(args.url)
+    try:
+        latest, pointer_error = latest_version(args.url), None
+    except HSpaceError as error:  # list is where a damaged bank is diagnosed: show the versions anyway
+        latest, pointer_error = None, str(error)
     rows = []
     for version in list_versions(args.url):
         row: dict[str, Any] = {"version": version, "latest": version == latest}
@@ -70,8 +73,11 @@ def _list(args: argparse.Namespace) -> None:
     if not rows:
         raise HSpaceError(f"no direction bank at {args.url}: publish one with `hspace bank publish`")
     if args.json:
-        print(json.dumps({"url": args.url, "latest": latest, "versions": rows}))
+        print(json.dumps({"url": args.url, "latest": latest, "versions": rows,
+                          **({"latest_damaged": pointer_error} if pointer_error else {})}))
         return
+    if pointer_error:
+        print(f"latest pointer DAMAGED: {pointer_error}")
     width = max(len(row["version"]) for row in rows)
     for row in rows:
         if "damaged" in row:
@@ -138,8 +144,14 @@ def _publish(args: argparse.Namespace) -> None:
 
 def _verify(args: argparse.Namespace) -> None:
     from hspace.bank import list_versions, load_bank
+    from hspace.errors import HSpaceError
 
-    versions = list_versions(args.url) if args.all else [args.version]
+    versions = [args.version]
+    if args.all:
+        versions = list_versions(args.url)
+        if not versions:
+            raise HSpaceError(f"no direction bank at {args.url}: publish one with `hspace bank publish`")
+        load_bank(args.url)  # the latest pointer too: what load_bank(url) will open
     checked = {}
     for version in versions:
         bank = load_bank(args.url, version)

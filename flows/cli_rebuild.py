@@ -79,6 +79,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                               "disentangle --keep-norm`)")
     rebuild.add_argument("--pca-components", type=int, default=8)
     rebuild.add_argument("--pca-directions", type=int, default=3)
+    rebuild.add_argument("--pca-run", default="bank",
+                         help="the corpus's PCA run to fit or resume (another name for other --pca-components)")
     rebuild.add_argument("--gamma", type=float, default=1.0)
     rebuild.add_argument("--eval-samples", type=int, default=100)
     rebuild.add_argument("--repeats", type=int, default=10)
@@ -186,7 +188,8 @@ def _rebuild(args: argparse.Namespace) -> int:
         batch=args.batch, seed=args.seed, annotator=args.annotator,
         attributes=args.attributes or list(DEFAULT_ATTRIBUTES), k=args.k, disentangle=_disentangle(args.disentangle),
         keep_norm=args.keep_norm, pca_components=args.pca_components, pca_directions=args.pca_directions,
-        gamma=args.gamma, eval_samples=args.eval_samples, repeats=args.repeats, report=args.report, device=args.device,
+        pca_run_name=args.pca_run, gamma=args.gamma, eval_samples=args.eval_samples, repeats=args.repeats,
+        report=args.report, device=args.device,
         threads=args.threads, workers=args.workers, dask_address=args.dask_address, progress=True)
     result = run_rebuild_bank(**arguments)
     if args.json:

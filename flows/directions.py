@@ -3,7 +3,7 @@
 Each flow plans first (every argument checked, inputs opened, the target name checked) and fails before
 any work; the direction is written last, data before its ``complete`` flag (:mod:`storage.directions`).
 A rerun with the same arguments rewrites the same direction; another direction of the same name is
-refused unless ``overwrite``.
+refused unless ``overwrite`` (or it carries the same ``made_by`` tag: a producer replacing its own).
 """
 
 from __future__ import annotations
@@ -29,23 +29,24 @@ from tasks.directions import (
 @flow(name="supervised-direction")
 def supervised(url: str, name: str, attribute: str | None = None, annotator: str | None = None, k: int = DEFAULT_K,
                positives: list[int] | None = None, negatives: list[int] | None = None, space: str = "h",
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, made_by: str | None = None) -> dict[str, Any]:
     """eq. 11 from the corpus at ``url``: top-k vs bottom-k samples by ``attribute``, or explicit sample ids.
 
     Stored as ``directions/<name>`` (method ``supervised``, ``supervised-xT`` or ``examples``); returns a
     summary (name, method, space, shape, norms, parameters). See :func:`tasks.directions.plan_supervised`.
     """
     plan = plan_supervised(url, name, attribute=attribute, annotator=annotator, k=k, positives=positives,
-                           negatives=negatives, space=space, overwrite=overwrite)
+                           negatives=negatives, space=space, overwrite=overwrite, made_by=made_by)
     return supervised_direction_task(plan)
 
 
 @flow(name="disentangle-direction")
 def disentangled(url: str, name: str, source: str, against: Sequence[str], keep_norm: bool = False,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, made_by: str | None = None) -> dict[str, Any]:
     """eq. 12: ``directions/<name>`` = ``directions/<source>`` with its projection on the ``against`` span removed
     (then rescaled to the norm of ``<source>`` with ``keep_norm``)."""
-    plan = plan_disentangle(url, name, source=source, against=list(against), keep_norm=keep_norm, overwrite=overwrite)
+    plan = plan_disentangle(url, name, source=source, against=list(against), keep_norm=keep_norm, overwrite=overwrite,
+                            made_by=made_by)
     return disentangle_direction_task(plan)
 
 

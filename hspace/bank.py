@@ -88,6 +88,10 @@ TENSOR_KEY = "direction"
 BOOKKEEPING = ("version", "created", "package_version", "content_sha256", "manifest_sha256")
 
 
+EDITED_EXPORT = ("an exported bank version was changed after export ({what}): export it again from the bank; "
+                 "to publish edited metadata on purpose, delete manifest_sha256 and content_sha256 from the .json")
+
+
 def check_name(name: object, what: str = "direction") -> str:
     """``name`` if it can be a file or folder name inside the bank; HSpaceError otherwise."""
     names.check_name(name, what)
@@ -708,6 +712,10 @@ def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]
     if not isinstance(records, dict) or set(records) != set(tensors):
         raise HSpaceError(f"the metadata's directions {sorted(records) if isinstance(records, dict) else records} "
                           f"must name exactly the tensors in the file: {sorted(tensors)}")
+    if "manifest_sha256" in meta:
+        body = {key: value for key, value in meta.items() if key != "manifest_sha256"}
+        if meta["manifest_sha256"] != _sha256(_canonical(body).encode()):
+            raise HSpaceError(EDITED_EXPORT.format(what="the metadata does not match its manifest_sha256"))
     fingerprint = meta["model_fingerprint"]
     directions = []
     for name, record in records.items():
@@ -724,5 +732,12 @@ def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]
     sampler = meta.get("sampler") or {}
     if not isinstance(sampler, dict):
         raise HSpaceError("the metadata's sampler must be a JSON object with eta and optionally timesteps")
-    return {"directions": directions, "model_fingerprint": fingerprint, "eta": sampler.get("eta", 1.0),
-            "timesteps": sampler.get("timesteps"), "notes": meta.get("notes")}
+    arguments = {"directions": directions, "model_fingerprint": fingerprint, "eta": sampler.get("eta", 1.0),
+                 "timesteps": sampler.get("timesteps"), "notes": meta.get("notes")}
+    if "content_sha256" in meta:
+        # An exported manifest seals the tensors too (by content_sha256): a changed byte in the
+        # .safetensors beside it must not be republished as the version it claims to copy.
+        _, resealed = _new_manifest(directions, fingerprint, arguments["eta"], arguments["timesteps"], arguments["notes"])
+        if resealed["content_sha256"] != meta["content_sha256"]:
+            raise HSpaceError(EDITED_EXPORT.format(what="the tensors or metadata do not match its content_sha256"))
+    return arguments

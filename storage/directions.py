@@ -122,11 +122,19 @@ def check_writable(corpus: Corpus, record: DirectionRecord, *, overwrite: bool =
     if existing is None or not existing.get("complete", False):
         return
     wanted = record.to_attrs()
+    # A producer that tags its directions (parameters["made_by"], e.g. rebuild-bank) may replace what it made
+    # itself with other settings, but never a direction a user made another way.
+    made_by = wanted["parameters"].get("made_by")
+    if made_by is not None and (existing.get("parameters") or {}).get("made_by") == made_by:
+        return
     differing = [f"{n} (stored: {_short(old)}, requested: {_short(new)})"
                  for key in wanted for n, old, new in _differences(key, existing.get(key), wanted[key])]
     if differing:
+        remedy = ("Choose another --name, or pass --overwrite" if made_by is None else
+                  f"{made_by} replaces only the directions it made itself: rename or delete the stored one, or "
+                  "use another corpus")
         raise HSpaceError(f"the corpus at {corpus.url} already has a direction {record.name!r} made another way: "
-                          f"{'; '.join(differing)}. Choose another --name, or pass --overwrite")
+                          f"{'; '.join(differing)}. {remedy}")
 
 
 def write_direction(corpus: Corpus, record: DirectionRecord, direction: np.ndarray, *,

@@ -623,7 +623,7 @@ def _check_same_run(url: str, kind: str, run: str, old: dict[str, Any], new: dic
     if differing:
         what = "PCA" if kind == "pca" else "Jacobian"
         raise HSpaceError(f"{what} run {run!r} in {url} was made with other settings: {'; '.join(differing)}. "
-                          "Use the same settings to resume it, or another --run name")
+                          "Use the same settings to resume it, or another run name (--run; --pca-run of rebuild-bank)")
 
 
 def _create_pca_arrays(group: zarr.Group, corpus: Corpus, spec: PCASpec) -> None:

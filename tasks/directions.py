@@ -53,7 +53,7 @@ class SupervisedPlan:
 def plan_supervised(url: str, name: str, *, attribute: str | None = None, annotator: str | None = None,
                     k: int = DEFAULT_K, positives: Sequence[int] | None = None,
                     negatives: Sequence[int] | None = None, space: str = "h",
-                    overwrite: bool = False) -> SupervisedPlan:
+                    overwrite: bool = False, made_by: str | None = None) -> SupervisedPlan:
     """Choose the examples of eq. 11: top-k vs bottom-k by an annotation, or explicit sample ids.
 
     Parameters
@@ -70,6 +70,9 @@ def plan_supervised(url: str, name: str, *, attribute: str | None = None, annota
         Explicit corpus row indices instead of an attribute (method ``examples``); the counts may differ.
     space : {"h", "xT"}
         eq. 11 in h_{T:1} (the paper's) or in x_T (Fig. 8a's comparison).
+    overwrite, made_by
+        Replace a stored direction of this name made another way: any (``overwrite``), or only one tagged
+        with the same ``made_by`` (recorded in the parameters; see ``storage.directions.check_writable``).
     """
     check_name(name, "direction")
     corpus = Corpus.open(url, writable=True)
@@ -100,7 +103,8 @@ def plan_supervised(url: str, name: str, *, attribute: str | None = None, annota
         parameters = {"annotator": annotations.record.name, "attribute": attribute, "k": k,
                       "annotator_config": annotations.record.config}
     # Row ids (and their order: best score first) make the choice reproducible and auditable.
-    parameters = {**parameters, "positives": pos.tolist(), "negatives": neg.tolist()}
+    parameters = {**parameters, "positives": pos.tolist(), "negatives": neg.tolist(),
+                  **({"made_by": made_by} if made_by else {})}
     _require_done(corpus, np.concatenate([pos, neg]))
     record = new_record(corpus, name, method=method, space=space, parameters=parameters)
     check_writable(corpus, record, overwrite=overwrite)
@@ -160,8 +164,9 @@ class DisentanglePlan:
 
 
 def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str], keep_norm: bool = False,
-                     overwrite: bool = False) -> DisentanglePlan:
-    """Check that ``source`` and every ``against`` direction exist, are complete and share one space."""
+                     overwrite: bool = False, made_by: str | None = None) -> DisentanglePlan:
+    """Check that ``source`` and every ``against`` direction exist, are complete and share one space
+    (``overwrite``, ``made_by``: as for :func:`plan_supervised`)."""
     check_name(name, "direction")
     against = tuple(against)
     if not against:
@@ -179,7 +184,8 @@ def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str]
         raise HSpaceError(f"directions {', '.join(r.name + ' (' + r.space + ')' for r in records)} live in different "
                           "spaces; disentangle h directions against h directions only")
     record = new_record(corpus, name, method="disentangled", space=records[0].space,
-                        parameters={"from": source, "against": list(against), "keep_norm": bool(keep_norm)})
+                        parameters={"from": source, "against": list(against), "keep_norm": bool(keep_norm),
+                                    **({"made_by": made_by} if made_by else {})})
     check_writable(corpus, record, overwrite=overwrite)
     return DisentanglePlan(url=url, record=record, source=source, against=against, keep_norm=bool(keep_norm),
                            overwrite=overwrite)

@@ -434,8 +434,38 @@ def test_cli_publish_list_show_export_verify(cli, capsys, tmp_path):
     assert capsys.readouterr().out.strip() == f"published {other} version v0001"
     assert load_bank(other).info()["content_sha256"] == load_bank(url, "v0001").info()["content_sha256"]
 
+    # An exported pair changed after export is refused: a flipped tensor byte, or edited metadata.
+    sidecar_out = out.with_suffix(".json")
+    exported = json.loads(sidecar_out.read_text())
+    flipped = tmp_path / "flipped.safetensors"
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    assert cli("publish", str(tmp_path / "third"), "--from", flipped, "--meta", sidecar_out) == 1
+    assert "do not match its content_sha256" in one_error_line(capsys)
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({**exported, "model_fingerprint": "e" * 64}))
+    assert cli("publish", str(tmp_path / "third"), "--from", out, "--meta", edited) == 1
+    assert "does not match its manifest_sha256" in one_error_line(capsys)
+    assert not (tmp_path / "third").exists()
+    # Edited on purpose: without the seals it publishes.
+    unsealed = {k: v for k, v in exported.items() if k not in ("manifest_sha256", "content_sha256")}
+    edited.write_text(json.dumps({**unsealed, "notes": "edited"}))
+    assert cli("publish", str(tmp_path / "third"), "--from", out, "--meta", edited) == 0
+    assert load_bank(str(tmp_path / "third")).notes == "edited"
+    capsys.readouterr()
+
     assert cli("verify", url, "--all", "--json") == 0
     assert json.loads(capsys.readouterr().out)["verified"] == {"v0001": ["a", "b"], "named": ["a", "b"]}
+    # verify --all checks the latest pointer too, and list still shows the versions when it is damaged.
+    pointer = (tmp_path / "bank" / "latest").read_bytes()
+    (tmp_path / "bank" / "latest").write_text("garbage")
+    assert cli("verify", url, "--all") == 1
+    assert "the latest pointer is damaged" in one_error_line(capsys)
+    assert cli("list", url) == 0
+    listed = capsys.readouterr().out
+    assert "latest pointer DAMAGED" in listed and "v0001" in listed and "named" in listed
+    (tmp_path / "bank" / "latest").write_bytes(pointer)
     flip_byte(url, "versions/named/a.safetensors")
     assert cli("verify", url, "--version", "v0001") == 0
     assert capsys.readouterr().out.strip() == "v0001: 2 directions verified"
@@ -464,6 +494,7 @@ def test_cli_bad_input_exits_1_with_one_line(cli, capsys, tmp_path):
         (("list", url), "no direction bank at"),
         (("show", url), "no direction bank at"),
         (("verify", url), "no direction bank at"),
+        (("verify", url, "--all"), "no direction bank at"),
         (("publish", url, "--from", tmp_path / "nope.safetensors", "--meta", sidecar), "no such file"),
         (("publish", url, "--from", tensors, "--meta", broken), "is not valid JSON"),
         (("publish", url, "--from", not_tensors, "--meta", sidecar), "is not a safetensors file"),

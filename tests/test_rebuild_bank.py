@@ -112,6 +112,25 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     assert table["rows"] == ["smile", "pca-0", "random(smile)", "random(pca-0)"]
     assert (tmp_path / "ev" / "evaluation.png").exists()
 
+    # Other settings: the rebuild replaces its own directions (k 3), and other PCA settings take another run.
+    other = [*argv[:argv.index("--k")], "--k", "3", "--pca-components", "3", "--pca-run", "bank3",
+             *argv[argv.index("--pca-directions"):]]
+    assert main(other) == 0
+    capsys.readouterr()
+    assert load_bank(bank_url)["smile"].parameters["k"] == 3
+    assert load_bank(bank_url)["smile"].parameters["made_by"] == "rebuild-bank"
+    # A direction the user stored under one of the rebuild's names is never replaced: refused before any work.
+    assert main(["directions", "supervised", corpus_url, "--name", "hat", "--positives", "0,1",
+                 "--negatives", "2,3", "--overwrite"]) == 0
+    capsys.readouterr()
+    versions = list_versions(bank_url)
+    assert main(other) == 1
+    err = capsys.readouterr().err
+    assert "already has a direction 'hat' made another way" in err and "made itself" in err, err
+    stored = json.loads(json.dumps(dict(Corpus.open(corpus_url).group["directions/hat"].attrs)))
+    assert stored["method"] == "examples" and stored["parameters"]["positives"] == [0, 1]
+    assert list_versions(bank_url) == versions
+
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["evaluate", "{c}", "--directions", "pca-0"], "give --pca-run"),
