@@ -15,6 +15,7 @@ from flows.cli import main
 from hspace.bank import list_versions, load_bank
 from hspace.directions import top_bottom
 from storage.corpus import Corpus
+from storage.directions import read_direction
 
 ARGS = dict(model="tiny", samples=16, steps=4, eta=1.0, batch=8, seed=3, annotator="testbed",
             attributes=["smile", "hat"], k=4, disentangle={"smile": ["hat"]}, pca_components=2, pca_directions=1,
@@ -127,8 +128,8 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     assert main(other) == 1
     err = capsys.readouterr().err
     assert "already has a direction 'hat' made another way" in err and "made itself" in err, err
-    stored = json.loads(json.dumps(dict(Corpus.open(corpus_url).group["directions/hat"].attrs)))
-    assert stored["method"] == "examples" and stored["parameters"]["positives"] == [0, 1]
+    stored = read_direction(Corpus.open(corpus_url), "hat")[1]
+    assert stored.method == "examples" and stored.parameters["positives"] == [0, 1]
     assert list_versions(bank_url) == versions
 
 
