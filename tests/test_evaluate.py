@@ -201,8 +201,8 @@ def _testbed_directions(model, annotator, *, pool: int, steps: int, factors, see
         top, bottom = top_bottom(samples.scores[f][faces], k)
         directions[f] = supervised_direction(samples.h[faces[top]], samples.h[faces[bottom]])
     # The deliberate correlation (glasses, hat), and smile against skin tone, which the 9,000-step model
-    # entangled (each one's direction moved the other by ~0.8 std; the 16,000-step one: +0.30 smile -> skin
-    # in Table I) though the data does not.
+    # entangled (each one's direction moved the other by ~0.8 std; in Table I the 16,000-step one: +0.30
+    # smile -> skin; the 20,000-step one: +0.01 smile -> skin, +0.60 skin -> smile) though the data does not.
     pairs = {name: others for name, others in {"glasses": ["hat"], "hat": ["glasses"], "smile": ["skin_tone"]}.items()
              if name in factors and set(others) <= set(factors)}
     rescaled = disentangled_set(directions, pairs, keep_norm=True)
