@@ -27,6 +27,9 @@ from tasks.corpus import prepare_corpus
 
 DEFAULT_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
 DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (faces.py)
+# The testbed annotator's binary factors are probabilities: their eq. 11 examples are drawn from each side of
+# 0.5, not the most extreme scores (hspace.directions.top_bottom says why).
+TESTBED_THRESHOLDS = {"eyes_open": 0.5, "glasses": 0.5, "hat": 0.5}
 MADE_BY = "rebuild-bank"
 
 
@@ -46,6 +49,17 @@ def disentangle_plan(attributes: Sequence[str], disentangle: dict[str, list[str]
     return dict(disentangle)
 
 
+def threshold_plan(annotator: str, attributes: Sequence[str], thresholds: dict[str, float] | None) -> dict[str, float]:
+    """Which attributes are binary, and where their classes split: the given ones (each must be one of
+    ``attributes``), or by default the testbed annotator's binary factors that are built."""
+    if thresholds is None:
+        return {a: t for a, t in TESTBED_THRESHOLDS.items() if a in attributes} if annotator == "testbed" else {}
+    unknown = sorted(a for a in thresholds if a not in attributes)
+    if unknown:
+        raise HSpaceError(f"thresholds name {unknown}, which are not among the attributes {list(attributes)}")
+    return {a: float(t) for a, t in thresholds.items()}
+
+
 @flow(name="rebuild-bank")
 def rebuild_bank(
     bank: str,
@@ -60,6 +74,7 @@ def rebuild_bank(
     annotator_options: dict[str, Any] | None = None,
     attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
     k: int = 100,
+    thresholds: dict[str, float] | None = None,
     disentangle: dict[str, list[str]] | None = None,
     keep_norm: bool = False,
     pca_components: int = 8,
@@ -90,6 +105,10 @@ def rebuild_bank(
         One supervised direction each (eq. 11, top-k vs bottom-k by the annotator's score), named after it.
     k : int
         Examples on each side of eq. 11.
+    thresholds : dict of str -> float
+        Binary attributes: their k examples are drawn from each side of the threshold rather than taken
+        from the extremes (``hspace.directions.top_bottom``). Default: with the ``testbed`` annotator, its
+        binary factors at 0.5 (:data:`TESTBED_THRESHOLDS`); otherwise none. ``{}``: none.
     disentangle : dict of str -> list of str
         ``{"glasses": ["hat"]}`` also publishes ``glasses-disentangled``: glasses with its projection on hat
         removed (eq. 12). Default: :data:`DEFAULT_DISENTANGLE` where those attributes are built.
@@ -111,6 +130,7 @@ def rebuild_bank(
     """
     attributes = list(attributes)
     disentangle = disentangle_plan(attributes, disentangle)
+    thresholds = threshold_plan(annotator, attributes, thresholds)
     runner = task_runner(workers=workers, dask_address=dask_address, device=device, threads=threads)
     build_corpus.with_options(task_runner=runner)(model=model, samples=samples, steps=steps, out=corpus, eta=eta,
                                                   batch=batch, seed=seed, device=device, progress=progress)
@@ -122,7 +142,8 @@ def rebuild_bank(
     # Tagged, so that a rebuild with other settings replaces its own directions but never one the user
     # stored in this corpus under the same name (that is refused before any work).
     for attribute in attributes:
-        supervised(corpus, attribute, attribute=attribute, annotator=annotator, k=k, made_by=MADE_BY)
+        supervised(corpus, attribute, attribute=attribute, annotator=annotator, k=k,
+                   threshold=thresholds.get(attribute), made_by=MADE_BY)
     named = list(attributes)
     for source, others in disentangle.items():
         disentangled(corpus, disentangled_name(source), source, others, keep_norm=keep_norm, made_by=MADE_BY)
@@ -142,7 +163,9 @@ def run_rebuild_bank(**arguments: Any) -> dict[str, Any]:
     defaults = {name: p.default for name, p in inspect.signature(rebuild_bank.fn).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     settings = {**defaults, **arguments}
-    disentangle_plan(list(settings["attributes"]), settings["disentangle"])  # fails before anything is written
+    # Both fail before anything is written.
+    disentangle_plan(list(settings["attributes"]), settings["disentangle"])
+    threshold_plan(settings["annotator"], list(settings["attributes"]), settings["thresholds"])
     check_name(settings["pca_run_name"], "PCA run")
     prepare_corpus(out=settings["corpus"], dtype="float16", device=settings["device"],
                    **{key: settings[key] for key in ("model", "samples", "steps", "eta", "batch", "seed")})

@@ -36,6 +36,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     supervised.add_argument("--attribute", help="rank samples by this annotation")
     supervised.add_argument("--annotator", help="whose annotation (needed when several have the attribute)")
     supervised.add_argument("--k", type=int, default=100, help="top-k positives and bottom-k negatives (default 100)")
+    supervised.add_argument("--threshold", type=float, default=None,
+                            help="a binary attribute (e.g. a probability, 0.5): k drawn at random from each side "
+                                 "of it instead of the k most extreme scores, which follow what the classifier "
+                                 "correlates with (all of the smaller side when it has fewer than k)")
     supervised.add_argument("--space", choices=("h", "xT"), default="h", help="eq. 11 in h_{T:1} (default) or x_T")
     supervised.add_argument("--positives", type=_ids, help="explicit positive sample ids, e.g. 1,2,3")
     supervised.add_argument("--negatives", type=_ids, help="explicit negative sample ids, e.g. 4,5,6")
@@ -90,7 +94,8 @@ def _supervised(args: argparse.Namespace) -> None:
     from tasks.directions import plan_supervised
 
     arguments = dict(name=args.name, attribute=args.attribute, annotator=args.annotator, k=args.k,
-                     positives=args.positives, negatives=args.negatives, space=args.space, overwrite=args.overwrite)
+                     threshold=args.threshold, positives=args.positives, negatives=args.negatives, space=args.space,
+                     overwrite=args.overwrite)
     plan_supervised(args.url, **arguments)  # fail before Prefect starts
     _print(supervised(args.url, **arguments), args.json)
 

@@ -72,6 +72,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rebuild.add_argument("--attributes", type=_names, default=None,
                          help="comma-separated attributes, one supervised direction each (default: the testbed's)")
     rebuild.add_argument("--k", type=int, default=100, help="top-k vs bottom-k examples (eq. 11)")
+    rebuild.add_argument("--thresholds", default=None, metavar="A=T,B=T",
+                         help="binary attributes: draw their k examples from each side of T instead of the "
+                              "extremes (default with --annotator testbed: eyes_open, glasses, hat at 0.5; "
+                              "'none': no attribute)")
     rebuild.add_argument("--disentangle", action="append", default=None, metavar="A:B,C",
                          help="also publish A-disentangled, A with B, C projected out (eq. 12); repeatable")
     rebuild.add_argument("--keep-norm", action="store_true",
@@ -133,6 +137,26 @@ def _efficiency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thresholds(value: str | None) -> dict[str, float] | None:
+    """``--thresholds glasses=0.5,hat=0.5`` (or ``none``)."""
+    from hspace.errors import HSpaceError
+
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return {}
+    out = {}
+    for item in value.split(","):
+        name, _, number = item.partition("=")
+        try:
+            out[name.strip()] = float(number)
+        except ValueError:
+            raise HSpaceError(f"--thresholds takes A=T[,B=T...] (T a number), or none; got {item!r}") from None
+        if not name.strip():
+            raise HSpaceError(f"--thresholds takes A=T[,B=T...]; {item!r} has no attribute name")
+    return out
+
+
 def _disentangle(values: list[str] | None) -> dict[str, list[str]] | None:
     from hspace.errors import HSpaceError
 
@@ -186,7 +210,8 @@ def _rebuild(args: argparse.Namespace) -> int:
     arguments: dict[str, Any] = dict(
         bank=args.bank, corpus=args.corpus, model=args.model, samples=args.samples, steps=args.steps, eta=args.eta,
         batch=args.batch, seed=args.seed, annotator=args.annotator,
-        attributes=args.attributes or list(DEFAULT_ATTRIBUTES), k=args.k, disentangle=_disentangle(args.disentangle),
+        attributes=args.attributes or list(DEFAULT_ATTRIBUTES), k=args.k, thresholds=_thresholds(args.thresholds),
+        disentangle=_disentangle(args.disentangle),
         keep_norm=args.keep_norm, pca_components=args.pca_components, pca_directions=args.pca_directions,
         pca_run_name=args.pca_run, gamma=args.gamma, eval_samples=args.eval_samples, repeats=args.repeats,
         report=args.report, device=args.device,

@@ -28,15 +28,18 @@ from tasks.directions import (
 
 @flow(name="supervised-direction")
 def supervised(url: str, name: str, attribute: str | None = None, annotator: str | None = None, k: int = DEFAULT_K,
-               positives: list[int] | None = None, negatives: list[int] | None = None, space: str = "h",
-               overwrite: bool = False, made_by: str | None = None) -> dict[str, Any]:
-    """eq. 11 from the corpus at ``url``: top-k vs bottom-k samples by ``attribute``, or explicit sample ids.
+               threshold: float | None = None, positives: list[int] | None = None,
+               negatives: list[int] | None = None, space: str = "h", overwrite: bool = False,
+               made_by: str | None = None) -> dict[str, Any]:
+    """eq. 11 from the corpus at ``url``: top-k vs bottom-k samples by ``attribute`` (k from each side of
+    ``threshold`` for a binary one), or explicit sample ids.
 
     Stored as ``directions/<name>`` (method ``supervised``, ``supervised-xT`` or ``examples``); returns a
     summary (name, method, space, shape, norms, parameters). See :func:`tasks.directions.plan_supervised`.
     """
-    plan = plan_supervised(url, name, attribute=attribute, annotator=annotator, k=k, positives=positives,
-                           negatives=negatives, space=space, overwrite=overwrite, made_by=made_by)
+    plan = plan_supervised(url, name, attribute=attribute, annotator=annotator, k=k, threshold=threshold,
+                           positives=positives, negatives=negatives, space=space, overwrite=overwrite,
+                           made_by=made_by)
     return supervised_direction_task(plan)
 
 

@@ -15,15 +15,44 @@ import torch
 from hspace.errors import HSpaceError
 
 
-def top_bottom(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the k highest and the k lowest scores (Sec. V: classifier annotation)."""
+def top_bottom(scores: np.ndarray, k: int, *, threshold: float | None = None,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The examples of eq. 11 (Sec. V: classifier annotation): indices of positives and negatives.
+
+    Without ``threshold``: the k highest and the k lowest scores. With it (a binary attribute, e.g. a
+    classifier's probability and 0.5): k drawn at random from the samples scoring above ``threshold`` and k
+    from those at or below it (all of the smaller side when it has fewer than k). The k most extreme
+    scores of a binary attribute are not the k most typical examples but the ones the classifier is most
+    sure of, and its confidence follows whatever the attribute correlates with: on the testbed the 57
+    faces least likely to wear glasses wear a hat 7% of the time, all faces without glasses 24%, so the
+    top-k glasses direction carried more hat than the data's correlation (README, Known limits).
+
+    Returns
+    -------
+    positives, negatives : int64 arrays, positives by descending score, negatives by ascending score.
+    """
     scores = np.asarray(scores)
     if scores.ndim != 1:
         raise HSpaceError(f"scores must be one value per sample; got shape {scores.shape}")
-    if not 0 < k <= len(scores) // 2:
-        raise HSpaceError(f"k must lie in 1..{len(scores) // 2} (half of the {len(scores)} samples); got {k}")
-    order = np.argsort(scores, kind="stable")
-    return order[-k:][::-1].copy(), order[:k].copy()
+    if threshold is None:
+        if not 0 < k <= len(scores) // 2:
+            raise HSpaceError(f"k must lie in 1..{len(scores) // 2} (half of the {len(scores)} samples); got {k}")
+        order = np.argsort(scores, kind="stable")
+        return order[-k:][::-1].copy(), order[:k].copy()
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise HSpaceError(f"k must be a positive integer; got {k!r}")
+    if not np.isfinite(threshold):
+        raise HSpaceError(f"threshold must be a finite number; got {threshold}")
+    above, below = np.flatnonzero(scores > threshold), np.flatnonzero(scores <= threshold)
+    if len(above) == 0 or len(below) == 0:
+        side = "above" if len(above) == 0 else "at or below"
+        raise HSpaceError(f"no sample scores {side} the threshold {threshold} (scores range "
+                          f"{scores.min():.4g}..{scores.max():.4g}): choose a threshold between the classes")
+    n = min(int(k), len(above), len(below))
+    rng = np.random.default_rng(seed)
+    positives, negatives = rng.choice(above, n, replace=False), rng.choice(below, n, replace=False)
+    return (positives[np.argsort(-scores[positives], kind="stable")].astype(np.int64),
+            negatives[np.argsort(scores[negatives], kind="stable")].astype(np.int64))
 
 
 def supervised_direction(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:

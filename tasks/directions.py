@@ -51,7 +51,7 @@ class SupervisedPlan:
 
 
 def plan_supervised(url: str, name: str, *, attribute: str | None = None, annotator: str | None = None,
-                    k: int = DEFAULT_K, positives: Sequence[int] | None = None,
+                    k: int = DEFAULT_K, threshold: float | None = None, positives: Sequence[int] | None = None,
                     negatives: Sequence[int] | None = None, space: str = "h",
                     overwrite: bool = False, made_by: str | None = None) -> SupervisedPlan:
     """Choose the examples of eq. 11: top-k vs bottom-k by an annotation, or explicit sample ids.
@@ -66,6 +66,9 @@ def plan_supervised(url: str, name: str, *, attribute: str | None = None, annota
         Rank every sample by this annotation (``annotator`` may be left out when one annotator has it).
     k : int
         Top-k positives, bottom-k negatives; at most half the samples, so the two sets never overlap.
+    threshold : float, optional
+        A binary attribute: k drawn at random from the samples scoring above it and k from the rest (all
+        of the smaller side when it has fewer), not the k most extreme (``hspace.directions.top_bottom``).
     positives, negatives : sequence of int, optional
         Explicit corpus row indices instead of an attribute (method ``examples``); the counts may differ.
     space : {"h", "xT"}
@@ -80,8 +83,9 @@ def plan_supervised(url: str, name: str, *, attribute: str | None = None, annota
     if explicit:
         if positives is None or negatives is None:
             raise HSpaceError("give both --positives and --negatives (sample ids), or neither")
-        if attribute is not None:
-            raise HSpaceError("give either --attribute (top-k vs bottom-k) or --positives/--negatives, not both")
+        if attribute is not None or threshold is not None:
+            raise HSpaceError("give either --attribute (top-k vs bottom-k, optionally --threshold) or "
+                              "--positives/--negatives, not both")
         pos, neg = _sample_ids(corpus, positives, "positives"), _sample_ids(corpus, negatives, "negatives")
         both = sorted(set(pos.tolist()) & set(neg.tolist()))
         if both:
@@ -95,12 +99,13 @@ def plan_supervised(url: str, name: str, *, attribute: str | None = None, annota
         samples = corpus.spec.samples
         if not isinstance(k, int) or k <= 0:
             raise HSpaceError(f"--k must be a positive integer; got {k!r}")
-        if k > samples // 2:
+        if threshold is None and k > samples // 2:
             raise HSpaceError(f"--k {k} is more than half of the corpus's {samples} samples, so the top-k and "
                               f"bottom-k examples would overlap: use --k {samples // 2} or less, or a larger corpus")
-        pos, neg = top_bottom(annotations.scores(attribute), k)
+        pos, neg = top_bottom(annotations.scores(attribute), k, threshold=threshold)
         method = "supervised" if space == "h" else "supervised-xT"
         parameters = {"annotator": annotations.record.name, "attribute": attribute, "k": k,
+                      **({"threshold": float(threshold)} if threshold is not None else {}),
                       "annotator_config": annotations.record.config}
     # Row ids (and their order: best score first) make the choice reproducible and auditable.
     parameters = {**parameters, "positives": pos.tolist(), "negatives": neg.tolist(),

@@ -127,6 +127,34 @@ def test_supervised_direction_is_the_mean_difference_for_h_and_for_x_T():
     assert list(top) == [1, 4] and list(bottom) == [2, 0]
 
 
+def test_top_bottom_with_a_threshold_draws_from_each_class_not_the_extremes():
+    # A binary attribute whose classifier is more confident on samples without a second, correlated
+    # attribute (the testbed's glasses vs hat): the extremes carry the confound, a draw from the class does not.
+    rng = np.random.default_rng(3)
+    n = 2000
+    label, confound = rng.random(n) < 0.25, rng.random(n) < 0.3
+    scores = np.where(label, 0.99, 0.01) + 0.005 * confound + rng.normal(0, 1e-4, n)
+    top, bottom = top_bottom(scores, 200)
+    assert confound[bottom].mean() < 0.05  # the old selection's bias, which the test must be able to see
+    positives, negatives = top_bottom(scores, 200, threshold=0.5, seed=1)
+    assert len(positives) == len(negatives) == 200 and len(set(positives) | set(negatives)) == 400
+    assert label[positives].all() and not label[negatives].any()
+    assert abs(confound[negatives].mean() - confound[~label].mean()) < 0.08
+    assert abs(confound[positives].mean() - confound[label].mean()) < 0.08
+    assert list(scores[positives]) == sorted(scores[positives], reverse=True)
+    assert list(scores[negatives]) == sorted(scores[negatives])
+    again = top_bottom(scores, 200, threshold=0.5, seed=1)
+    assert np.array_equal(again[0], positives) and np.array_equal(again[1], negatives)
+    # The smaller class caps the count; an empty class or a threshold outside the scores is an error.
+    few = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.05])
+    positives, negatives = top_bottom(few, 5, threshold=0.5)
+    assert sorted(positives) == [0, 1] and len(negatives) == 2 and (few[negatives] <= 0.5).all()
+    with pytest.raises(HSpaceError, match="no sample scores above the threshold 0.95"):
+        top_bottom(few, 2, threshold=0.95)
+    with pytest.raises(HSpaceError, match="positive integer"):
+        top_bottom(few, 0, threshold=0.5)
+
+
 def test_random_direction_matches_the_per_step_norm():
     v0, _ = _directions(0, seed=9)
     random = random_direction_like(v0, torch.Generator().manual_seed(0))

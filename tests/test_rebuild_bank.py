@@ -14,12 +14,16 @@ from flows.bank import run_rebuild_bank
 from flows.cli import main
 from hspace.bank import list_versions, load_bank
 from hspace.directions import top_bottom
+from hspace.errors import HSpaceError
 from storage.corpus import Corpus
 from storage.directions import read_direction
 
 ARGS = dict(model="tiny", samples=16, steps=4, eta=1.0, batch=8, seed=3, annotator="testbed",
-            attributes=["smile", "hat"], k=4, disentangle={"smile": ["hat"]}, pca_components=2, pca_directions=1,
-            gamma=2.0, eval_samples=4, repeats=2)
+            attributes=["smile", "hat"], k=4, thresholds={}, disentangle={"smile": ["hat"]}, pca_components=2,
+            pca_directions=1, gamma=2.0, eval_samples=4, repeats=2)
+# thresholds={} / --thresholds none: the tiny model's images are not faces, so the testbed annotator's hat
+# probability need not straddle 0.5; the top-k selection keeps eq. 11 checkable by hand. The default is
+# test_threshold_plan's.
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +101,8 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
     argv = ["rebuild-bank", bank_url, "--corpus", corpus_url, "--model", "tiny", "--samples", "16", "--steps", "4",
             "--batch", "8", "--attributes", "smile,hat", "--k", "4", "--pca-components", "2", "--pca-directions", "1",
-            "--eval-samples", "4", "--repeats", "2", "--disentangle", "smile:hat", "--keep-norm", "--json"]
+            "--eval-samples", "4", "--repeats", "2", "--disentangle", "smile:hat", "--keep-norm",
+            "--thresholds", "none", "--json"]
     assert main(argv) == 0
     published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert published["directions"] == ["smile", "hat", "smile-disentangled", "pca-0"]
@@ -138,6 +143,9 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     (["evaluate", "{c}", "--directions", "nosuch"], "nosuch"),
     (["evaluate", "{c}", "--directions", "smile", "--samples", "0"], "--samples must be a positive"),
     (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--disentangle", "glasses"], "A:B"),
+    (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--thresholds", "hat"], "A=T"),
+    (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--thresholds", "beard=0.5"],
+     "thresholds name ['beard']"),
 ])
 def test_bad_input_fails_with_one_line(prefect_harness, tmp_path, capsys, argv, message):
     corpus_url = str(tmp_path / "c.zarr")
@@ -151,3 +159,16 @@ def test_bad_input_fails_with_one_line(prefect_harness, tmp_path, capsys, argv, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "bank").exists()
+
+
+def test_threshold_plan():
+    from flows.bank import threshold_plan
+
+    # The testbed annotator's binary factors split at 0.5 by default; another annotator's scores have no
+    # default split; explicit ones must name built attributes.
+    assert threshold_plan("testbed", ["smile", "glasses", "hat"], None) == {"glasses": 0.5, "hat": 0.5}
+    assert threshold_plan("clip", ["glasses"], None) == {}
+    assert threshold_plan("testbed", ["glasses"], {}) == {}
+    assert threshold_plan("clip", ["glasses"], {"glasses": 0.3}) == {"glasses": 0.3}
+    with pytest.raises(HSpaceError, match=r"thresholds name \['hat'\]"):
+        threshold_plan("testbed", ["glasses"], {"hat": 0.5})

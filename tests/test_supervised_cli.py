@@ -69,6 +69,24 @@ def test_top_k_direction_equals_eq_11_computed_by_hand(url, cli):
     assert record.fingerprint == Corpus.open(url).spec.fingerprint and record.source == url
 
 
+def test_threshold_draws_examples_from_each_side(url, cli):
+    h, scores = h_and_scores(url, "smile")
+    split = float(np.sort(scores)[7])  # 8 samples at or below it, 16 above: the smaller side caps k = 10 at 8
+    code, out, _ = cli("directions", "supervised", url, "--attribute", "smile", "--k", "10", "--threshold", str(split),
+                       "--name", "s", "--json")
+    assert code == 0, out
+    stored, record = read_direction(Corpus.open(url), "s")
+    pos, neg = record.parameters["positives"], record.parameters["negatives"]
+    assert len(pos) == len(neg) == 8 and record.parameters["threshold"] == split
+    assert (scores[pos] > split).all() and (scores[neg] <= split).all()
+    np.testing.assert_allclose(stored, h[pos].mean(0) - h[neg].mean(0), rtol=1e-5, atol=1e-6)
+    code, _, err = cli("directions", "supervised", url, "--attribute", "smile", "--threshold", "99", "--name", "t")
+    assert code == 1 and "no sample scores above the threshold 99.0" in err, err
+    code, _, err = cli("directions", "supervised", url, "--positives", "1", "--negatives", "2", "--threshold", "0.5",
+                       "--name", "t")
+    assert code == 1 and "not both" in err, err
+
+
 def test_explicit_ids_and_x_T_space(url, cli):
     assert cli("directions", "supervised", url, "--positives", "1,2,3", "--negatives", "4,5,9,20", "--name", "ex")[0] == 0
     h, _ = h_and_scores(url, "smile")

@@ -63,9 +63,10 @@ def sample_quality(samples: Samples, annotator: Annotator, *, renders: int = 200
 def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples, *, k: int, eval_seeds: Sequence[int],
                        steps: int, gammas: Sequence[float], factors: Sequence[str] = FACTORS,
                        random_seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
-    """For each factor: the eq. 11 direction from the corpus (top-k minus bottom-k by the factor's score),
-    applied to fresh samples ``eval_seeds`` at each gamma, against a random direction with the same
-    per-step norm (Fig. 4's baseline) at the same gamma.
+    """For each factor: the eq. 11 direction from the corpus (top-k minus bottom-k by the factor's score; a
+    binary factor's k drawn from each side of 0.5, ``hspace.directions.top_bottom``), applied to fresh
+    samples ``eval_seeds`` at each gamma, against a random direction with the same per-step norm (Fig. 4's
+    baseline) at the same gamma.
 
     Effects are in units of the factor's std over the unedited samples. The direction's effect is the mean
     signed change; the random direction's is the mean *absolute* change, so a random edit that pushes
@@ -83,7 +84,8 @@ def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples
     n = len(eval_seeds)
     names = list(factors)
     generator = torch.Generator().manual_seed(random_seed)
-    directions = {f: supervised_direction(*(corpus.h[i] for i in top_bottom(corpus.scores[f], k))) for f in names}
+    directions = {f: supervised_direction(*(corpus.h[i] for i in top_bottom(
+        corpus.scores[f], k, threshold=0.5 if f in BINARY_FACTORS else None))) for f in names}
     randoms = {f: random_direction_like(v, generator) for f, v in directions.items()}
     stds = {a: float(base.scores[a].std()) or 1.0 for a in FACTORS}
     results: dict[str, dict] = {f: {"std": stds[f], "gammas": {}} for f in names}
