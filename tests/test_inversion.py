@@ -63,7 +63,7 @@ def test_invert_equals_diffusers_inverse_loop_with_h_in_sampling_order(tiny):
 
 def test_reconstruction_and_recorded_h_on_the_testbed_model():
     model = load_model("testbed")
-    seeds = [11, 12]
+    seeds = list(range(11, 19))  # 8: one pair's error ranges 0.03-0.09 (0.071 for seeds 11, 12 on 26,000 steps)
     original = sample(model, seeds, steps=50, eta=0.0)
     images = to_uint8(original.images).numpy()
     inverted = invert(model, images, steps=50)
@@ -72,9 +72,10 @@ def test_reconstruction_and_recorded_h_on_the_testbed_model():
     again = sample(model, seeds, steps=50, eta=0.0, noise_delta=offset)
     back = to_uint8(again.images).numpy().astype(np.float64)
     error = np.abs(back - images).mean() / 255
-    between = np.abs(images[0].astype(np.float64) - images[1]).mean() / 255
+    between = np.abs(images[::2].astype(np.float64) - images[1::2]).mean() / 255
     print(f"reconstruction mean |error| {error:.4f} (of 1); two different samples differ by {between:.4f}")
-    # Measured: 0.043 (clipping P_t in the sampler, as the corpus does, is not inverted), vs 0.102 between samples.
+    # Measured (clipping P_t in the sampler, as the corpus does, is not inverted): 0.055 on the 20,000-step
+    # weights, 0.061 on the 26,000-step ones, vs 0.138 and 0.154 between samples.
     assert error < 0.07 and error < between / 2
 
     # h recorded while inverting vs h the sampler records from the returned x_T: the inversion's h at
