@@ -235,10 +235,11 @@ def _check_disentanglement(result: EvaluationResult) -> None:
 
 def test_testbed_glasses_disentangled_from_hat(testbed):
     """The acceptance check at a small size (the full one: HSPACE_SLOW=1, below): pool 96, 20 steps, k = 17,
-    gamma 1, 16 samples. Measured: the eq. 11 glasses direction raises the correlated hat more than glasses
-    (hat +0.50, glasses +0.36); rescaled to its norm, eq. 12 keeps the glasses effect (+0.40, 109%) and
-    turns the hat change to -0.15 (a 71% cut in size); unrescaled, hat -0.07 and glasses +0.24. Deterministic
-    on this torch build; a model or sampler change moves these figures, not the bounds."""
+    gamma 1, 16 samples. Measured (20,000-step weights, glasses drawn from each class): the eq. 11 glasses
+    direction raises the correlated hat more than glasses (hat +0.49, glasses +0.31); rescaled to its norm,
+    eq. 12 keeps the glasses effect (+0.36, 115%) and turns the hat change to -0.08 (an 84% cut in size);
+    unrescaled, hat -0.15 and glasses +0.07. Deterministic on this torch build; a model or sampler change
+    moves these figures, not the bounds."""
     model, annotator = testbed
     directions, _ = _testbed_directions(model, annotator, pool=96, steps=20, factors=("glasses", "hat"))
     chosen = {name: directions[name] for name in ("glasses", "glasses-perp-hat", "glasses-perp-hat-rescaled")}
