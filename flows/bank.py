@@ -22,14 +22,12 @@ from flows.pca import fit_pca
 from flows.server import prefect_api_for_workers
 from hspace.errors import HSpaceError
 from hspace.names import check_name
+from hspace.testbed.annotator import CLASS_THRESHOLDS
 from tasks.bank import evaluate_bank_directions, pca_direction_name, publish_bank
 from tasks.corpus import prepare_corpus
 
 DEFAULT_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
 DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (faces.py)
-# The testbed annotator's binary factors are probabilities: their eq. 11 examples are drawn from each side of
-# 0.5, not the most extreme scores (hspace.directions.top_bottom says why).
-TESTBED_THRESHOLDS = {"eyes_open": 0.5, "glasses": 0.5, "hat": 0.5}
 MADE_BY = "rebuild-bank"
 
 
@@ -53,7 +51,7 @@ def threshold_plan(annotator: str, attributes: Sequence[str], thresholds: dict[s
     """Which attributes are binary, and where their classes split: the given ones (each must be one of
     ``attributes``), or by default the testbed annotator's binary factors that are built."""
     if thresholds is None:
-        return {a: t for a, t in TESTBED_THRESHOLDS.items() if a in attributes} if annotator == "testbed" else {}
+        return {a: t for a, t in CLASS_THRESHOLDS.items() if a in attributes} if annotator == "testbed" else {}
     unknown = sorted(a for a in thresholds if a not in attributes)
     if unknown:
         raise HSpaceError(f"thresholds name {unknown}, which are not among the attributes {list(attributes)}")
@@ -108,7 +106,7 @@ def rebuild_bank(
     thresholds : dict of str -> float
         Binary attributes: their k examples are drawn from each side of the threshold rather than taken
         from the extremes (``hspace.directions.top_bottom``). Default: with the ``testbed`` annotator, its
-        binary factors at 0.5 (:data:`TESTBED_THRESHOLDS`); otherwise none. ``{}``: none.
+        binary factors at 0.5 (``hspace.testbed.annotator.CLASS_THRESHOLDS``); otherwise none. ``{}``: none.
     disentangle : dict of str -> list of str
         ``{"glasses": ["hat"]}`` also publishes ``glasses-disentangled``: glasses with its projection on hat
         removed (eq. 12). Default: :data:`DEFAULT_DISENTANGLE` where those attributes are built.

@@ -43,6 +43,9 @@ SIZE = 32  # the annotator's input side; other sizes are resized to it
 CONTINUOUS_FACTORS: tuple[str, ...] = tuple(name for name in FACTORS if name not in BINARY_FACTORS)
 # Output column order of the network and of TestbedAnnotator.score.
 ATTRIBUTES: tuple[str, ...] = ("face",) + FACTORS
+# The binary factors' scores are probabilities: eq. 11 draws their examples from each side of 0.5 rather than
+# the most extreme scores (hspace.directions.top_bottom says why).
+CLASS_THRESHOLDS: dict[str, float] = {name: 0.5 for name in BINARY_FACTORS}
 _CONTINUOUS_COLUMNS = [ATTRIBUTES.index(name) for name in CONTINUOUS_FACTORS]
 _LOGIT_COLUMNS = [ATTRIBUTES.index(name) for name in ("face",) + BINARY_FACTORS]
 # Standardisation of each continuous target (mean and std of a uniform on its range), so every regression
