@@ -113,7 +113,10 @@ def test_masked_jacobian_direction_changes_the_mouth_region_more_than_the_unmask
         size = gamma * float(state.h_t.norm())
         deltas, labels = [torch.zeros(STEPS, *model.h_shape)], []
         for kind, m in (("masked", mask), ("unmasked", None)):
-            result = jacobian_directions(model, state.x_t, state.t, 2, mask=m)
+            # Only the top direction is used, so only it is computed: with k = 2 the second vector can take
+            # hundreds of iterations when sigma_2 ~ sigma_3 (0.419 vs 0.414 for the second seed, masked, on
+            # the 32,000-step weights), while sigma_1 / sigma_2 ~ 1.5 converges the first in a few.
+            result = jacobian_directions(model, state.x_t, state.t, 1, mask=m)
             assert result.converged
             v = size * result.directions[0]
             everywhere = v.expand(STEPS, *v.shape).clone()  # found at one step, applied at all (method.md)
@@ -128,7 +131,8 @@ def test_masked_jacobian_direction_changes_the_mouth_region_more_than_the_unmask
             ratios.setdefault(label, []).append(float(c[inside].mean() / c[~inside].mean()))
     mean = {label: float(np.mean(r)) for label, r in ratios.items()}
     print("mean inside/outside |pixel change|:", mean)
-    # Measured: masked 1.93 (all steps) and 3.79 (its step only), unmasked 0.63 and 1.20; the bounds were set
+    # Measured on the 32,000-step weights: masked 2.32 (all steps) and 5.50 (its step only), unmasked 1.12 and
+    # 1.46 (26,000 steps, k = 2: masked 1.93 / 3.79, unmasked 0.63 / 1.20); the bounds were set
     # on the 9,000-step model (masked 1.60 / 2.75, unmasked 1.39 / 1.33), where unmasked directions acted
     # on the mouth (14% of the image) too. Bounds below both models' figures.
     assert mean[("masked", "all")] >= 1.4
