@@ -238,10 +238,10 @@ def test_testbed_glasses_disentangled_from_hat(testbed):
     gamma 1, 16 samples. Measured (32,000-step weights, glasses drawn from each class; score units): the eq. 11
     glasses direction raises the correlated hat far more than glasses (hat +0.555, every edit wearing a hat;
     glasses +0.108); rescaled to its norm, eq. 12 raises glasses more (+0.23) and turns the hat change to
-    -0.09 (an 84% cut in size); unrescaled, glasses +0.25 and hat -0.09. With pool 96 (k = 22, this test's
-    size on the 20,000-step weights, where it measured hat +0.49 -> -0.08) the 32,000-step model's
-    disentangled direction overshoots to hat -0.34 (glasses +0.07 -> +0.26), beyond the 50% bound: the
-    direction from 22 examples is too noisy at 20 steps. Deterministic on this torch build; a model or
+    -0.09 (an 84% cut in size); unrescaled, glasses +0.25 and hat -0.09. At pool 96, this test's size until
+    the 32,000-step weights (on the 20,000-step ones: k = 17, hat +0.49 -> -0.08), the 32,000-step model
+    gives k = 22 and its disentangled direction overshoots to hat -0.34 (glasses +0.07 -> +0.26), beyond the
+    50% bound: the direction from 22 examples is too noisy at 20 steps. Deterministic on this torch build; a model or
     sampler change moves these figures, not the bounds."""
     model, annotator = testbed
     directions, _ = _testbed_directions(model, annotator, pool=128, steps=20, factors=("glasses", "hat"))
