@@ -142,6 +142,19 @@ def weight_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def check_same_weights(model: LoadedModel, fingerprint: str, *, owner: str, advice: str) -> None:
+    """Refuse ``model`` when its weight fingerprint is not ``fingerprint``, the one ``owner`` was made with.
+
+    ``owner`` names what recorded the fingerprint ("the corpus", "bank x version v"); ``advice`` says what to do.
+    Every place that loads a model again for stored work (a worker, a rerun) asks this one question.
+    """
+    if model.fingerprint != fingerprint:
+        raise HSpaceError(
+            f"the weights of {model.name!r} here (sha256 {model.fingerprint[:12]}) differ from those {owner} was "
+            f"made with ({fingerprint[:12]}): {advice}"
+        )
+
+
 def load_model(name: str, *, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a U-Net and its scheduler config by built-in name, directory or hub id.
 

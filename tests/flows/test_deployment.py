@@ -9,7 +9,7 @@ from pathlib import Path
 
 import zarr
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def prefect(*args: str, env: dict) -> subprocess.CompletedProcess:
