@@ -81,7 +81,7 @@ class LoadedModel:
 
 def _tiny() -> UNet2DModel:
     # Two levels with attention at the bottom, so the attention path (and its forward-mode AD
-    # caveat, environment.md) is exercised by every fast test. h = 32 x 8 x 8.
+    # caveat, in the hspace.jacobian docstring) is exercised by every fast test. h = 32 x 8 x 8.
     return UNet2DModel(
         sample_size=16,
         in_channels=3,
@@ -96,7 +96,7 @@ def _tiny() -> UNet2DModel:
 
 
 def _celebahq_shape() -> UNet2DModel:
-    # google/ddpm-ema-celebahq-256 (environment.md): 113.7M parameters, h = 512 x 8 x 8.
+    # google/ddpm-ema-celebahq-256: 113.7M parameters, h = 512 x 8 x 8.
     return UNet2DModel(
         sample_size=256,
         in_channels=3,
@@ -222,9 +222,11 @@ def _load_directory(path: Path) -> tuple[UNet2DModel, dict[str, Any]]:
             f"{path} holds a {config['_class_name']}; hspace works with unconditional UNet2DModel pipelines"
         )
     try:
-        # float32 on load: shipped weights are stored in float16 to stay small.
+        # float32 on load: shipped weights are stored in float16 to stay small. low_cpu_mem_usage=False is what
+        # diffusers falls back to without `accelerate` anyway (after a warning on every load); saying so here
+        # keeps the load silent without a dependency that only saves memory on models far larger than these.
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=_has_safetensors(unet_dir),
-                                           torch_dtype=torch.float32)
+                                           torch_dtype=torch.float32, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as error:
         raise HSpaceError(f"cannot load the U-Net weights in {unet_dir}: {error}") from error
     return unet, json.loads(scheduler_file.read_text())
