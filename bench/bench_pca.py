@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hspace.pca import _eigh  # eigh on one thread: see its docstring
+from hspace.incremental_svd import eigh  # eigh on one thread: see its docstring
 
 RANK, FLOOR, SCALE = 256, 0.001, 4.0
 
@@ -120,7 +120,7 @@ def exact_reference(X: np.ndarray, k_max: int) -> tuple[torch.Tensor, torch.Tens
     for start in range(0, X.shape[1], 4096):  # float64 Gram by column blocks: bounded extra memory
         part = centred[:, start:start + 4096].double()
         gram += part @ part.T
-    values, vectors = _eigh(gram)
+    values, vectors = eigh(gram)
     values, vectors = values.flip(0)[:k_max + 1], vectors.flip(1)[:, :k_max + 1]
     s = values.clamp_min(0).sqrt()
     components = (centred.T.double() @ vectors[:, :k_max] / s[:k_max]).T
@@ -165,7 +165,7 @@ def block_krylov(centred: torch.Tensor, k: int, columns: int, q: int, seed: int)
 def _rayleigh_ritz(centred: torch.Tensor, basis: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     small = basis.T @ centred  # (l, D)
     gram = (small @ small.T).double()
-    values, vectors = _eigh(gram)
+    values, vectors = eigh(gram)
     values, vectors = values.flip(0)[:k], vectors.flip(1)[:, :k]
     components = (vectors.T.float() @ small) / values.clamp_min(1e-30).sqrt().float()[:, None]
     return components.numpy(), (values / (len(centred) - 1)).numpy()

@@ -54,7 +54,7 @@ import zarr
 
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from hspace.pca import pca_direction
+from hspace.pca_directions import pca_direction
 from storage.corpus import NOT_COMPARED, Corpus, _differences, _short
 
 RESULTS_SCHEMA_VERSION = 1

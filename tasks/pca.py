@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 import hspace
 from hspace.errors import HSpaceError
-from hspace.pca import METHODS, StreamingPCA, default_batch_size, default_oversampling, step_signs
+from hspace.pca import METHODS, StreamingPCA, default_batch_size, default_oversampling
+from hspace.pca_directions import step_signs
 from storage.corpus import Corpus
 from storage.results import PCARun, PCASpec, check_run_name, corpus_settings
 from tasks.corpus import _retry_on_io_error

@@ -18,7 +18,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from hspace.errors import HSpaceError
-from hspace.pca import StreamingPCA, align_signs, pca_direction, step_signs
+from hspace.pca import StreamingPCA
+from hspace.pca_directions import align_signs, pca_direction, step_signs
 
 N, D, K = 800, 2048, 10
 BATCH = 200  # several merges over N rows

@@ -17,7 +17,8 @@ from hspace.annotators import load_annotator
 from hspace.directions import random_direction_like
 from hspace.jacobian import jacobian_directions, state_at_step
 from hspace.models import load_model
-from hspace.pca import StreamingPCA, align_signs, pca_direction
+from hspace.pca import StreamingPCA
+from hspace.pca_directions import align_signs, pca_direction
 from hspace.sampler import derive_seeds, sample
 from hspace.testbed import faces
 from hspace.testbed.evaluate import generate
