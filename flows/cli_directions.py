@@ -1,265 +1,195 @@
-"""``hspace pca``, ``hspace jacobian`` and ``hspace edit``: unsupervised directions (Sec. IV) and their pictures.
+"""``hspace annotate`` and ``hspace directions supervised|disentangle|list|invert``.
 
-Registered in :data:`flows.cli.COMMAND_MODULES`; each sub-command's ``run(args)`` returns the exit status.
+Every command checks its arguments and opens its inputs before a Prefect flow starts, so bad input fails
+in seconds with one line (exit 1) and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
-from collections.abc import Sequence
-from pathlib import Path
+import sys
 from typing import Any
-
-import numpy as np
-
-from flows.cli_args import floats, ints
-from hspace.errors import HSpaceError
-
-SEEDS_HELP = ("corpus sample ids whose edits to show, e.g. 0,1,2: sample i is regenerated from its own seed "
-              "(derived from the corpus base seed), so the gamma = 0 column is exactly the corpus's x0[i]")
-
-
-def _steps(text: str) -> list[int] | None:
-    return None if text == "all" else ints(text)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``pca fit``, ``pca info``, ``jacobian`` and ``edit`` to the ``hspace`` command."""
-    pca = commands.add_parser("pca", help="PCA directions of a corpus, per step (Sec. IV-A)")
-    pca_commands = pca.add_subparsers(dest="pca_command", required=True)
-    fit = pca_commands.add_parser("fit", help="fit (or resume) a PCA run: one PCA of vec(h_t) per step, "
-                                              "signs aligned across steps")
-    fit.add_argument("url", help="the corpus (path or fsspec URL)")
-    fit.add_argument("--components", type=int, required=True, help="k, components per step")
-    fit.add_argument("--run", dest="run_name", default="default", help="run name, stored at pca/<run> in the corpus")
-    fit.add_argument("--steps", type=_steps, default=None,
-                     help="corpus step indices to fit (sampling order), e.g. 0,5,10, or all (default)")
-    fit.add_argument("--method", default=None, help="estimator of hspace.pca.StreamingPCA (default: its default)")
-    fit.add_argument("--batch-size", type=int, default=None,
-                     help="rows per partial_fit; whole shards are gathered until at least this many")
-    fit.add_argument("--device", default="cpu", help="cpu or cuda (where the estimator runs)")
-    _add_runner_arguments(fit)
-    fit.add_argument("--json", action="store_true", help="print the run's info as one JSON object")
-    fit.set_defaults(run=_pca_fit)
-
-    info = pca_commands.add_parser("info", help="parameters, progress and explained variance of a PCA run")
-    info.add_argument("url")
-    info.add_argument("--run", dest="run_name", default="default")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.add_argument("--plot", default=None, help="write a PNG of the cumulative explained variance per step")
-    info.set_defaults(run=_pca_info)
-
-    jacobian = commands.add_parser(
-        "jacobian", help="image-specific directions: top singular vectors of d eps / d h_t at a corpus sample's "
-                         "step (Sec. IV-B)")
-    jacobian.add_argument("url", help="the corpus (path or fsspec URL)")
-    jacobian.add_argument("--sample", type=ints, required=True, help="corpus sample id(s), e.g. 3 or 3,7")
-    jacobian.add_argument("--step", type=ints, required=True, help="step index(es) in sampling order, e.g. 5")
-    jacobian.add_argument("--k", type=int, required=True, help="directions per (sample, step)")
-    jacobian.add_argument("--mask", default=None,
-                          help="PNG of the image region (eq. 9-10): white = region; resized to the image size by "
-                               "nearest neighbour, binarised at 128")
-    jacobian.add_argument("--algorithm", choices=("batched", "sequential"), default="batched",
-                          help="batched = Alg. 1, sequential = Alg. 2 (SM -E)")
-    jacobian.add_argument("--block", type=int, default=None, help="b of Alg. 2 (sequential only; default 1)")
-    jacobian.add_argument("--tol", type=float, default=1e-3, help="relative residual to stop at")
-    jacobian.add_argument("--max-iter", type=int, default=100)
-    jacobian.add_argument("--run", dest="run_name", default=None,
-                          help="run name, stored at jacobian/<run> (default: sample<ids>-step<steps>-k<k>, "
-                               "plus -mask<sha256[:8]> with a mask)")
-    jacobian.add_argument("--device", default="cpu", help="cpu or cuda")
-    _add_runner_arguments(jacobian)
-    jacobian.add_argument("--json", action="store_true", help="print the run's info as one JSON object")
-    jacobian.set_defaults(run=_jacobian)
-
-    edit = commands.add_parser(
-        "edit", help="a picture grid of edits along PCA or Jacobian directions: rows = directions, columns = "
-                     "gamma per seed (Fig. 3-5)")
-    edit.add_argument("url", help="the corpus (path or fsspec URL)")
-    source = edit.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pca", metavar="RUN", help="a complete PCA run (hspace pca fit)")
-    source.add_argument("--jacobian", metavar="RUN", help="a Jacobian run (hspace jacobian)")
-    edit.add_argument("--sample", type=int, default=None,
-                      help="with --jacobian: the sample id whose directions to use")
-    edit.add_argument("--step", type=int, default=None,
-                      help="with --jacobian: the step they were found at (they are applied at every step)")
-    edit.add_argument("--directions", type=ints, required=True, help="direction indices, e.g. 0,1,2")
-    edit.add_argument("--seeds", type=ints, default=None,
-                      help=SEEDS_HELP + " (default: the --sample with --jacobian, else 0,1,2)")
-    edit.add_argument("--gammas", type=floats, default=[-4.0, -2.0, 0.0, 2.0, 4.0],
-                      help="edit strengths; 0 is always shown (default -4,-2,0,2,4)")
-    edit.add_argument("--random-baseline", action="store_true",
-                      help="add a row along a random direction with the per-step norm of the first one (Fig. 4)")
-    edit.add_argument("--out", required=True, help="PNG to write")
-    edit.add_argument("--device", default="cpu", help="cpu or cuda")
-    edit.set_defaults(run=_edit)
-    # `--gammas -4,-2,0,2,4` (the natural spelling) starts with '-': let this parser read a comma-separated
-    # list of numbers after a dash as a value, not as an option (argparse only knows single numbers).
-    edit._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,[-+]?[\d.eE+-]+)*$")
-
-
-
-def _add_runner_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group()
+    """Add ``annotate`` and the ``directions`` commands to the top-level ``hspace`` sub-parsers."""
+    annotate = commands.add_parser("annotate", help="score every sample of a corpus with an annotator (resumable)")
+    annotate.add_argument("url", help="the corpus")
+    annotate.add_argument("--annotator", required=True, help="annotator name, e.g. testbed")
+    annotate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="a keyword argument of the annotator's loader (JSON value or string); repeatable")
+    where = annotate.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="run a local Dask cluster of N worker processes")
     where.add_argument("--dask-address", help="use an existing Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--threads", type=int, default=1, help="threads of the default (in-process) runner")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    annotate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    annotate.add_argument("--json", action="store_true", help="print one JSON object")
+    annotate.set_defaults(run=_annotate)
+
+    directions = _subcommands(commands, "directions", "make and list named directions")
+
+    supervised = directions.add_parser("supervised", help="eq. 11: top-k vs bottom-k samples by an annotation, "
+                                                          "or explicit sample ids")
+    supervised.add_argument("url", help="the corpus")
+    supervised.add_argument("--name", required=True, help="stored as directions/<name>")
+    supervised.add_argument("--attribute", help="rank samples by this annotation")
+    supervised.add_argument("--annotator", help="whose annotation (needed when several have the attribute)")
+    supervised.add_argument("--k", type=int, default=100, help="top-k positives and bottom-k negatives (default 100)")
+    supervised.add_argument("--threshold", type=float, default=None,
+                            help="a binary attribute (e.g. a probability, 0.5): k drawn at random from each side "
+                                 "of it instead of the k most extreme scores, which follow what the classifier "
+                                 "correlates with (all of the smaller side when it has fewer than k)")
+    supervised.add_argument("--space", choices=("h", "xT"), default="h", help="eq. 11 in h_{T:1} (default) or x_T")
+    supervised.add_argument("--positives", type=_ids, help="explicit positive sample ids, e.g. 1,2,3")
+    supervised.add_argument("--negatives", type=_ids, help="explicit negative sample ids, e.g. 4,5,6")
+    supervised.add_argument("--overwrite", action="store_true", help="replace a direction of that name made another way")
+    supervised.add_argument("--json", action="store_true", help="print one JSON object")
+    supervised.set_defaults(run=_supervised)
+
+    disentangle = directions.add_parser("disentangle", help="eq. 12: remove from a direction its projection on others")
+    disentangle.add_argument("url", help="the corpus")
+    disentangle.add_argument("--name", required=True, help="stored as directions/<name>")
+    disentangle.add_argument("--from", dest="source", required=True, help="the direction to disentangle")
+    disentangle.add_argument("--against", type=_names, required=True, help="directions to leave alone, e.g. B,C")
+    disentangle.add_argument("--keep-norm", action="store_true",
+                             help="rescale the result to the norm of --from, so one gamma edits as far along both "
+                                  "(InterFaceGAN's convention; default: eq. 12 as written, which shortens it)")
+    disentangle.add_argument("--overwrite", action="store_true", help="replace a direction of that name made another way")
+    disentangle.add_argument("--json", action="store_true", help="print one JSON object")
+    disentangle.set_defaults(run=_disentangle)
+
+    listing = directions.add_parser("list", help="the directions stored in a corpus")
+    listing.add_argument("url", help="the corpus")
+    listing.add_argument("--json", action="store_true", help="print one JSON array")
+    listing.set_defaults(run=_list)
+
+    invert = directions.add_parser("invert", help="DDIM-invert real images (SM -F): their x_T and h, or eq. 11 on "
+                                                  "positive vs negative folders")
+    invert.add_argument("--model", required=True, help="built-in name, model directory or hub id")
+    invert.add_argument("--steps", type=int, required=True, help="DDIM steps T (those the direction is used with)")
+    invert.add_argument("--images", help="a folder of PNG/JPEG images: write their x_T and h_{T:1} to --out")
+    invert.add_argument("--positives", help="a folder of positive examples (with --negatives: a direction)")
+    invert.add_argument("--negatives", help="a folder of negative examples")
+    invert.add_argument("--out", help="a .safetensors file to write")
+    invert.add_argument("--corpus", help="also store the direction in this corpus (same model and steps)")
+    invert.add_argument("--name", help="the direction's name (default: the --out file's stem)")
+    invert.add_argument("--device", default="cpu", help="cpu or cuda")
+    invert.add_argument("--overwrite", action="store_true", help="replace a corpus direction of that name")
+    invert.add_argument("--json", action="store_true", help="print one JSON object")
+    invert.set_defaults(run=_invert)
 
 
-# ----- pca ---------------------------------------------------------------------------------------
-def _pca_fit(args: argparse.Namespace) -> int:
-    from flows.pca import run_fit_pca
+# ----- commands ----------------------------------------------------------------------------------
+def _annotate(args: argparse.Namespace) -> None:
+    from flows.annotate import run_annotate
 
-    info = run_fit_pca(workers=args.workers, dask_address=args.dask_address, threads=args.threads, url=args.url,
-                       components=args.components, run=args.run_name, steps=args.steps, method=args.method,
-                       batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    info = run_annotate(args.url, args.annotator, _options(args.option) or None, threads=args.threads,
+                        workers=args.workers, dask_address=args.dask_address, progress=not args.no_progress)
     _print(info, args.json)
-    return 0
 
 
-def _pca_info(args: argparse.Namespace) -> int:
-    from hspace.render import explained_variance_plot
-    from storage.results import PCARun
+def _supervised(args: argparse.Namespace) -> None:
+    from flows.directions import supervised
+    from tasks.directions import plan_supervised
 
-    pca = PCARun.open(args.url, args.run_name)
-    info = pca.info()
-    if args.plot is not None:
-        out = _check_out(args.plot)
-        timesteps = pca.corpus.spec.timesteps
-        labels = [f"step {t} (t={timesteps[t]})" for t in pca.spec.steps]
-        picture = explained_variance_plot(pca.explained_variance_ratio(), labels,
-                                          title=f"PCA {args.run_name}: cumulative explained variance per step")
-        _write_png(picture, out)
-        info["plot"] = str(out)
-    _print(info, args.json)
-    return 0
+    arguments = dict(name=args.name, attribute=args.attribute, annotator=args.annotator, k=args.k,
+                     threshold=args.threshold, positives=args.positives, negatives=args.negatives, space=args.space,
+                     overwrite=args.overwrite)
+    plan_supervised(args.url, **arguments)  # fail before Prefect starts
+    _print(supervised(args.url, **arguments), args.json)
 
 
-# ----- jacobian ----------------------------------------------------------------------------------
-def _jacobian(args: argparse.Namespace) -> int:
-    from flows.jacobian import run_jacobian_directions
-    from storage.corpus import Corpus
-    from storage.results import check_run_name, mask_sha256, read_mask_png
+def _disentangle(args: argparse.Namespace) -> None:
+    from flows.directions import disentangled
+    from tasks.directions import plan_disentangle
 
-    corpus = Corpus.open(args.url)
-    run = args.run_name
-    if run is None:
-        mask = None if args.mask is None else read_mask_png(args.mask, corpus.spec.image_shape[1:])
-        run = (f"sample{'_'.join(map(str, args.sample))}-step{'_'.join(map(str, args.step))}-k{args.k}"
-               + ("" if mask is None else f"-mask{mask_sha256(mask)[:8]}"))
-        if len(run) > 64:
-            raise HSpaceError("the default run name would exceed 64 characters: name the run with --run")
-    check_run_name(run)
-    info = run_jacobian_directions(
-        workers=args.workers, dask_address=args.dask_address, threads=args.threads, url=args.url,
-        sample_ids=args.sample, steps=args.step, k=args.k, run=run, algorithm=args.algorithm, block=args.block,
-        mask_png=args.mask, tol=args.tol, max_iter=args.max_iter, device=args.device, progress=not args.no_progress)
+    plan_disentangle(args.url, args.name, source=args.source, against=args.against, keep_norm=args.keep_norm,
+                     overwrite=args.overwrite)
+    _print(disentangled(args.url, args.name, args.source, args.against, keep_norm=args.keep_norm,
+                        overwrite=args.overwrite), args.json)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from flows.directions import directions_of
+
+    found = directions_of(args.url)
     if args.json:
-        print(json.dumps(info))
-    else:
-        print(f"jacobian run {run!r}: {info['done']} of {len(info['results'])} (sample, step) done")
-        for cell in info["results"]:
-            values = ", ".join(f"{s:.4g}" for s in cell.get("singular_values", []))
-            print(f"  sample {cell['sample']} step {cell['step']}: singular values [{values}]"
-                  + ("" if cell.get("converged", True) else " (not converged)"))
-    return 0
-
-
-# ----- edit --------------------------------------------------------------------------------------
-def _edit(args: argparse.Namespace) -> int:
-    import torch
-
-    from hspace.directions import random_direction_like
-    from hspace.render import labeled_grid
-    from storage.corpus import Corpus
-    from storage.results import read_jacobian_directions, read_pca_directions
-    from tasks.jacobian import corpus_model
-
-    corpus = Corpus.open(args.url)
-    spec = corpus.spec
-    if args.jacobian is not None and (args.sample is None or args.step is None):
-        raise HSpaceError("--jacobian needs --sample ID and --step T: the sample and step its directions were found at")
-    if args.pca is not None and (args.sample is not None or args.step is not None):
-        raise HSpaceError("--sample and --step select Jacobian directions; with --pca give only --directions")
-    seeds_ids = args.seeds if args.seeds is not None else ([args.sample] if args.jacobian else [0, 1, 2])
-    bad = [i for i in seeds_ids if not 0 <= i < spec.samples]
-    if bad:
-        raise HSpaceError(f"sample {bad[0]} is out of range: the corpus has samples 0..{spec.samples - 1}")
-    gammas = sorted(set(args.gammas) | {0.0})
-    out = _check_out(args.out)
-    if args.pca is not None:
-        directions = torch.from_numpy(read_pca_directions(args.url, args.pca, args.directions))
-        labels = [f"pca {j}" for j in args.directions]
-    else:
-        found = torch.from_numpy(read_jacobian_directions(args.url, args.jacobian, args.sample, args.step,
-                                                          args.directions))
-        # Found at one step, applied at every step (Sec. IV-B).
-        directions = found[:, None].expand(len(found), spec.steps, *spec.h_shape).contiguous()
-        labels = [f"jac {j}" for j in args.directions]
-    if args.random_baseline:
-        baseline = random_direction_like(directions[0], torch.Generator().manual_seed(0))
-        directions = torch.cat([directions, baseline[None]])
-        labels.append("random")
-    model = corpus_model(corpus, args.device)
-    seeds = [int(corpus_seed) for corpus_seed in _sample_seeds(corpus, seeds_ids)]
-    images = edit_images(model, seeds, directions, gammas, steps=spec.steps, eta=list(spec.eta))
-    picture = labeled_grid(images, labels, [f"{g:+g}" for g in gammas] * len(seeds),
-                           column_groups=[f"sample {i}" for i in seeds_ids for _ in gammas])
-    _write_png(picture, out)
-    print(f"edit grid written to {out} ({len(labels)} directions x {len(seeds)} samples x {len(gammas)} gammas)")
-    return 0
-
-
-def _sample_seeds(corpus: Any, sample_ids: Sequence[int]) -> list[int]:
-    from tasks.jacobian import sample_seed
-
-    return [sample_seed(corpus, i) for i in sample_ids]
-
-
-def edit_images(model: Any, seeds: Sequence[int], directions: Any, gammas: Sequence[float], *, steps: int,
-                eta: float | list[float]) -> np.ndarray:
-    """uint8 (n directions, len(seeds) * len(gammas), 3, S, S): sample ``seeds[s]`` edited by
-    ``gammas[g] * directions[d]`` (delta h_t = gamma v_t at every step, Sec. III) in row d, column
-    s * len(gammas) + g. Each sample replays its own x_T and z_{T:1}, so gamma = 0 is the unedited sample."""
-    import torch
-
-    from hspace.sampler import sample, to_uint8
-
-    row_seeds = [s for _ in range(len(directions)) for s in seeds for _ in gammas]
-    deltas = torch.stack([g * v for v in directions for _ in seeds for g in gammas])
-    result = sample(model, row_seeds, steps=steps, eta=eta, delta=deltas, capture=False)
-    images = to_uint8(result.images).numpy()
-    return images.reshape(len(directions), len(seeds) * len(gammas), *images.shape[1:])
-
-
-# ----- helpers -----------------------------------------------------------------------------------
-def _print(info: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(info))
+        print(json.dumps(found))
         return
-    width = max(map(len, info))
-    for key, value in info.items():
-        if key == "explained_variance_ratio":
-            continue  # long; the totals and --json show it
+    if not found:
+        print(f"no directions in {args.url}")
+    for d in found:
+        what = {k: v for k, v in d["parameters"].items() if k not in ("positives", "negatives", "annotator_config",
+                                                                       "positive_files", "negative_files")}
+        state = "" if d["complete"] else "  (INCOMPLETE: rerun the command that made it)"
+        print(f"{d['name']:<24} {d['method']:<14} {d['space']:<3} {'x'.join(map(str, d['shape'])):<16} "
+              f"{json.dumps(what)}{state}")
+
+
+def _invert(args: argparse.Namespace) -> None:
+    from flows.directions import inverted
+    from tasks.directions import plan_invert
+
+    arguments = dict(model=args.model, steps=args.steps, images=args.images, positives=args.positives,
+                     negatives=args.negatives, out=args.out, corpus=args.corpus, name=args.name, device=args.device,
+                     overwrite=args.overwrite)
+    plan_invert(**arguments)
+    _print(inverted(**arguments), args.json)
+
+
+# ----- parsing and printing ----------------------------------------------------------------------
+def _subcommands(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """The sub-parsers of top-level command ``name``, created unless another module already added it."""
+    parser = commands.choices.get(name)
+    if parser is None:
+        parser = commands.add_parser(name, help=help)
+        return parser.add_subparsers(dest=f"{name}_command", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=f"{name}_command", required=True)
+
+
+def _ids(text: str) -> list[int]:
+    """Comma-separated sample ids: ``1,2,3``."""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sample ids; got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("expected at least one sample id")
+    return ids
+
+
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated direction names")
+    return names
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    from hspace.errors import HSpaceError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise HSpaceError(f"--option takes KEY=VALUE; got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max(map(len, result))
+    for key, value in result.items():
         if isinstance(value, list) and len(value) > 12:
-            value = f"{value[:6]} ... {value[-3:]} ({len(value)} values)"
-        print(f"{key:<{width}}  {value}")
-
-
-def _check_out(path: str) -> Path:
-    out = Path(path)
-    if out.suffix.lower() != ".png":
-        raise HSpaceError(f"--out/--plot must name a .png file; got {path}")
-    if not out.parent.is_dir():
-        raise HSpaceError(f"the folder {out.parent} does not exist: create it first")
-    return out
-
-
-def _write_png(picture: Any, out: Path) -> None:
-    # Write-then-rename: a crash never leaves a half-written PNG under the final name.
-    staging = out.with_name(f".{out.name}.tmp")
-    picture.save(staging, format="PNG")
-    staging.replace(out)
+            value = f"{value[:6]} ... ({len(value)} values)"
+        print(f"{key:<{width}}  {value}", file=sys.stdout)

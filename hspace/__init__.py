@@ -4,7 +4,8 @@ The core library: model loading, the h hook, sampling with capture and injection
 only, no Prefect and no Zarr, so it is usable from a notebook.
 """
 
-from hspace.bank import Bank, Direction, edit, latest_version, list_versions, load_bank, publish
+from hspace.bank import Bank, Direction, latest_version, list_versions, load_bank, publish
+from hspace.editing import edit
 from hspace.errors import HSpaceError
 from hspace.hook import compose_delta, h_hook
 from hspace.models import LoadedModel, load_model, weight_fingerprint

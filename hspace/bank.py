@@ -67,7 +67,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
-import numpy as np
 import safetensors.torch
 import torch
 from fsspec.implementations.local import LocalFileSystem
@@ -76,7 +75,7 @@ from hspace import names
 from hspace.errors import HSpaceError
 from hspace.hook import compose_delta
 from hspace.models import LoadedModel
-from hspace.sampler import make_scheduler, parse_eta, sample, to_uint8
+from hspace.sampler import parse_eta
 
 SCHEMA_VERSION = 1
 METHODS = ("pca", "jacobian", "supervised", "disentangled", "examples", "inverted", "random")
@@ -399,59 +398,6 @@ def latest_version(url: str) -> str | None:
     if not fs.exists(f"{root}/latest"):
         return None
     return _read_latest(fs, root, url)["version"]
-
-
-def edit(
-    model: LoadedModel,
-    seeds: int | Sequence[int],
-    gammas: Mapping[str, float],
-    bank: Bank,
-    *,
-    steps: int | None = None,
-    eta: float | Sequence[float] | None = None,
-    asyrp: bool = False,
-    microbatch: int | None = None,
-) -> np.ndarray:
-    """Sample ``seeds`` with h_t + sum_j gamma_j v_{j,t} at every step (Sec. III, V); uint8 (n, 3, S, S).
-
-    Parameters
-    ----------
-    model : LoadedModel
-        Must have the bank's weight fingerprint and h shape.
-    seeds : int or sequence of int
-        One image per seed; the same seed with ``gammas={}`` is the unedited image.
-    gammas : dict of str to float
-        Edit strength per direction name, e.g. ``{"smile": 4.0, "yaw": -2.0}``; directions add.
-    bank : Bank
-    steps : int, optional
-        Must equal the bank's T when given (a direction has one vector per step).
-    eta : float or sequence of float, optional
-        Default: the eta recorded in the bank.
-    asyrp : bool
-        Asyrp editing (see :func:`hspace.sampler.sample`).
-    microbatch : int, optional
-        Passed to :func:`hspace.sampler.sample`.
-
-    Returns
-    -------
-    ndarray of shape (n, 3, S, S), uint8
-        ``to_uint8(sample(model, seeds, steps=T, eta=eta, delta=bank.delta(gammas)).images)``.
-    """
-    bank.check_model(model)
-    if steps is not None and steps != bank.steps:
-        raise HSpaceError(f"the directions of bank {bank.url} version {bank.version} have T = {bank.steps} steps, so "
-                          f"they are applied with steps={bank.steps}, not {steps}")
-    if bank.timesteps is not None:
-        timesteps = tuple(int(t) for t in make_scheduler(model.scheduler_config, bank.steps).timesteps)
-        if timesteps != bank.timesteps:
-            raise HSpaceError(f"bank {bank.url} version {bank.version} was built with timesteps "
-                              f"{list(bank.timesteps)[:4]}..., but this model's scheduler gives "
-                              f"{list(timesteps)[:4]}...")
-    seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else list(seeds)
-    delta = bank.delta(gammas) if gammas else None
-    result = sample(model, seeds, steps=bank.steps, eta=bank.eta if eta is None else eta, delta=delta,
-                    capture=False, asyrp=asyrp, microbatch=microbatch)
-    return to_uint8(result.images).numpy()
 
 
 # ----- the format -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from hspace.directions import random_direction_like, supervised_direction, top_b
 from hspace.errors import HSpaceError
 from hspace.evaluate import Samples, generate
 from hspace.models import LoadedModel
-from hspace.sampler import derive_seeds, sample, to_uint8
+from hspace.sampler import derive_seeds
 from hspace.testbed.annotator import CLASS_THRESHOLDS
 from hspace.testbed.faces import BINARY_FACTORS, FACTORS, render_dataset
 
@@ -172,16 +172,6 @@ def per_step_r2(corpus: Samples, *, train_fraction: float = 0.75) -> dict:
             fitted = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x[:cut], y[:cut])
             r2[f].append(float(fitted.score(x[cut:], y[cut:])))
     return {"train": cut, "test": n - cut, "r2": r2}
-
-
-def edit_grid(model: LoadedModel, seeds: Sequence[int], directions: dict[str, torch.Tensor], gammas: Sequence[float],
-              *, steps: int) -> np.ndarray:
-    """Images for a grid with one row per direction and, per seed, one column per gamma (Fig. 3's layout):
-    uint8 (len(directions) * len(seeds) * len(gammas), 3, S, S), row-major."""
-    deltas = torch.stack([g * v for v in directions.values() for _ in seeds for g in gammas])
-    row_seeds = [s for _ in directions for s in seeds for _ in gammas]
-    result = sample(model, row_seeds, steps=steps, delta=deltas, capture=False, microbatch=len(row_seeds))
-    return to_uint8(result.images).numpy()
 
 
 def report(model: LoadedModel, annotator: Annotator, *, samples: int = 512, eval_samples: int = 64,

@@ -18,7 +18,8 @@ import safetensors.torch
 import torch
 
 import hspace.bank as bank_module
-from hspace.bank import Direction, check_name, edit, latest_version, list_versions, load_bank, publish
+from hspace.bank import Direction, check_name, latest_version, list_versions, load_bank, publish
+from hspace.editing import edit
 from hspace.errors import HSpaceError
 from hspace.sampler import sample, to_uint8
 
@@ -520,11 +521,15 @@ def test_the_bank_imports_only_the_core_and_its_file_libraries():
     """Layers: hspace/ never imports Prefect, Zarr, Dask, storage/, tasks/ or flows/ (read from the source)."""
     import ast
 
-    tree = ast.parse(open(bank_module.__file__).read())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    import inspect
+
+    imported = set()
+    for source in (bank_module.__file__, inspect.getsourcefile(edit)):
+        tree = ast.parse(open(source).read())
+        imported |= {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
     assert imported & {"prefect", "zarr", "dask", "storage", "tasks", "flows", "pickle"} == set()
     assert imported - {"__future__", "hashlib", "json", "os", "re", "uuid", "collections", "dataclasses", "datetime",
                        "typing"} == {"fsspec", "numpy", "safetensors", "torch", "hspace"}
