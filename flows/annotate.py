@@ -9,20 +9,22 @@ until then.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Any
 
 from prefect import flow
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from tqdm import tqdm
 
-from flows.corpus import task_runner
-from flows.server import prefect_api_for_workers
+from flows.runner import Progress, checked_by, submit_all
 from tasks.annotate import CORPUS_NOT_DONE, annotate_shard, options_key, prepare_annotations
 
 
+def check_annotate(parameters: dict[str, Any]) -> None:
+    """An unknown corpus or annotator, or another annotator config, fails here."""
+    prepare_annotations(parameters["url"], parameters["annotator"], parameters["options"])
+
+
+@checked_by(check_annotate)
 @flow(name="annotate", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def annotate(url: str, annotator: str, options: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Score every generated, not yet annotated shard of the corpus at ``url``; returns the annotations' info.
@@ -40,35 +42,20 @@ def annotate(url: str, annotator: str, options: dict[str, Any] | None = None, pr
     """
     annotations = prepare_annotations(url, annotator, options)
     key = options_key(options)
-    corpus = annotations.corpus
     missing = annotations.missing_shards()
-    futures = [annotate_shard.submit(url, shard, annotator, key) for shard in missing]
-    waiting: list[int] = []
-    spec = corpus.spec
-    done_before = spec.samples - sum(stop - start for start, stop in map(spec.shard_range, missing))
-    with tqdm(total=spec.samples, initial=done_before, unit="sample", desc=f"annotate {annotations.record.name}",
-              disable=not progress) as bar:
-        for future in as_completed(futures):
-            shard, status = future.result()
-            if status == CORPUS_NOT_DONE:
-                waiting.append(shard)
-            else:
-                start, stop = spec.shard_range(shard)
-                bar.update(stop - start)
+    spec = annotations.corpus.spec
+
+    def size(shard: int) -> int:
+        start, stop = spec.shard_range(shard)
+        return stop - start
+
+    bar = Progress(total=spec.samples, done=spec.samples - sum(map(size, missing)), unit="sample",
+                   desc=f"annotate {annotations.record.name}", show=progress)
+    results = submit_all(annotate_shard, [(url, shard, annotator, key) for shard in missing], bar,
+                         weight=lambda result: 0 if result[1] == CORPUS_NOT_DONE else size(result[0]))
+    waiting = [shard for shard, status in results if status == CORPUS_NOT_DONE]
     if waiting and progress:
         print(f"annotate: {len(waiting)} corpus shards are not generated yet and were skipped; finish the corpus "
               f"(`hspace corpus build`), then rerun `hspace annotate {url} --annotator {annotator}`", file=sys.stderr)
     return {"url": url, **annotations.info(), "waiting_for_corpus": sorted(waiting)}
 
-
-def run_annotate(url: str, annotator: str, options: dict[str, Any] | None = None, *, threads: int = 1,
-                 workers: int | None = None, dask_address: str | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Run :func:`annotate` on the chosen task runner (as :func:`flows.corpus.run_build_corpus` does)."""
-    runner = task_runner(workers=workers, dask_address=dask_address, device="cpu", threads=threads)
-    # Fail on an unknown corpus or annotator, or another annotator config, before any server or cluster starts.
-    prepare_annotations(url, annotator, options)
-    uses_processes = workers is not None or dask_address is not None
-    server = prefect_api_for_workers() if uses_processes else contextlib.nullcontext()
-    with server:
-        return annotate.with_options(task_runner=runner)(url, annotator, options, progress)

@@ -8,21 +8,21 @@ point finishes the job with the result an uninterrupted run gives.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from prefect import flow
 
 from flows.annotate import annotate
-from flows.corpus import build_corpus, task_runner
+from flows.corpus import build_corpus
 from flows.directions import disentangled, supervised
 from flows.pca import fit_pca
-from flows.server import prefect_api_for_workers
+from flows.runner import RunnerChoice, checked_by
+from hspace.annotators import class_thresholds
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from hspace.testbed.annotator import CLASS_THRESHOLDS
 from tasks.bank import evaluate_bank_directions, pca_direction_name, publish_bank
 from tasks.corpus import prepare_corpus
 
@@ -32,6 +32,7 @@ MADE_BY = "rebuild-bank"
 
 
 def disentangled_name(name: str) -> str:
+    """The name under which eq. 12 publishes ``name`` disentangled."""
     return f"{name}-disentangled"
 
 
@@ -49,52 +50,28 @@ def disentangle_plan(attributes: Sequence[str], disentangle: dict[str, list[str]
 
 def threshold_plan(annotator: str, attributes: Sequence[str], thresholds: dict[str, float] | None) -> dict[str, float]:
     """Which attributes are binary, and where their classes split: the given ones (each must be one of
-    ``attributes``), or by default the testbed annotator's binary factors that are built."""
+    ``attributes``), or by default those the annotator declares (``Annotator.class_thresholds``) that are built."""
     if thresholds is None:
-        return {a: t for a, t in CLASS_THRESHOLDS.items() if a in attributes} if annotator == "testbed" else {}
+        return {a: t for a, t in class_thresholds(annotator).items() if a in attributes}
     unknown = sorted(a for a in thresholds if a not in attributes)
     if unknown:
         raise HSpaceError(f"thresholds name {unknown}, which are not among the attributes {list(attributes)}")
     return {a: float(t) for a, t in thresholds.items()}
 
 
-@flow(name="rebuild-bank")
-def rebuild_bank(
-    bank: str,
-    corpus: str,
-    model: str = "testbed",
-    samples: int = 1024,
-    steps: int = 50,
-    eta: float = 1.0,
-    batch: int = 32,
-    seed: int = 0,
-    annotator: str = "testbed",
-    annotator_options: dict[str, Any] | None = None,
-    attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
-    k: int = 100,
-    thresholds: dict[str, float] | None = None,
-    disentangle: dict[str, list[str]] | None = None,
-    keep_norm: bool = False,
-    pca_components: int = 8,
-    pca_directions: int = 3,
-    pca_run_name: str = "bank",
-    gamma: float = 1.0,
-    eval_samples: int = 100,
-    repeats: int = 10,
-    eval_seed: int = 1,
-    report: str | None = None,
-    device: str = "cpu",
-    threads: int = 1,
-    workers: int | None = None,
-    dask_address: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Rebuild the direction bank at ``bank`` from the corpus at ``corpus`` (created if missing).
+# Where the settings are read and written, not what they build: left out of the record in the bank, so that
+# a rebuild from a moved corpus, on another device or with another report folder publishes nothing new.
+NOT_RECORDED = ("bank", "corpus", "report", "device")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RebuildSettings:
+    """What :func:`rebuild_bank` builds, checked when made (names, thresholds and eq. 12 pairs resolved).
 
     Parameters
     ----------
     bank, corpus : str
-        Locations (paths or fsspec URLs).
+        Locations (paths or fsspec URLs); the corpus is created if missing.
     model, samples, steps, eta, batch, seed
         The corpus (see ``build_corpus``).
     annotator, annotator_options
@@ -105,8 +82,8 @@ def rebuild_bank(
         Examples on each side of eq. 11.
     thresholds : dict of str -> float
         Binary attributes: their k examples are drawn from each side of the threshold rather than taken
-        from the extremes (``hspace.directions.top_bottom``). Default: with the ``testbed`` annotator, its
-        binary factors at 0.5 (``hspace.testbed.annotator.CLASS_THRESHOLDS``); otherwise none. ``{}``: none.
+        from the extremes (``hspace.directions.top_bottom``). Default: those the annotator declares
+        (``hspace.annotators.class_thresholds``; the testbed's binary factors at 0.5). ``{}``: none.
     disentangle : dict of str -> list of str
         ``{"glasses": ["hat"]}`` also publishes ``glasses-disentangled``: glasses with its projection on hat
         removed (eq. 12). Default: :data:`DEFAULT_DISENTANGLE` where those attributes are built.
@@ -122,52 +99,90 @@ def rebuild_bank(
         ``gamma``, against a norm-matched random direction.
     report : str, optional
         A folder for evaluation.csv / .md / .png.
-    threads, workers, dask_address
-        Where the corpus generation runs (as for ``build_corpus``); worker processes need a real Prefect
-        server (``PREFECT_API_URL``). The later stages are light next to it and run in this process.
+    device : str
+        Where the models run.
     """
-    attributes = list(attributes)
-    disentangle = disentangle_plan(attributes, disentangle)
-    thresholds = threshold_plan(annotator, attributes, thresholds)
-    runner = task_runner(workers=workers, dask_address=dask_address, device=device, threads=threads)
-    build_corpus.with_options(task_runner=runner)(model=model, samples=samples, steps=steps, out=corpus, eta=eta,
-                                                  batch=batch, seed=seed, device=device, progress=progress)
-    annotate(corpus, annotator, annotator_options, progress=progress)
+
+    bank: str
+    corpus: str
+    model: str = "testbed"
+    samples: int = 1024
+    steps: int = 50
+    eta: float = 1.0
+    batch: int = 32
+    seed: int = 0
+    annotator: str = "testbed"
+    annotator_options: dict[str, Any] | None = None
+    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
+    k: int = 100
+    thresholds: dict[str, float] | None = None
+    disentangle: dict[str, list[str]] | None = None
+    keep_norm: bool = False
+    pca_components: int = 8
+    pca_directions: int = 3
+    pca_run_name: str = "bank"
+    gamma: float = 1.0
+    eval_samples: int = 100
+    repeats: int = 10
+    eval_seed: int = 1
+    report: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        attributes = tuple(self.attributes)
+        object.__setattr__(self, "attributes", attributes)
+        object.__setattr__(self, "disentangle", disentangle_plan(attributes, self.disentangle))
+        object.__setattr__(self, "thresholds", threshold_plan(self.annotator, attributes, self.thresholds))
+        check_name(self.pca_run_name, "PCA run")
+
+    def record(self) -> dict[str, Any]:
+        """The settings that decide the bank's content, JSON-ready (recorded in the version's notes)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RECORDED} | {
+            "attributes": list(self.attributes)}
+
+
+def check_rebuild_bank(parameters: dict[str, Any]) -> None:
+    """The corpus settings are checked here (the corpus created if missing)."""
+    s: RebuildSettings = parameters["settings"]
+    prepare_corpus(out=s.corpus, model=s.model, samples=s.samples, steps=s.steps, eta=s.eta, batch=s.batch,
+                   seed=s.seed, dtype="float16", device=s.device)
+
+
+@checked_by(check_rebuild_bank)
+@flow(name="rebuild-bank")
+def rebuild_bank(settings: RebuildSettings, corpus_runner: RunnerChoice | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Rebuild the direction bank ``settings.bank`` from the corpus ``settings.corpus``; returns the version.
+
+    ``corpus_runner``: where the corpus generation runs (threads by default); worker processes need a real
+    Prefect server (``PREFECT_API_URL``, or :func:`flows.runner.run_flow` starts one). The later stages are
+    light next to it and run in this process.
+    """
+    s = settings
+    runner = corpus_runner or RunnerChoice()
+    build_corpus.with_options(task_runner=runner.task_runner(s.device))(
+        model=s.model, samples=s.samples, steps=s.steps, out=s.corpus, eta=s.eta, batch=s.batch, seed=s.seed,
+        device=s.device, progress=progress)
+    annotate(s.corpus, s.annotator, s.annotator_options, progress=progress)
     pca_run = None
-    if pca_components > 0:
-        pca_run = check_name(pca_run_name, "PCA run")
-        fit_pca(corpus, pca_components, run=pca_run, device=device, progress=progress)
+    if s.pca_components > 0:
+        pca_run = s.pca_run_name
+        fit_pca(s.corpus, s.pca_components, run=pca_run, device=s.device, progress=progress)
     # Tagged, so that a rebuild with other settings replaces its own directions but never one the user
     # stored in this corpus under the same name (that is refused before any work).
-    for attribute in attributes:
-        supervised(corpus, attribute, attribute=attribute, annotator=annotator, k=k,
-                   threshold=thresholds.get(attribute), made_by=MADE_BY)
-    named = list(attributes)
-    for source, others in disentangle.items():
-        disentangled(corpus, disentangled_name(source), source, others, keep_norm=keep_norm, made_by=MADE_BY)
+    assert s.thresholds is not None and s.disentangle is not None  # resolved by __post_init__
+    for attribute in s.attributes:
+        supervised(s.corpus, attribute, attribute=attribute, annotator=s.annotator, k=s.k,
+                   threshold=s.thresholds.get(attribute), made_by=MADE_BY)
+    named = list(s.attributes)
+    for source, others in s.disentangle.items():
+        disentangled(s.corpus, disentangled_name(source), source, others, keep_norm=s.keep_norm, made_by=MADE_BY)
         named.append(disentangled_name(source))
-    names = named + [pca_direction_name(j) for j in range(pca_directions if pca_run else 0)]
-    common = {"pca_run": pca_run, "pca_directions": pca_directions if pca_run else 0, "supervised": named}
-    key = evaluate_bank_directions(corpus, names, annotator=annotator, annotator_options=annotator_options,
-                                   gamma=gamma, samples=eval_samples, repeats=repeats, seed=eval_seed, device=device,
-                                   report=report, **common)
-    version = publish_bank(corpus, bank, names, evaluation_key=key, **common)
-    return {"bank": bank, "version": version, "directions": names, "evaluation": key, "corpus": corpus}
-
-
-def run_rebuild_bank(**arguments: Any) -> dict[str, Any]:
-    """Check the corpus settings before any server starts, then run :func:`rebuild_bank`; worker processes
-    get a local Prefect server when none is configured."""
-    defaults = {name: p.default for name, p in inspect.signature(rebuild_bank.fn).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    settings = {**defaults, **arguments}
-    # Both fail before anything is written.
-    disentangle_plan(list(settings["attributes"]), settings["disentangle"])
-    threshold_plan(settings["annotator"], list(settings["attributes"]), settings["thresholds"])
-    check_name(settings["pca_run_name"], "PCA run")
-    prepare_corpus(out=settings["corpus"], dtype="float16", device=settings["device"],
-                   **{key: settings[key] for key in ("model", "samples", "steps", "eta", "batch", "seed")})
-    uses_processes = settings["workers"] is not None or settings["dask_address"] is not None
-    server = prefect_api_for_workers() if uses_processes else contextlib.nullcontext()
-    with server:
-        return rebuild_bank(**arguments)
+    names = named + [pca_direction_name(j) for j in range(s.pca_directions if pca_run else 0)]
+    common = {"pca_run": pca_run, "pca_directions": s.pca_directions if pca_run else 0, "supervised": named}
+    key = evaluate_bank_directions(s.corpus, names, annotator=s.annotator, annotator_options=s.annotator_options,
+                                   gamma=s.gamma, samples=s.eval_samples, repeats=s.repeats, seed=s.eval_seed,
+                                   device=s.device, report=s.report, **common)
+    notes = json.dumps({"rebuild_settings": s.record()}, sort_keys=True)
+    version = publish_bank(s.corpus, s.bank, names, evaluation_key=key, notes=notes, **common)
+    return {"bank": s.bank, "version": version, "directions": names, "evaluation": key, "corpus": s.corpus}

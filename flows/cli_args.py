@@ -1,21 +1,109 @@
-"""Argument types shared by the ``hspace`` command modules: comma-separated numbers."""
+"""What the ``hspace`` command modules share: list parsers, the runner argument group, checks and printing.
+
+Imports nothing heavy (no torch, diffusers or Prefect), so that ``hspace --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from flows.runner import RunnerChoice
+
+T = TypeVar("T")
+
+
+def _items(text: str, parse: Callable[[str], T], what: str) -> list[T]:
+    try:
+        values = [parse(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}")
+    return values
 
 
 def ints(text: str) -> list[int]:
-    """Comma-separated integers: ``2,5,10``."""
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}") from None
+    """Comma-separated integers: ``2,5,10`` (sample ids, step indices, counts)."""
+    return _items(text, int, "integers")
 
 
 def floats(text: str) -> list[float]:
     """Comma-separated numbers: ``1,2.5``."""
+    return _items(text, float, "numbers")
+
+
+def names(text: str) -> list[str]:
+    """Comma-separated names: ``smile,hat``."""
+    return _items(text, str.strip, "names")
+
+
+def eta(text: str) -> float | list[float]:
+    """``1.0`` for every step, or one value per step: ``0,0.5,1``."""
     try:
-        return [float(part) for part in text.split(",")]
+        values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"eta must be a number or comma-separated numbers; got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser, what: str = "the tasks") -> None:
+    """``--workers N | --dask-address URL | --threads N`` (where ``what`` runs) and ``--no-progress``."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help=f"run {what} on a local Dask cluster of N worker processes")
+    where.add_argument("--dask-address", help=f"run {what} on an existing Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--threads", type=int, default=1, help=f"threads of the default (in-process) runner of {what}")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def runner_choice(args: argparse.Namespace) -> RunnerChoice:
+    """The :class:`flows.runner.RunnerChoice` of the arguments of :func:`add_runner_arguments` (checked)."""
+    from flows.runner import RunnerChoice
+
+    return RunnerChoice(threads=args.threads, workers=args.workers, dask_address=args.dask_address)
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse (one line, exit 1) any of the integer options ``names`` that is not positive."""
+    from hspace.errors import HSpaceError
+
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise HSpaceError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+
+
+def print_info(info: dict[str, Any], as_json: bool, *, skip: tuple[str, ...] = ()) -> None:
+    """``info`` as one JSON object, or as aligned ``key  value`` lines with long lists shortened."""
+    if as_json:
+        print(json.dumps(info))
+        return
+    width = max(map(len, info))
+    for key, value in info.items():
+        if key in skip:
+            continue
+        if isinstance(value, list) and len(value) > 12:
+            value = f"{value[:6]} ... {value[-3:]} ({len(value)} values)"
+        print(f"{key:<{width}}  {value}")
+
+
+def png_out(path: str) -> Path:
+    """A ``.png`` path to write, in a folder that exists (refused otherwise, before any work)."""
+    from hspace.errors import HSpaceError
+
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise HSpaceError(f"--out/--plot must name a .png file; got {path}")
+    if not out.parent.is_dir():
+        raise HSpaceError(f"the folder {out.parent} does not exist: create it first")
+    return out
+
+
+def save_png(picture: Any, out: Path) -> None:
+    """Write a PIL picture to ``out`` atomically (never a half-written PNG under the final name)."""
+    from hspace.files import atomic_write
+
+    atomic_write(out, lambda staging: picture.save(staging, format="PNG"))

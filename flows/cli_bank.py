@@ -18,20 +18,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("list", help="the versions of a bank, the latest marked")
     listing.add_argument("url", help="bank location: a path or an fsspec URL")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
-    listing.set_defaults(run=_list)
+    listing.set_defaults(func=_list)
 
     show = sub.add_parser("show", help="the directions of one version: method, norms, evaluation")
     show.add_argument("url")
     show.add_argument("--version", default="latest")
     show.add_argument("--json", action="store_true", help="print one JSON object")
-    show.set_defaults(run=_show)
+    show.set_defaults(func=_show)
 
     export = sub.add_parser("export", help="copy one version out: FILE.safetensors (+ FILE.json) or a new bank")
     export.add_argument("url")
     export.add_argument("--version", default="latest")
     export.add_argument("--out", required=True,
                         help="a .safetensors file (all directions, the manifest beside it as .json) or a bank folder")
-    export.set_defaults(run=_export)
+    export.set_defaults(func=_export)
 
     publish = sub.add_parser("publish", help="publish named tensors with their metadata as a new version")
     publish.add_argument("url")
@@ -42,7 +42,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                               "parameters, source, evaluation}} (an exported manifest works too)")
     publish.add_argument("--version", default=None, help="version name (default: the next vNNNN)")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
-    publish.set_defaults(run=_publish)
+    publish.set_defaults(func=_publish)
 
     verify = sub.add_parser("verify", help="check every checksum of a version (or of all versions)")
     verify.add_argument("url")
@@ -50,7 +50,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--version", default="latest")
     which.add_argument("--all", action="store_true", help="every published version")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
-    verify.set_defaults(run=_verify)
+    verify.set_defaults(func=_verify)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -84,7 +84,8 @@ def _list(args: argparse.Namespace) -> None:
             print(f"{row['version']:<{width}}  DAMAGED: {row['damaged']}")
             continue
         mark = "  (latest)" if row["latest"] else ""
-        print(f"{row['version']:<{width}}  {row['created']}  {len(row['directions'])} direction{'s' * (len(row['directions']) != 1)}  model "
+        count = len(row["directions"])
+        print(f"{row['version']:<{width}}  {row['created']}  {count} direction{'s' * (count != 1)}  model "
               f"{row['model_fingerprint'][:12]}{mark}")
 
 

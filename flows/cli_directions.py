@@ -1,4 +1,4 @@
-"""``hspace annotate`` and ``hspace directions supervised|disentangle|list|invert``.
+"""``hspace directions supervised|disentangle|list|invert``: make and list named directions.
 
 Every command checks its arguments and opens its inputs before a Prefect flow starts, so bad input fails
 in seconds with one line (exit 1) and writes nothing.
@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from typing import Any
+
+from flows.cli_args import ints, names, print_info
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``annotate`` and the ``directions`` commands to the top-level ``hspace`` sub-parsers."""
-    annotate = commands.add_parser("annotate", help="score every sample of a corpus with an annotator (resumable)")
-    annotate.add_argument("url", help="the corpus")
-    annotate.add_argument("--annotator", required=True, help="annotator name, e.g. testbed")
-    annotate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                          help="a keyword argument of the annotator's loader (JSON value or string); repeatable")
-    where = annotate.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="run a local Dask cluster of N worker processes")
-    where.add_argument("--dask-address", help="use an existing Dask scheduler, e.g. tcp://host:8786")
-    where.add_argument("--threads", type=int, default=1, help="threads of the default (in-process) runner")
-    annotate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    annotate.add_argument("--json", action="store_true", help="print one JSON object")
-    annotate.set_defaults(run=_annotate)
-
-    directions = _subcommands(commands, "directions", "make and list named directions")
+    """Add ``directions`` and its sub-commands to the ``hspace`` commands."""
+    directions = commands.add_parser("directions", help="make and list named directions").add_subparsers(
+        dest="directions_command", required=True)
 
     supervised = directions.add_parser("supervised", help="eq. 11: top-k vs bottom-k samples by an annotation, "
                                                           "or explicit sample ids")
@@ -41,28 +29,30 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                  "of it instead of the k most extreme scores, which follow what the classifier "
                                  "correlates with (all of the smaller side when it has fewer than k)")
     supervised.add_argument("--space", choices=("h", "xT"), default="h", help="eq. 11 in h_{T:1} (default) or x_T")
-    supervised.add_argument("--positives", type=_ids, help="explicit positive sample ids, e.g. 1,2,3")
-    supervised.add_argument("--negatives", type=_ids, help="explicit negative sample ids, e.g. 4,5,6")
-    supervised.add_argument("--overwrite", action="store_true", help="replace a direction of that name made another way")
+    supervised.add_argument("--positives", type=ints, help="explicit positive sample ids, e.g. 1,2,3")
+    supervised.add_argument("--negatives", type=ints, help="explicit negative sample ids, e.g. 4,5,6")
+    supervised.add_argument("--overwrite", action="store_true",
+                            help="replace a direction of that name made another way")
     supervised.add_argument("--json", action="store_true", help="print one JSON object")
-    supervised.set_defaults(run=_supervised)
+    supervised.set_defaults(func=_supervised)
 
     disentangle = directions.add_parser("disentangle", help="eq. 12: remove from a direction its projection on others")
     disentangle.add_argument("url", help="the corpus")
     disentangle.add_argument("--name", required=True, help="stored as directions/<name>")
     disentangle.add_argument("--from", dest="source", required=True, help="the direction to disentangle")
-    disentangle.add_argument("--against", type=_names, required=True, help="directions to leave alone, e.g. B,C")
+    disentangle.add_argument("--against", type=names, required=True, help="directions to leave alone, e.g. B,C")
     disentangle.add_argument("--keep-norm", action="store_true",
                              help="rescale the result to the norm of --from, so one gamma edits as far along both "
                                   "(InterFaceGAN's convention; default: eq. 12 as written, which shortens it)")
-    disentangle.add_argument("--overwrite", action="store_true", help="replace a direction of that name made another way")
+    disentangle.add_argument("--overwrite", action="store_true",
+                            help="replace a direction of that name made another way")
     disentangle.add_argument("--json", action="store_true", help="print one JSON object")
-    disentangle.set_defaults(run=_disentangle)
+    disentangle.set_defaults(func=_disentangle)
 
     listing = directions.add_parser("list", help="the directions stored in a corpus")
     listing.add_argument("url", help="the corpus")
     listing.add_argument("--json", action="store_true", help="print one JSON array")
-    listing.set_defaults(run=_list)
+    listing.set_defaults(func=_list)
 
     invert = directions.add_parser("invert", help="DDIM-invert real images (SM -F): their x_T and h, or eq. 11 on "
                                                   "positive vs negative folders")
@@ -77,16 +67,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     invert.add_argument("--device", default="cpu", help="cpu or cuda")
     invert.add_argument("--overwrite", action="store_true", help="replace a corpus direction of that name")
     invert.add_argument("--json", action="store_true", help="print one JSON object")
-    invert.set_defaults(run=_invert)
-
-
-# ----- commands ----------------------------------------------------------------------------------
-def _annotate(args: argparse.Namespace) -> None:
-    from flows.annotate import run_annotate
-
-    info = run_annotate(args.url, args.annotator, _options(args.option) or None, threads=args.threads,
-                        workers=args.workers, dask_address=args.dask_address, progress=not args.no_progress)
-    _print(info, args.json)
+    invert.set_defaults(func=_invert)
 
 
 def _supervised(args: argparse.Namespace) -> None:
@@ -97,7 +78,7 @@ def _supervised(args: argparse.Namespace) -> None:
                      threshold=args.threshold, positives=args.positives, negatives=args.negatives, space=args.space,
                      overwrite=args.overwrite)
     plan_supervised(args.url, **arguments)  # fail before Prefect starts
-    _print(supervised(args.url, **arguments), args.json)
+    print_info(supervised(args.url, **arguments), args.json)
 
 
 def _disentangle(args: argparse.Namespace) -> None:
@@ -106,7 +87,7 @@ def _disentangle(args: argparse.Namespace) -> None:
 
     plan_disentangle(args.url, args.name, source=args.source, against=args.against, keep_norm=args.keep_norm,
                      overwrite=args.overwrite)
-    _print(disentangled(args.url, args.name, args.source, args.against, keep_norm=args.keep_norm,
+    print_info(disentangled(args.url, args.name, args.source, args.against, keep_norm=args.keep_norm,
                         overwrite=args.overwrite), args.json)
 
 
@@ -135,61 +116,4 @@ def _invert(args: argparse.Namespace) -> None:
                      negatives=args.negatives, out=args.out, corpus=args.corpus, name=args.name, device=args.device,
                      overwrite=args.overwrite)
     plan_invert(**arguments)
-    _print(inverted(**arguments), args.json)
-
-
-# ----- parsing and printing ----------------------------------------------------------------------
-def _subcommands(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
-    """The sub-parsers of top-level command ``name``, created unless another module already added it."""
-    parser = commands.choices.get(name)
-    if parser is None:
-        parser = commands.add_parser(name, help=help)
-        return parser.add_subparsers(dest=f"{name}_command", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=f"{name}_command", required=True)
-
-
-def _ids(text: str) -> list[int]:
-    """Comma-separated sample ids: ``1,2,3``."""
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sample ids; got {text!r}") from None
-    if not ids:
-        raise argparse.ArgumentTypeError("expected at least one sample id")
-    return ids
-
-
-def _names(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected comma-separated direction names")
-    return names
-
-
-def _options(pairs: list[str]) -> dict[str, Any]:
-    from hspace.errors import HSpaceError
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise HSpaceError(f"--option takes KEY=VALUE; got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
-def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-        return
-    width = max(map(len, result))
-    for key, value in result.items():
-        if isinstance(value, list) and len(value) > 12:
-            value = f"{value[:6]} ... ({len(value)} values)"
-        print(f"{key:<{width}}  {value}", file=sys.stdout)
+    print_info(inverted(**arguments), args.json)

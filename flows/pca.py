@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from prefect import flow
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from tqdm import tqdm
 
-from flows.corpus import _gpu_annotation, task_runner
-from flows.server import prefect_api_for_workers
-from storage.results import PCARun
+from flows.runner import Progress, checked_by, submit_all
+from storage.pca_runs import PCARun
 from tasks.pca import align_pca_run, fit_pca_step, prepare_pca
 
 
+def check_fit_pca(parameters: dict[str, Any]) -> None:
+    """The arguments, the corpus and the run are checked here (and the run created)."""
+    prepare_pca(parameters["url"], **{k: parameters[k] for k in ("components", "run", "steps", "method",
+                                                                  "batch_size")})
+
+
+@checked_by(check_fit_pca)
 @flow(name="fit-pca", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def fit_pca(
     url: str,
@@ -30,32 +33,9 @@ def fit_pca(
     """Fit every missing step of PCA run ``run`` on the corpus at ``url``, align signs, return its info."""
     pca = prepare_pca(url, components=components, run=run, steps=steps, method=method, batch_size=batch_size)
     missing = pca.missing_steps()
-    futures = []
-    for step in missing:
-        with _gpu_annotation(device):
-            futures.append(fit_pca_step.submit(url, run, step, device))
     total = len(pca.spec.steps)
-    with tqdm(total=total, initial=total - len(missing), unit="step", desc=f"pca {run}", disable=not progress) as bar:
-        for future in as_completed(futures):
-            future.result()
-            bar.update(1)
+    bar = Progress(total=total, done=total - len(missing), desc=f"pca {run}", show=progress)
+    submit_all(fit_pca_step, [(url, run, step, device) for step in missing], bar, device=device)
     # Signs only after every step is written (one writer of the sign array).
     align_pca_run.submit(url, run).result()
     return PCARun.open(url, run).info()
-
-
-def run_fit_pca(*, workers: int | None = None, dask_address: str | None = None, threads: int = 1,
-                **arguments: Any) -> dict[str, Any]:
-    """Run :func:`fit_pca` on the chosen task runner; worker processes get a real Prefect server.
-
-    The arguments, the corpus and the run are checked (and the run created) before any server or cluster
-    starts.
-    """
-    device = arguments.get("device", "cpu")
-    runner = task_runner(workers=workers, dask_address=dask_address, device=device, threads=threads)
-    prepare_pca(arguments["url"], **{k: v for k, v in arguments.items()
-                                      if k in ("components", "run", "steps", "method", "batch_size")})
-    uses_processes = workers is not None or dask_address is not None
-    server = prefect_api_for_workers() if uses_processes else contextlib.nullcontext()
-    with server:
-        return fit_pca.with_options(task_runner=runner)(**arguments)

@@ -11,8 +11,9 @@ import pytest
 
 import flows.cli
 import tasks.annotate
-from flows.annotate import run_annotate
-from flows.corpus import run_build_corpus
+from flows.annotate import annotate
+from flows.corpus import build_corpus
+from flows.runner import run_flow
 from hspace.annotators import Annotator, load_annotator
 from hspace.errors import HSpaceError
 from storage.annotations import Annotations, AnnotatorRecord, list_annotators
@@ -43,7 +44,7 @@ class MeanColour(Annotator):
 @pytest.fixture(scope="module")
 def built(prefect_harness, tmp_path_factory):
     url = str(tmp_path_factory.mktemp("corpus") / "c.zarr")
-    run_build_corpus(out=url, **CORPUS)
+    run_flow(build_corpus, out=url, **CORPUS)
     return url
 
 
@@ -86,7 +87,7 @@ def error_line(capsys) -> str:
 
 
 def test_scores_are_the_annotators_on_the_stored_images(corpus_url):
-    info = run_annotate(corpus_url, "testbed", progress=False)
+    info = run_flow(annotate, corpus_url, "testbed", progress=False)
     assert (info["shards"], info["shards_done"], info["waiting_for_corpus"]) == (4, 4, [])
     corpus = Corpus.open(corpus_url)
     expected = load_annotator("testbed").score(corpus.read_x0())  # all 16 at once: an independent batching
@@ -104,7 +105,7 @@ def test_scores_are_the_annotators_on_the_stored_images(corpus_url):
 def test_interrupted_run_then_rerun_equals_an_uninterrupted_run(corpus_url, tmp_path):
     whole = str(tmp_path / "whole.zarr")
     shutil.copytree(corpus_url, whole)
-    run_annotate(whole, "testbed", progress=False)
+    run_flow(annotate, whole, "testbed", progress=False)
 
     # "Interrupted": shards 0 and 2 finished; shard 1 died between two attribute writes (flag not set).
     prepare_annotations(corpus_url, "testbed")
@@ -115,7 +116,7 @@ def test_interrupted_run_then_rerun_equals_an_uninterrupted_run(corpus_url, tmp_
     chunk = os.path.join(corpus_url, "annotations", "testbed", "smile", "c", "0")
     before = os.stat(chunk)
 
-    info = run_annotate(corpus_url, "testbed", progress=False)
+    info = run_flow(annotate, corpus_url, "testbed", progress=False)
     assert info["shards_done"] == 4 and info["missing_shards"] == []
     resumed, uninterrupted = score_arrays(corpus_url, "testbed"), score_arrays(whole, "testbed")
     for attribute in uninterrupted:
@@ -127,36 +128,36 @@ def test_interrupted_run_then_rerun_equals_an_uninterrupted_run(corpus_url, tmp_
 
 
 def test_a_shard_whose_flag_is_not_set_is_not_trusted(corpus_url):
-    run_annotate(corpus_url, "testbed", progress=False)
+    run_flow(annotate, corpus_url, "testbed", progress=False)
     good = score_arrays(corpus_url, "testbed")["smile"]
     annotations = Annotations.open(Corpus.open(corpus_url, writable=True), "testbed")
     annotations.group["done"][2] = False
     annotations.group["smile"][8:12] = np.zeros(4, dtype=np.float32)
     with pytest.raises(HSpaceError, match=r"shards 2 of 4 are not annotated.*hspace annotate .* --annotator testbed"):
         annotations.scores("smile")
-    run_annotate(corpus_url, "testbed", progress=False)
+    run_flow(annotate, corpus_url, "testbed", progress=False)
     assert np.array_equal(Annotations.open(Corpus.open(corpus_url), "testbed").scores("smile"), good)
 
 
 def test_corpus_shards_not_generated_are_skipped_then_annotated_later(corpus_url):
     corpus = Corpus.open(corpus_url, writable=True)
     corpus.group["done"][3] = False  # as if the build were still running
-    info = run_annotate(corpus_url, "testbed", progress=False)
+    info = run_flow(annotate, corpus_url, "testbed", progress=False)
     assert info["waiting_for_corpus"] == [3] and info["missing_shards"] == [3]
     with pytest.raises(HSpaceError, match="finish the corpus"):
         Annotations.open(Corpus.open(corpus_url), "testbed").scores("yaw")
     corpus.group["done"][3] = True  # the build finished
-    info = run_annotate(corpus_url, "testbed", progress=False)
+    info = run_flow(annotate, corpus_url, "testbed", progress=False)
     assert info["shards_done"] == 4 and info["waiting_for_corpus"] == []
 
 
 def test_another_annotator_config_is_refused_naming_the_difference(corpus_url, colour_annotator):
-    run_annotate(corpus_url, "colour", {"scale": 1.0}, progress=False)
+    run_flow(annotate, corpus_url, "colour", {"scale": 1.0}, progress=False)
     before = score_arrays(corpus_url, "colour")
     x0 = Corpus.open(corpus_url).read_x0()
     np.testing.assert_allclose(before["green"], x0[:, 1].astype(np.float64).mean(axis=(1, 2)), rtol=1e-6)
     with pytest.raises(HSpaceError, match=r"config\.scale \(stored: 1\.0, this annotator: 2\.0\)"):
-        run_annotate(corpus_url, "colour", {"scale": 2.0}, progress=False)
+        run_flow(annotate, corpus_url, "colour", {"scale": 2.0}, progress=False)
     after = score_arrays(corpus_url, "colour")
     assert all(np.array_equal(before[a], after[a]) for a in before)
 

@@ -60,24 +60,24 @@ def no_mid_block_model(tmp_path):
 )
 def test_bad_arguments_fail_with_one_line_and_create_nothing(tmp_path, capsys, change, message):
     out = tmp_path / "c"
-    assert main([*BUILD, "--out", str(out), *change]) == 1
+    assert main([*BUILD, str(out), *change]) == 1
     assert message in error_line(capsys)
     assert not out.exists()
 
 
 def test_model_without_mid_block_fails_cleanly(tmp_path, capsys, no_mid_block_model):
-    assert main([*BUILD, "--model", no_mid_block_model, "--out", str(tmp_path / "c")]) == 1
+    assert main([*BUILD, "--model", no_mid_block_model, str(tmp_path / "c")]) == 1
     assert "has no mid_block" in error_line(capsys)
     assert not (tmp_path / "c").exists()
 
 
 def test_existing_corpus_with_other_settings_is_refused_and_untouched(prefect_harness, tmp_path, capsys):
     out = str(tmp_path / "c")
-    assert main([*BUILD, "--out", out]) == 0
+    assert main([*BUILD, out]) == 0
     capsys.readouterr()
     group = zarr.open_group(out, mode="r")
     done, h = group["done"][:], group["h"][:]
-    assert main([*BUILD, "--out", out, "--steps", "5", "--eta", "0"]) == 1
+    assert main([*BUILD, out, "--steps", "5", "--eta", "0"]) == 1
     err = error_line(capsys)
     assert "steps (corpus: 4, requested: 5)" in err and "eta (corpus: [1.0, 1.0, 1.0, 1.0]" in err
     assert np.array_equal(group["done"][:], done) and np.array_equal(group["h"][:], h)
@@ -102,13 +102,13 @@ def test_bad_output_locations_fail_cleanly(tmp_path, capsys, kind):
         (out / "notes.txt").write_text("mine")
         expected = "exists and is not an hspace corpus"
     before = sorted(p.name for p in out.parent.rglob("*"))
-    assert main([*BUILD, "--out", str(out)]) == 1
+    assert main([*BUILD, str(out)]) == 1
     assert expected in error_line(capsys)
     assert sorted(p.name for p in out.parent.rglob("*")) == before
 
 
 def test_console_script_exit_codes(tmp_path):
-    bad = run_cli(*BUILD, "--out", str(tmp_path / "c"), "--samples", "0")
+    bad = run_cli(*BUILD, str(tmp_path / "c"), "--samples", "0")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         "hspace: error: samples must be a positive integer; got 0"]
     usage = run_cli("corpus", "build", "--samples", "3")
@@ -119,7 +119,7 @@ def test_console_script_exit_codes(tmp_path):
 
 def test_info_json_has_the_contract_fields(prefect_harness, tmp_path, capsys):
     out = str(tmp_path / "c")
-    assert main([*BUILD, "--out", out, "--dtype", "float32"]) == 0
+    assert main([*BUILD, out, "--dtype", "float32"]) == 0
     capsys.readouterr()
     assert main(["corpus", "info", out, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -155,7 +155,7 @@ def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_
     args = ["corpus", "build", "--model", "tiny", "--samples", "24", "--steps", "50", "--batch", "2", "--seed", "5",
             "--no-progress"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, "--out", str(killed)],
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     done = np.zeros(12, dtype=bool)
     deadline = time.monotonic() + 240
@@ -173,9 +173,9 @@ def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_
     finished = [k for k in range(12) if done[k]]
     stats = {k: os.stat(killed / "h" / "c" / str(k) / "0" / "0" / "0" / "0") for k in finished}
 
-    resumed = run_cli(*args, "--out", str(killed))
+    resumed = run_cli(*args, str(killed))
     assert resumed.returncode == 0, resumed.stderr
-    uninterrupted = run_cli(*args, "--out", str(clean))
+    uninterrupted = run_cli(*args, str(clean))
     assert uninterrupted.returncode == 0, uninterrupted.stderr
 
     for k in finished:  # no finished shard written twice
@@ -189,7 +189,7 @@ def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_
 
 def test_workers_without_an_api_url_start_and_stop_their_own_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    result = subprocess.run([sys.executable, "-m", "flows.cli", *BUILD, "--out", str(tmp_path / "c"), "--workers",
+    result = subprocess.run([sys.executable, "-m", "flows.cli", *BUILD, str(tmp_path / "c"), "--workers",
                              "2"], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "database is locked" not in result.stderr

@@ -6,7 +6,8 @@ import dask
 import numpy as np
 import pytest
 
-from flows.corpus import _gpu_annotation, run_build_corpus, task_runner
+from flows.corpus import build_corpus
+from flows.runner import RunnerChoice, gpu_annotation, run_flow, task_runner
 from hspace.errors import HSpaceError
 from hspace.sampler import derive_seeds, sample, to_uint8
 from storage.corpus import Corpus
@@ -25,7 +26,7 @@ def corpus_files(root) -> dict[str, bytes]:
 
 def test_threads_flow_builds_a_corpus_whose_samples_regenerate_from_their_seeds(prefect_harness, tmp_path, tiny):
     url = str(tmp_path / "c")
-    info = run_build_corpus(out=url, **ARGS)
+    info = run_flow(build_corpus, out=url, **ARGS)
     assert (info["samples_done"], info["shards_done"], info["shards"]) == (6, 2, 2)
     corpus = Corpus.open(url)
     seeds = corpus.read_seeds()
@@ -40,11 +41,11 @@ def test_rerun_writes_only_missing_shards(prefect_harness, tmp_path):
     import os
 
     url = str(tmp_path / "c")
-    run_build_corpus(out=url, **{**ARGS, "samples": 12})
+    run_flow(build_corpus, out=url, **{**ARGS, "samples": 12})
     before = corpus_files(tmp_path / "c")
     stats = {k: os.stat(shard_file(url, "h", k)) for k in range(3)}
     Corpus.open(url, writable=True).group["done"][1] = False  # as if shard 1 had not finished
-    info = run_build_corpus(out=url, **{**ARGS, "samples": 12})
+    info = run_flow(build_corpus, out=url, **{**ARGS, "samples": 12})
     assert info["shards_done"] == 3
     for k in (0, 2):  # untouched: same inode and mtime (the store writes by rename, so a rewrite would show)
         now = os.stat(shard_file(url, "h", k))
@@ -54,17 +55,17 @@ def test_rerun_writes_only_missing_shards(prefect_harness, tmp_path):
 
 
 def test_dask_local_cluster_with_two_workers_gives_the_same_bytes(use_prefect_server, tmp_path):
-    run_build_corpus(out=str(tmp_path / "dask"), workers=2, **ARGS)
-    run_build_corpus(out=str(tmp_path / "threads"), **ARGS)
+    run_flow(build_corpus, runner=RunnerChoice(workers=2), out=str(tmp_path / "dask"), **ARGS)
+    run_flow(build_corpus, out=str(tmp_path / "threads"), **ARGS)
     dask_files, thread_files = corpus_files(tmp_path / "dask"), corpus_files(tmp_path / "threads")
     assert "h/c/1/0/0/0/0" in dask_files
     assert dask_files == thread_files
 
 
 def test_gpu_tasks_are_annotated_with_a_gpu_resource():
-    with _gpu_annotation("cuda"):
+    with gpu_annotation("cuda"):
         assert dask.get_annotations() == {"resources": {"GPU": 1}}
-    with _gpu_annotation("cpu"):
+    with gpu_annotation("cpu"):
         assert "resources" not in dask.get_annotations()
 
 

@@ -41,4 +41,4 @@ def test_the_bank_rebuild_deploys_on_its_cron_schedule(prefect_server, tmp_path)
     shown = prefect("deployment", "inspect", "rebuild-bank/rebuild-bank", "--output", "json", env=env).stdout
     deployment = json.loads(shown)
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
-    assert deployment["parameters"]["model"] == "testbed"
+    assert deployment["parameters"]["settings"]["model"] == "testbed"

@@ -16,7 +16,8 @@ from hspace.directions import random_direction_like
 from hspace.render import labeled_grid
 from hspace.sampler import derive_seeds, sample, to_uint8
 from storage.corpus import Corpus
-from storage.results import JacobianRun, read_jacobian_directions, read_pca_directions
+from storage.jacobian_runs import JacobianRun, read_jacobian_directions
+from storage.pca_runs import read_pca_directions
 from tasks.corpus import generate_shard, prepare_corpus
 
 SAMPLES, STEPS, BASE_SEED = 8, 4, 2
@@ -85,7 +86,7 @@ def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(prefe
                                                                            tiny):
     assert cli(capsys, "pca", "fit", url, "--components", "2", "--batch-size", "4", "--no-progress")[0] == 0
     out = tmp_path / "grid.png"
-    status, stdout, _ = cli(capsys, "edit", url, "--pca", "default", "--directions", "1,0", "--seeds", "5,0",
+    status, stdout, _ = cli(capsys, "edit", url, "--pca", "default", "--directions", "1,0", "--show", "5,0",
                             "--gammas", "-3,3", "--random-baseline", "--out", str(out))
     assert status == 0 and "3 directions x 2 samples x 3 gammas" in stdout
     # Oracle: the corpus's own x0 at gamma 0; hspace.sample along the stored directions elsewhere.
@@ -132,7 +133,7 @@ def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harne
     [
         (["pca", "info", "{url}", "--run", "nope"], "no PCA run 'nope'"),
         (["pca", "fit", "{url}", "--components", "2", "--run", "a/b"], "invalid run name"),
-        (["pca", "fit", "{url}", "--components", "2", "--steps", "0,9"], "step 9 is out of range"),
+        (["pca", "fit", "{url}", "--components", "2", "--step", "0,9"], "step 9 is out of range"),
         (["pca", "fit", "{tmp}/none", "--components", "2"], "no corpus at"),
         (["jacobian", "{url}", "--sample", "99", "--step", "0", "--k", "2"], "sample 99 is out of range"),
         (["jacobian", "{url}", "--sample", "0", "--step", "4", "--k", "2"], "step 4 is out of range"),
@@ -143,7 +144,7 @@ def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harne
         (["edit", "{url}", "--pca", "nope", "--directions", "0", "--out", "{tmp}/g.png"], "no PCA run 'nope'"),
         (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/g.png"], "is not complete"),
         (["edit", "{url}", "--jacobian", "j", "--directions", "0", "--out", "{tmp}/g.png"], "needs --sample ID"),
-        (["edit", "{url}", "--pca", "half", "--directions", "0", "--seeds", "8", "--out", "{tmp}/g.png"],
+        (["edit", "{url}", "--pca", "half", "--directions", "0", "--show", "8", "--out", "{tmp}/g.png"],
          "sample 8 is out of range"),
         (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/no/g.png"], "does not exist"),
         (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/g.jpg"], "must name a .png"),

@@ -12,7 +12,8 @@ from PIL import Image
 
 import flows.cli
 from hspace.errors import HSpaceError
-from hspace.inversion import direction_from_images, invert, load_images, make_inverse_scheduler
+from hspace.images import load_images
+from hspace.inversion import direction_from_images, invert, make_inverse_scheduler
 from hspace.models import load_model
 from hspace.sampler import initial_noise, make_scheduler, sample, to_uint8
 from storage.directions import read_direction_file

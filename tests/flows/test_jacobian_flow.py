@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tasks.corpus
 import tasks.jacobian
-from flows.jacobian import run_jacobian_directions
+import flows.jacobian
+from flows.runner import run_flow
 from hspace.errors import HSpaceError
+from hspace.images import read_mask_png
 from hspace.jacobian import jacobian_directions, state_at_step
 from hspace.sampler import derive_seeds
 from storage.corpus import Corpus
-from storage.results import JacobianRun, mask_sha256, read_jacobian_directions, read_mask_png
+from storage.jacobian_runs import JacobianRun, mask_sha256, read_jacobian_directions
 from tasks.corpus import corpus_spec
 from tasks.jacobian import prepare_jacobian
 
@@ -44,7 +47,7 @@ def write_png(path, array: np.ndarray, format: str = "PNG") -> str:
 
 
 def test_flow_stores_what_jacobian_directions_returns(prefect_harness, url, tiny):
-    info = run_jacobian_directions(url=url, **RUN)
+    info = run_flow(flows.jacobian.jacobian_directions, url=url, **RUN)
     assert (info["done"], info["missing"], len(info["results"])) == (4, 0, 4)
     run = JacobianRun.open(url, "default")
     for sample_id, step in ((3, 2), (1, 0)):
@@ -61,7 +64,7 @@ def test_flow_stores_what_jacobian_directions_returns(prefect_harness, url, tiny
 
 
 def test_done_cells_are_skipped_and_a_cell_not_done_is_redone(prefect_harness, url, monkeypatch):
-    run_jacobian_directions(url=url, **RUN)
+    run_flow(flows.jacobian.jacobian_directions, url=url, **RUN)
     chunk = os.path.join(url, "jacobian", "default", "directions", "c", "0", "1", "0", "0", "0", "0")
     before = os.stat(chunk)
     JacobianRun.open(url, "default", writable=True).group["done"][1, 0] = False  # sample 3, step 0
@@ -75,7 +78,7 @@ def test_done_cells_are_skipped_and_a_cell_not_done_is_redone(prefect_harness, u
         return original(jacobian, sample_id, step, **kwargs)
 
     monkeypatch.setattr(tasks.jacobian, "find_cell", counting)
-    info = run_jacobian_directions(url=url, **RUN)
+    info = run_flow(flows.jacobian.jacobian_directions, url=url, **RUN)
     assert found == [(3, 0)] and info["done"] == 4
     after = os.stat(chunk)  # sample 1 at step 2 was not rewritten (the store writes by rename)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
@@ -85,7 +88,7 @@ def test_masked_run_stores_its_mask_and_equals_a_masked_direct_call(prefect_harn
     picture = np.zeros((32, 32), dtype=np.uint8)
     picture[:, :16] = 255  # left half white, twice the image size
     png = write_png(tmp_path / "mask.png", picture)
-    info = run_jacobian_directions(url=url, sample_ids=[2], steps=[1], k=2, run="left", mask_png=png,
+    info = run_flow(flows.jacobian.jacobian_directions, url=url, sample_ids=[2], steps=[1], k=2, run="left", mask_png=png,
                                    max_iter=ITER, progress=False)
     mask = np.zeros((16, 16), dtype=np.uint8)
     mask[:, :8] = 1
@@ -131,9 +134,9 @@ def test_corpus_model_refuses_other_weights(url, monkeypatch, tiny):
     import dataclasses
 
     other = dataclasses.replace(tiny, fingerprint="0" * 64)
-    monkeypatch.setattr(tasks.jacobian, "cached_model", lambda name, device: other)
+    monkeypatch.setattr(tasks.corpus, "cached_model", lambda name, device: other)
     with pytest.raises(HSpaceError, match="differ from those the corpus was built with"):
-        tasks.jacobian.corpus_model(Corpus.open(url))
+        tasks.corpus.corpus_model(Corpus.open(url))
 
 
 def test_mask_png_is_resized_by_nearest_and_binarised_at_128(tmp_path):

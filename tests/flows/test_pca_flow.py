@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import tasks.pca
-
-from flows.pca import run_fit_pca
+from flows.pca import fit_pca
+from flows.runner import run_flow
 from hspace.errors import HSpaceError
 from storage.corpus import Corpus
-from storage.results import PCARun, list_runs, read_pca_directions
+from storage.pca_runs import PCARun, read_pca_directions
+from storage.runs import list_runs
 from tasks.corpus import generate_shard, prepare_corpus
 from tasks.pca import align_pca_run, fit_pca_step, prepare_pca
 
@@ -54,7 +55,7 @@ def exact_pca(url: str, step: int):
 
 
 def test_flow_stores_the_exact_per_step_pca_with_aligned_signs(prefect_harness, url):
-    info = run_fit_pca(url=url, **FIT)
+    info = run_flow(fit_pca, url=url, **FIT)
     assert info["complete"] and info["steps_done"] == list(range(STEPS)) and info["n_samples"] == [SAMPLES] * STEPS
     pca = PCARun.open(url, "default")
     directions = read_pca_directions(url, "default")  # (k, T, C, H, W)
@@ -77,7 +78,7 @@ def test_flow_stores_the_exact_per_step_pca_with_aligned_signs(prefect_harness, 
 
 
 def test_a_subset_of_steps_edits_only_there(prefect_harness, url):
-    info = run_fit_pca(url=url, steps=[1, 3], run="odd", **FIT)
+    info = run_flow(fit_pca, url=url, steps=[1, 3], run="odd", **FIT)
     assert info["steps"] == [1, 3] and info["complete"]
     directions = read_pca_directions(url, "odd", [0])
     assert (directions[:, [0, 2]] == 0).all() and (directions[:, [1, 3]] != 0).any()
@@ -86,7 +87,7 @@ def test_a_subset_of_steps_edits_only_there(prefect_harness, url):
 
 def test_a_run_killed_after_some_steps_resumes_to_the_same_bytes(prefect_harness, url, tmp_path):
     shutil.copytree(url, tmp_path / "uninterrupted")
-    run_fit_pca(url=str(tmp_path / "uninterrupted"), **FIT)
+    run_flow(fit_pca, url=str(tmp_path / "uninterrupted"), **FIT)
     # The "killed" run: steps 0 and 2 written, then it died (no signs).
     prepare_pca(url, components=K, batch_size=4)
     for step in (2, 0):
@@ -95,13 +96,13 @@ def test_a_run_killed_after_some_steps_resumes_to_the_same_bytes(prefect_harness
     assert pca.missing_steps() == [1, 3] and not pca.is_aligned()
     with pytest.raises(HSpaceError, match=r"not complete: steps \[1, 3\] are not done"):
         read_pca_directions(url, "default")
-    info = run_fit_pca(url=url, **FIT)
+    info = run_flow(fit_pca, url=url, **FIT)
     assert info["complete"]
     assert files(url) == files(str(tmp_path / "uninterrupted"))
 
 
 def test_a_step_whose_flag_is_not_set_is_not_trusted(prefect_harness, url, monkeypatch):
-    run_fit_pca(url=url, **FIT)
+    run_flow(fit_pca, url=url, **FIT)
     before = files(url)
     pca = PCARun.open(url, "default", writable=True)
     pca.group["components"][2] = np.full(pca.group["components"].shape[1:], 9.0, dtype=np.float32)
@@ -119,7 +120,7 @@ def test_a_step_whose_flag_is_not_set_is_not_trusted(prefect_harness, url, monke
         return original(corpus, step, *args, **kwargs)
 
     monkeypatch.setattr(tasks.pca, "fit_step", counting)
-    run_fit_pca(url=url, **FIT)
+    run_flow(fit_pca, url=url, **FIT)
     assert fitted == [2]  # only the step not done was refitted
     assert files(url) == before
 

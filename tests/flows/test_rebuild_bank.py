@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import tasks.bank as bank_tasks
-from flows.bank import run_rebuild_bank
+from flows.bank import RebuildSettings, rebuild_bank
 from flows.cli import main
+from flows.runner import run_flow
 from hspace.bank import list_versions, load_bank
 from hspace.directions import top_bottom
 from hspace.errors import HSpaceError
@@ -41,7 +42,8 @@ def _files(root) -> dict[str, bytes]:
 
 def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_new(prefect_harness, tmp_path):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
-    result = run_rebuild_bank(bank=bank_url, corpus=corpus_url, report=str(tmp_path / "report"), **ARGS)
+    result = run_flow(rebuild_bank, settings=RebuildSettings(bank=bank_url, corpus=corpus_url,
+                                                             report=str(tmp_path / "report"), **ARGS))
     assert result["directions"] == ["smile", "hat", "smile-disentangled", "pca-0"]
     bank = load_bank(bank_url)
     corpus = Corpus.open(corpus_url)
@@ -72,7 +74,7 @@ def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_ne
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"evaluation.csv", "evaluation.md", "evaluation.png"}
 
     before = _files(tmp_path / "bank")
-    again = run_rebuild_bank(bank=bank_url, corpus=corpus_url, **ARGS)
+    again = run_flow(rebuild_bank, settings=RebuildSettings(bank=bank_url, corpus=corpus_url, **ARGS))
     assert again["version"] == result["version"] and again["evaluation"] == result["evaluation"]
     assert _files(tmp_path / "bank") == before
     assert len(list_versions(bank_url)) == 1
@@ -80,16 +82,17 @@ def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_ne
 
 def test_a_crash_before_publishing_is_finished_by_the_rerun(prefect_harness, tmp_path, monkeypatch):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
-    reference = run_rebuild_bank(bank=str(tmp_path / "reference"), corpus=str(tmp_path / "ref.zarr"), **ARGS)
+    reference = run_flow(rebuild_bank, settings=RebuildSettings(bank=str(tmp_path / "reference"),
+                                                                corpus=str(tmp_path / "ref.zarr"), **ARGS))
 
     def crash(*args, **kwargs):
         raise OSError("disk went away")
 
     monkeypatch.setattr(bank_tasks, "publish", crash)
     with pytest.raises(Exception, match="disk went away"):
-        run_rebuild_bank(bank=bank_url, corpus=corpus_url, **ARGS)
+        run_flow(rebuild_bank, settings=RebuildSettings(bank=bank_url, corpus=corpus_url, **ARGS))
     monkeypatch.undo()
-    result = run_rebuild_bank(bank=bank_url, corpus=corpus_url, **ARGS)
+    result = run_flow(rebuild_bank, settings=RebuildSettings(bank=bank_url, corpus=corpus_url, **ARGS))
     assert result["evaluation"] == reference["evaluation"]  # same directions and settings: same key
     ours, theirs = load_bank(bank_url), load_bank(str(tmp_path / "reference"))
     for name in reference["directions"]:
@@ -113,7 +116,7 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     expected = expected * smile.norm() / expected.norm()
     assert torch.allclose(bank.tensor("smile-disentangled").double().ravel(), expected, atol=1e-5)
     assert main(["evaluate", corpus_url, "--directions", "smile,pca-0", "--pca-run", "bank", "--samples", "4",
-                 "--repeats", "2", "--gamma", "2", "--out", str(tmp_path / "ev"), "--json"]) == 0
+                 "--repeats", "2", "--gamma", "2", "--report", str(tmp_path / "ev"), "--json"]) == 0
     table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert table["rows"] == ["smile", "pca-0", "random(smile)", "random(pca-0)"]
     assert (tmp_path / "ev" / "evaluation.png").exists()
@@ -150,9 +153,9 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
 def test_bad_input_fails_with_one_line(prefect_harness, tmp_path, capsys, argv, message):
     corpus_url = str(tmp_path / "c.zarr")
     if argv[0] == "evaluate":
-        from flows.corpus import run_build_corpus
+        from flows.corpus import build_corpus
 
-        run_build_corpus(out=corpus_url, model="tiny", samples=8, steps=2, eta=1.0, batch=8, seed=0,
+        run_flow(build_corpus, out=corpus_url, model="tiny", samples=8, steps=2, eta=1.0, batch=8, seed=0,
                          dtype="float16", device="cpu", progress=False)
     argv = [a.format(c=corpus_url, b=str(tmp_path / "bank")) for a in argv]
     assert main(argv) == 1

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import flows.cli
-from flows.annotate import run_annotate
-from flows.corpus import run_build_corpus
+from flows.annotate import annotate
+from flows.corpus import build_corpus
+from flows.runner import run_flow
 from hspace.errors import HSpaceError
 from storage.annotations import Annotations
 from storage.corpus import Corpus
@@ -25,8 +26,8 @@ CORPUS = dict(model="tiny", samples=24, steps=4, eta=1.0, batch=8, seed=5, dtype
 @pytest.fixture(scope="module")
 def annotated(prefect_harness, tmp_path_factory):
     url = str(tmp_path_factory.mktemp("corpus") / "c.zarr")
-    run_build_corpus(out=url, **CORPUS)
-    run_annotate(url, "testbed", progress=False)
+    run_flow(build_corpus, out=url, **CORPUS)
+    run_flow(annotate, url, "testbed", progress=False)
     return url
 
 

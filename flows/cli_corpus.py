@@ -1,0 +1,46 @@
+"""``hspace corpus build|info``: generate a corpus of samples with their h_{T:1}, and inspect one."""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.cli_args import add_runner_arguments, eta, print_info, runner_choice
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``corpus build`` and ``corpus info`` to the ``hspace`` commands."""
+    corpus = commands.add_parser("corpus", help="build and inspect h-space corpora")
+    sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    build = sub.add_parser("build", help="generate samples and record h_{T:1} into a Zarr corpus (resumable)")
+    build.add_argument("url", help="the corpus to create or resume: a path or an fsspec URL")
+    build.add_argument("--model", required=True, help="built-in name (tiny, celebahq-shape), model directory or hub id")
+    build.add_argument("--samples", type=int, required=True, help="number of samples N")
+    build.add_argument("--steps", type=int, required=True, help="DDIM steps T")
+    build.add_argument("--eta", type=eta, default=1.0, help="eta in [0, 1], or one per step (default 1)")
+    build.add_argument("--batch", type=int, required=True,
+                       help="samples per shard and per task; the last shard is short if it does not divide N")
+    build.add_argument("--seed", type=int, required=True, help="base seed; sample i's seed derives from it")
+    build.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage dtype of h")
+    build.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_runner_arguments(build, "the shards")
+    build.set_defaults(func=_build)
+
+    info = sub.add_parser("info", help="settings and progress of a corpus")
+    info.add_argument("url")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=_info)
+
+
+def _build(args: argparse.Namespace) -> None:
+    from flows.corpus import build_corpus
+    from flows.runner import run_flow
+
+    print_info(run_flow(build_corpus, runner=runner_choice(args), model=args.model, samples=args.samples,
+                        steps=args.steps, out=args.url, eta=args.eta, batch=args.batch, seed=args.seed,
+                        dtype=args.dtype, device=args.device, progress=not args.no_progress), as_json=False)
+
+
+def _info(args: argparse.Namespace) -> None:
+    from storage.corpus import Corpus
+
+    print_info(Corpus.open(args.url).info(), as_json=args.json)
