@@ -13,25 +13,23 @@ Built in (:func:`load_annotator`):
   refused with a message that says how to export the model instead.
 
 Each annotator's dependencies are imported only when it is loaded: naming ``faces`` never imports open_clip.
+:func:`class_thresholds` says which of an annotator's attributes are binary, and where their classes
+split, without loading it.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from hspace.annotators.base import Annotator
 from hspace.errors import HSpaceError
-from hspace.names import check_name
 
 ANNOTATORS = ("testbed", "clip", "faces")
 CLASSIFIER_PREFIX = "classifier:"
 # Names ending so are paths of user classifiers (the pickle ones only to be refused with advice).
 CLASSIFIER_SUFFIXES = (".ts", ".torchscript", ".safetensors", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-# Annotator and attribute names become corpus paths (annotations/<name>/<attribute>): one plain path segment.
-# The same rule as storage.annotations.NAME, which hspace may not import.
-
-
 
 
 def load_annotator(name: str, /, **options: Any) -> Annotator:
@@ -54,28 +52,7 @@ def load_annotator(name: str, /, **options: Any) -> Annotator:
     HSpaceError
         For an unknown name (the message lists the built-ins) or whatever the loader refuses.
     """
-    if not isinstance(name, str):
-        raise HSpaceError(f"annotator name must be a string; got {type(name).__name__}")
-    arguments: tuple[Any, ...] = ()
-    if name == "testbed":
-        from hspace.testbed.annotator import TestbedAnnotator
-
-        loader = TestbedAnnotator.load
-    elif name == "clip":
-        from hspace.annotators.clip import ClipAnnotator
-
-        loader = ClipAnnotator.load
-    elif name == "faces":
-        from hspace.annotators.faces import FaceAnnotator
-
-        loader = FaceAnnotator
-    elif name.startswith(CLASSIFIER_PREFIX) or name.lower().endswith(CLASSIFIER_SUFFIXES):
-        from hspace.annotators.classifier import load_classifier
-
-        loader, arguments = load_classifier, (name.removeprefix(CLASSIFIER_PREFIX),)
-    else:
-        raise HSpaceError(f"unknown annotator {name!r}; built in: {', '.join(ANNOTATORS)}, or a user classifier "
-                          f"as '{CLASSIFIER_PREFIX}<path>' (TorchScript .ts, or .safetensors with a JSON config)")
+    _, loader, arguments = _resolve(name)
     try:
         inspect.signature(loader).bind(*arguments, **options)
     except TypeError as error:  # an option this annotator does not take
@@ -84,9 +61,46 @@ def load_annotator(name: str, /, **options: Any) -> Annotator:
     return loader(*arguments, **options)
 
 
+def class_thresholds(name: str) -> dict[str, float]:
+    """The class thresholds annotator ``name`` declares (:attr:`Annotator.class_thresholds`), read from its
+    class: no weights are loaded and no file is read. ``{}`` where all its attributes are continuous.
+
+    Raises
+    ------
+    HSpaceError
+        For an unknown name, as :func:`load_annotator`.
+    """
+    annotator_class, _, _ = _resolve(name)
+    return dict(annotator_class.class_thresholds)
+
+
+def _resolve(name: str) -> tuple[type[Annotator], Callable[..., Annotator], tuple[Any, ...]]:
+    """The class of annotator ``name``, its loader and the loader's positional arguments; imports only its module."""
+    if not isinstance(name, str):
+        raise HSpaceError(f"annotator name must be a string; got {type(name).__name__}")
+    if name == "testbed":
+        from hspace.testbed.annotator import TestbedAnnotator
+
+        return TestbedAnnotator, TestbedAnnotator.load, ()
+    if name == "clip":
+        from hspace.annotators.clip import ClipAnnotator
+
+        return ClipAnnotator, ClipAnnotator.load, ()
+    if name == "faces":
+        from hspace.annotators.faces import FaceAnnotator
+
+        return FaceAnnotator, FaceAnnotator, ()
+    if name.startswith(CLASSIFIER_PREFIX) or name.lower().endswith(CLASSIFIER_SUFFIXES):
+        from hspace.annotators.classifier import ClassifierAnnotator, load_classifier
+
+        return ClassifierAnnotator, load_classifier, (name.removeprefix(CLASSIFIER_PREFIX),)
+    raise HSpaceError(f"unknown annotator {name!r}; built in: {', '.join(ANNOTATORS)}, or a user classifier "
+                      f"as '{CLASSIFIER_PREFIX}<path>' (TorchScript .ts, or .safetensors with a JSON config)")
+
+
 def _option_names(loader: Any, positional: int) -> str:
     names = list(inspect.signature(loader).parameters)[positional:]
     return ", ".join(names) or "no options"
 
 
-__all__ = ["ANNOTATORS", "Annotator", "check_name", "load_annotator"]
+__all__ = ["ANNOTATORS", "Annotator", "class_thresholds", "load_annotator"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 
@@ -18,10 +20,16 @@ class Annotator(ABC):
         Identifier, used in storage paths (``annotations/<name>/<attribute>``).
     attributes : tuple of str
         What :meth:`score` returns, column by column.
+    class_thresholds : mapping of str to float
+        The attributes whose scores are class probabilities, each with the score that splits its two
+        classes: eq. 11 draws their examples from each side of it rather than from the extremes
+        (``hspace.directions.top_bottom``). Declared on the class, so it is known without loading weights
+        (:func:`hspace.annotators.class_thresholds`); empty by default.
     """
 
     name: str
     attributes: tuple[str, ...]
+    class_thresholds: Mapping[str, float] = MappingProxyType({})
 
     @property
     def config(self) -> dict:

@@ -50,9 +50,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hspace.annotators import check_name
 from hspace.annotators.base import Annotator
 from hspace.errors import HSpaceError
+from hspace.files import sha256_of
+from hspace.names import check_name
 
 ARCHITECTURES: tuple[str, ...] = ("small_cnn", "resnet18", "resnet34", "resnet50")
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
@@ -351,8 +352,6 @@ def load_classifier(path: str | os.PathLike, *, config: Mapping[str, Any] | str 
         For a pickle, a missing file or config, a config error, weights that do not fit the architecture,
         or an output that does not have one column per attribute.
     """
-    from hspace.testbed.annotator import sha256_of
-
     path = Path(path)
     if not path.is_file():
         raise HSpaceError(f"classifier file {path} does not exist")

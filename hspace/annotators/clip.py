@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hspace.annotators import check_name
 from hspace.annotators.base import Annotator
 from hspace.errors import HSpaceError
+from hspace.files import sha256_of
+from hspace.names import check_name
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -277,8 +278,6 @@ class ClipAnnotator(Annotator):
             import open_clip  # lazily: naming another annotator never imports open_clip
         except ImportError:
             raise HSpaceError("the clip annotator needs open_clip: pip install open_clip_torch") from None
-
-        from hspace.testbed.annotator import sha256_of
 
         check_name(name, "annotator")
         carries_weights = str(model).startswith(("hf-hub:", "local-dir:"))

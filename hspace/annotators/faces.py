@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from hspace.annotators.base import Annotator
 from hspace.errors import HSpaceError
+from hspace.files import sha256_of
 
 LANDMARKS: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # MTCNN's order
 BOX: tuple[str, ...] = ("box_left", "box_top", "box_right", "box_bottom")
@@ -178,8 +179,6 @@ class FaceAnnotator(Annotator):
         """What fixes the scores (JSON): detector version, weight checksums and options."""
         import facenet_pytorch
 
-        from hspace.testbed.annotator import sha256_of
-
         data = Path(facenet_pytorch.__file__).parent / "data"
         return {"detector": "mtcnn", "facenet_pytorch": importlib.metadata.version("facenet-pytorch"),
                 "weights_sha256": {file: sha256_of(data / file) for file in MTCNN_WEIGHTS},
@@ -229,18 +228,8 @@ class FaceAnnotator(Annotator):
         return probability, box, landmarks
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        """Score images.
-
-        Parameters
-        ----------
-        images : numpy.ndarray
-            uint8, shape (n, 3, H, W).
-
-        Returns
-        -------
-        numpy.ndarray
-            float32, shape (n, 18), columns in :data:`ATTRIBUTES` order (see the module docstring).
-        """
+        """:meth:`detect` as scores: float32 (n, 18) for uint8 images (n, 3, H, W), columns in :data:`ATTRIBUTES`
+        order (see the module docstring)."""
         probability, box, landmarks = self.detect(images)
         return np.concatenate([probability[:, None], box, landmarks.reshape(-1, 10), landmark_proxies(landmarks)],
                               axis=1).astype(np.float32)

@@ -26,7 +26,6 @@ from hspace.errors import HSpaceError
 from hspace.evaluate import Samples, generate
 from hspace.models import LoadedModel
 from hspace.sampler import derive_seeds
-from hspace.testbed.annotator import CLASS_THRESHOLDS
 from hspace.testbed.faces import BINARY_FACTORS, FACTORS, render_dataset
 
 FACE_THRESHOLD = 0.5
@@ -86,7 +85,7 @@ def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples
     names = list(factors)
     generator = torch.Generator().manual_seed(random_seed)
     directions = {f: supervised_direction(*(corpus.h[i] for i in top_bottom(
-        corpus.scores[f], k, threshold=CLASS_THRESHOLDS.get(f)))) for f in names}
+        corpus.scores[f], k, threshold=annotator.class_thresholds.get(f)))) for f in names}
     randoms = {f: random_direction_like(v, generator) for f, v in directions.items()}
     stds = {a: float(base.scores[a].std()) or 1.0 for a in FACTORS}
     results: dict[str, dict] = {f: {"std": stds[f], "gammas": {}} for f in names}

@@ -37,6 +37,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 
 from hspace.errors import HSpaceError
+from hspace.files import sha256_of
 from hspace.models import DDPM_LINEAR_CONFIG
 from hspace.testbed.faces import render_dataset
 
@@ -185,7 +186,7 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
         zero_cut(cut)  # Adam's eps and rounding must not regrow a cut skip
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
+            for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 e.lerp_(p, 1 - decay)
         running.append(loss.item())
         if progress:
@@ -202,8 +203,6 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
 
 def _initial_weights(name: str) -> tuple[dict[str, torch.Tensor], dict]:
     """float32 weights of a model folder (or shipped name) and what its card says about how it was made."""
-    import hashlib
-
     from hspace.models import SHIPPED, verify_shipped
 
     folder = verify_shipped(name) if name in SHIPPED else Path(name)
@@ -213,7 +212,7 @@ def _initial_weights(name: str) -> tuple[dict[str, torch.Tensor], dict]:
                           "(or the shipped name testbed)")
     card_path = folder / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    source = {"model": name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    source = {"model": name, "sha256": sha256_of(path),
               **{k: card.get(k) for k in ("steps_done", "final_loss", "command", "train_seconds", "init_from")}}
     return {k: v.float() for k, v in load_file(path).items()}, source
 
@@ -249,8 +248,6 @@ def export_model(checkpoint_dir: Path, out_dir: Path, *, command: str) -> dict:
     ``scheduler/scheduler_config.json``, ``model_index.json`` (a diffusers pipeline folder, so
     ``load_model(out_dir)`` and diffusers both read it) and ``card.json``.
     """
-    import hashlib
-
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     if not (checkpoint_dir / "state.json").is_file():
         raise HSpaceError(f"no finished checkpoint in {checkpoint_dir}: run `hspace testbed train` first")
@@ -281,7 +278,7 @@ def export_model(checkpoint_dir: Path, out_dir: Path, *, command: str) -> dict:
         "loss_curve": log["loss"],
         "train_seconds": round(log["seconds"], 1),
         "weights_dtype": "float16",
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "sha256": sha256_of(weights),
         "command": command,
         # Resumes with another --steps (the learning-rate schedule changed at those steps); empty if none.
         "resumed_with_other_steps": log.get("history", []),

@@ -21,8 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hspace.annotators import ANNOTATORS, check_name, load_annotator
+from hspace.annotators import ANNOTATORS, load_annotator
 from hspace.errors import HSpaceError
+from hspace.names import check_name
 from hspace.testbed.faces import render_dataset
 
 TINY_CLIP = {

@@ -193,14 +193,13 @@ def _testbed_directions(model, annotator, *, pool: int, steps: int, factors, see
     and hat disentangled from each other and smile from skin tone (eq. 12), as eq. 12 leaves them
     (``glasses-perp-hat``) and rescaled to the original's norm (``glasses-perp-hat-rescaled``)."""
     from hspace.directions import supervised_direction, top_bottom
-    from hspace.testbed.annotator import CLASS_THRESHOLDS
 
     samples = generate(model, annotator, derive_seeds(seed, 0, pool), steps=steps, capture=True)
     faces = np.flatnonzero(samples.scores["face"] > 0.5)
     k = len(faces) // 4
     directions = {}
     for f in factors:
-        top, bottom = top_bottom(samples.scores[f][faces], k, threshold=CLASS_THRESHOLDS.get(f))
+        top, bottom = top_bottom(samples.scores[f][faces], k, threshold=annotator.class_thresholds.get(f))
         directions[f] = supervised_direction(samples.h[faces[top]], samples.h[faces[bottom]])
     # The deliberate correlation (glasses, hat), and smile against skin tone, which the 9,000-step model
     # entangled (each one's direction moved the other by ~0.8 std; in Table I the 16,000-step one: +0.30

@@ -10,9 +10,10 @@ import torch
 
 from hspace.annotators import load_annotator
 from hspace.errors import HSpaceError
-from hspace.testbed.annotator import (ATTRIBUTES, DEFAULT_WEIGHTS, NEGATIVE_KINDS, TestbedAnnotator,
-                                      evaluate_annotator, make_negatives, train_annotator)
+from hspace.testbed.annotator import ATTRIBUTES, DEFAULT_WEIGHTS, TestbedAnnotator
+from hspace.testbed.augment import NEGATIVE_KINDS, make_negatives
 from hspace.testbed.faces import BINARY_FACTORS, render_dataset
+from hspace.testbed.train_annotator import evaluate_annotator, train_annotator
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +86,12 @@ def test_unknown_annotator_names_the_known_ones():
 
 
 def test_training_is_deterministic_and_save_load_round_trips(tmp_path):
-    from hspace.testbed.annotator import save_annotator
+    from hspace.testbed.train_annotator import save_annotator
 
     with torch.random.fork_rng(devices=[]):
         net_a, report = train_annotator(3, 11, batch=16, eval_faces=8, eval_negatives=8)
         net_b, _ = train_annotator(3, 11, batch=16, eval_faces=8, eval_negatives=8)
-    for (key, a), (_, b) in zip(net_a.state_dict().items(), net_b.state_dict().items()):
+    for (key, a), (_, b) in zip(net_a.state_dict().items(), net_b.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
     card = save_annotator(net_a, report, tmp_path / "a.safetensors", command="test")
     assert card["attributes"] == list(ATTRIBUTES)
