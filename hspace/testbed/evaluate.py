@@ -51,8 +51,9 @@ def sample_quality(samples: Samples, annotator: Annotator, *, renders: int = 200
     for factor in FACTORS:
         ours, theirs = samples.scores[factor], reference[factor]
         if factor in BINARY_FACTORS:
-            distances[factor] = {"measure": "|rate gap|", "value": float(abs((ours > 0.5).mean() - (theirs > 0.5).mean())),
-                                 "samples": float((ours > 0.5).mean()), "data": float((theirs > 0.5).mean())}
+            ours_rate, theirs_rate = float((ours > 0.5).mean()), float((theirs > 0.5).mean())
+            distances[factor] = {"measure": "|rate gap|", "value": abs(ours_rate - theirs_rate),
+                                 "samples": ours_rate, "data": theirs_rate}
         else:
             distances[factor] = {"measure": "W1 / data std", "value": _wasserstein1(ours, theirs) / float(theirs.std()),
                                  "samples": [float(ours.mean()), float(ours.std())],
@@ -209,12 +210,22 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def to_markdown(figures: dict) -> str:
     """The figures of :func:`report` as a markdown document."""
-    quality, supervised, swap, r2 = (figures[key] for key in ("quality", "supervised", "h_swap", "per_step_r2"))
+    quality = figures["quality"]
     lines = [
         f"# Testbed report: {figures['model']} (fingerprint {figures['fingerprint'][:12]}...)",
         "",
         f"{quality['n']} samples, {figures['steps']} DDIM steps, eta {figures['eta']}, seed {figures['seed']}; "
         f"scores from the `{figures['annotator']}` annotator.",
+        *_quality_section(quality),
+        *_supervised_section(figures["supervised"]),
+        *_swap_section(figures["h_swap"]),
+        *_r2_section(figures["per_step_r2"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _quality_section(quality: dict) -> list[str]:
+    lines = [
         "",
         "## Samples",
         "",
@@ -227,8 +238,12 @@ def to_markdown(figures: dict) -> str:
         fmt = (lambda v: f"{v:.3f}") if not isinstance(d["samples"], list) else \
             (lambda v: f"mean {v[0]:.3f}, std {v[1]:.3f}")
         lines.append(f"| {f} | {d['value']:.3f} | {d['measure']} | {fmt(d['samples'])} | {fmt(d['data'])} |")
+    return lines
+
+
+def _supervised_section(supervised: dict) -> list[str]:
     gammas = list(next(iter(supervised["factors"].values()))["gammas"])
-    lines += [
+    lines = [
         "",
         f"## Supervised h directions (eq. 11, top {supervised['k']} vs bottom {supervised['k']} of "
         f"{supervised['corpus_samples']}), applied to {supervised['eval_samples']} fresh samples",
@@ -246,17 +261,24 @@ def to_markdown(figures: dict) -> str:
     for f, result in supervised["factors"].items():
         cells = [f"{e['direction']['change_in_std']:+.2f} / {e['random']['abs_change_in_std']:.2f} / "
                  f"{e['direction']['face_rate']:.2f}" for e in result["gammas"].values()]
-        # The largest gamma at which some edited pairs are still faces.
-        found = [(g, e["direction"]["others_in_std_faces"]) for g, e in result["gammas"].items()
-                 if e["direction"].get("others_in_std_faces")]
-        worst = "n/a"
-        if found:
-            gamma, others = found[-1]
-            name = max(others, key=lambda o: abs(others[o]))
-            worst = f"{name} {others[name]:+.2f} (gamma {gamma})"
         lines.append(f"| {f} | " + " | ".join(cells) + f" | {_fmt(result['passes_at_gamma'], 1)} | "
-                     f"{_fmt(result.get('passes_at_gamma_vs_base'), 1)} | {worst} |")
-    lines += [
+                     f"{_fmt(result.get('passes_at_gamma_vs_base'), 1)} | {_largest_side_effect(result)} |")
+    return lines
+
+
+def _largest_side_effect(result: dict) -> str:
+    """The other factor that moves most, at the largest gamma at which some edited pairs are still faces."""
+    found = [(g, e["direction"]["others_in_std_faces"]) for g, e in result["gammas"].items()
+             if e["direction"].get("others_in_std_faces")]
+    if not found:
+        return "n/a"
+    gamma, others = found[-1]
+    name = max(others, key=lambda o: abs(others[o]))
+    return f"{name} {others[name]:+.2f} (gamma {gamma})"
+
+
+def _swap_section(swap: dict) -> list[str]:
+    lines = [
         "",
         f"## h swap (Fig. 2a): x_T and z from one sample, h_{{T:1}} from another, {swap['pairs']} pairs",
         "",
@@ -267,9 +289,13 @@ def to_markdown(figures: dict) -> str:
     ]
     for f, d in swap["factors"].items():
         lines.append(f"| {f} | {d['pairs_that_differ']} | {_fmt(d['follows_h_donor'])} |")
+    return lines
+
+
+def _r2_section(r2: dict) -> list[str]:
     steps = len(next(iter(r2["r2"].values())))
     shown = sorted({0, steps // 4, steps // 2, 3 * steps // 4, steps - 1})
-    lines += [
+    lines = [
         "",
         f"## Per-step R^2 of a ridge regression h_t -> factor score ({r2['train']} train, {r2['test']} held out)",
         "",
@@ -282,4 +308,4 @@ def to_markdown(figures: dict) -> str:
         best = int(np.argmax(values))
         lines.append(f"| {f} | " + " | ".join(f"{values[i]:.2f}" for i in shown) +
                      f" | {values[best]:.2f} ({best + 1}) |")
-    return "\n".join(lines) + "\n"
+    return lines
