@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from hspace.errors import HSpaceError
+from hspace.files import atomic_write
 
 
 def image_grid(images: np.ndarray, *, columns: int | None = None, scale: int | None = None) -> Image.Image:
@@ -46,9 +47,9 @@ def write_files(folder: Path, writers: dict[str, Callable[[Path], object]]) -> l
 
 
 def save_grid(images: np.ndarray, path: Path, **grid_options: int) -> Path:
-    """Write :func:`image_grid` to ``path`` (PNG) and return the path."""
-    image_grid(images, **grid_options).save(path)
-    return path
+    """Write :func:`image_grid` to ``path`` (PNG) by write-then-rename (a file that exists is whole); the path."""
+    picture = image_grid(images, **grid_options)
+    return atomic_write(path, lambda staging: picture.save(staging, format="PNG"))
 
 
 def heatmap(values: np.ndarray, rows: list[str], *, low: float = 0.0, high: float = 1.0, cell: int = 10,
