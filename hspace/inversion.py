@@ -29,8 +29,6 @@ measures how close they are per step).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -41,8 +39,6 @@ from hspace.errors import HSpaceError
 from hspace.hook import h_hook
 from hspace.models import LoadedModel
 from hspace.sampler import _eps, make_scheduler
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class Inversion(NamedTuple):
@@ -99,7 +95,7 @@ def invert(model: LoadedModel, images: np.ndarray | torch.Tensor, *, steps: int,
     ----------
     model : LoadedModel
     images : uint8 array or Tensor of shape (n, 3, S, S)
-        At the model's size (:func:`load_images` resizes).
+        At the model's size (:func:`hspace.images.load_images` resizes).
     steps : int
         T; the same as the sampling steps the recorded h (and directions from them) are used with.
     microbatch : int, optional
@@ -153,61 +149,3 @@ def direction_from_images(model: LoadedModel, positives: np.ndarray, negatives: 
         means.append(total / len(images))
     return (means[0] - means[1]).float()
 
-
-def load_images(folder: str | Path, shape: Sequence[int]) -> tuple[np.ndarray, list[Path]]:
-    """The PNG and JPEG images of a folder (sorted by name) as uint8 (n, 3, S, S), centre-cropped and resized.
-
-    Parameters
-    ----------
-    folder : str or Path
-    shape : (3, S, S) or (3, H, W)
-        The model's image shape; other files in the folder are ignored.
-
-    Returns
-    -------
-    images : ndarray of shape (n, 3, H, W), uint8
-    paths : list of Path, in the same order
-
-    Raises
-    ------
-    HSpaceError
-        If the folder does not exist, holds no PNG/JPEG file, or a file cannot be read as an image.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise HSpaceError(f"image folder {folder} does not exist")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise HSpaceError(f"image folder {folder} holds no PNG or JPEG files ({', '.join(IMAGE_SUFFIXES)})")
-    return load_image_files(paths, shape), paths
-
-
-def load_image_files(paths: Sequence[Path], shape: Sequence[int]) -> np.ndarray:
-    """Image files as uint8 (n, 3, H, W) for ``shape`` = (3, H, W), centre-cropped and resized (see :func:`load_images`)."""
-    from PIL import Image, UnidentifiedImageError
-
-    _, height, width = (int(s) for s in shape)
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as opened:
-                picture = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise HSpaceError(f"cannot read {path} as an image ({error}); remove or replace it") from None
-        images.append(np.asarray(_fit(picture, width, height)).transpose(2, 0, 1))
-    if not images:
-        raise HSpaceError("no image files given")
-    return np.stack(images).astype(np.uint8)
-
-
-def _fit(picture, width: int, height: int):  # type: ignore[no-untyped-def]
-    """Centre-crop to the target aspect ratio, then resize (antialiased); a picture of the right size is untouched."""
-    from PIL import Image
-
-    if picture.size == (width, height):
-        return picture
-    w, h = picture.size
-    scale = min(w / width, h / height)
-    crop_w, crop_h = round(width * scale), round(height * scale)
-    left, top = (w - crop_w) // 2, (h - crop_h) // 2
-    return picture.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.Resampling.LANCZOS)

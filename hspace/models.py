@@ -143,7 +143,7 @@ def weight_fingerprint(module: torch.nn.Module) -> str:
 
 
 def check_same_weights(model: LoadedModel, fingerprint: str, *, owner: str, advice: str) -> None:
-    """Refuse ``model`` when its weight fingerprint is not ``fingerprint``, the one ``owner`` was made with.
+    """Refuse ``model`` when its weight fingerprint is not ``fingerprint``, the one ``owner`` was built with.
 
     ``owner`` names what recorded the fingerprint ("the corpus", "bank x version v"); ``advice`` says what to do.
     Every place that loads a model again for stored work (a worker, a rerun) asks this one question.
@@ -151,7 +151,7 @@ def check_same_weights(model: LoadedModel, fingerprint: str, *, owner: str, advi
     if model.fingerprint != fingerprint:
         raise HSpaceError(
             f"the weights of {model.name!r} here (sha256 {model.fingerprint[:12]}) differ from those {owner} was "
-            f"made with ({fingerprint[:12]}): {advice}"
+            f"built with ({fingerprint[:12]}): {advice}"
         )
 
 

@@ -1,4 +1,4 @@
-"""Annotations of a corpus: one score per sample and attribute, written shard by shard (design.md).
+"""Annotations of a corpus: one score per sample and attribute, written shard by shard (docs/design.md).
 
 Layout inside the corpus group (N samples, shards of b samples, as in :mod:`storage.corpus`):
 
@@ -31,29 +31,13 @@ import zarr
 
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from storage.corpus import Corpus, _differences, _short
+from storage.corpus import Corpus
+from storage.groups import describe_differences, read_flags
 
 GROUP = "annotations"
 ATTRS_KEY = "hspace_annotations"
 SCHEMA_VERSION = 1
 DONE = "done"
-# Names become Zarr paths: one path segment of plain characters, never "." or "..".
-
-
-
-
-def read_flags(array: zarr.Array) -> np.ndarray:
-    """Bool flags of a done array; a flag whose chunk cannot be read (a crash mid-write) counts as not set."""
-    try:
-        return np.asarray(array[:], dtype=bool)
-    except Exception:  # read flag by flag, trust none that fails
-        flags = np.zeros(array.shape[0], dtype=bool)
-        for k in range(array.shape[0]):
-            try:
-                flags[k] = bool(array[k])
-            except Exception:
-                flags[k] = False
-        return flags
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,8 +104,8 @@ class Annotations:
         existing = _read_record_attrs(corpus, record.name)
         if existing is None:
             parent = corpus.group.require_group(GROUP)
-            group = parent.create_group(record.name, attributes={ATTRS_KEY: {**record.to_attrs(), "initialized": False}},
-                                        overwrite=True)
+            attrs = {ATTRS_KEY: {**record.to_attrs(), "initialized": False}}
+            group = parent.create_group(record.name, attributes=attrs, overwrite=True)
             _create_arrays(group, corpus, record)
             return cls(corpus, group, record)
         _check_same(corpus, existing, record)
@@ -248,8 +232,7 @@ def _read_record_attrs(corpus: Corpus, name: str) -> dict[str, Any] | None:
 
 def _check_same(corpus: Corpus, attrs: dict[str, Any], record: AnnotatorRecord) -> None:
     wanted = record.to_attrs()
-    differing = [f"{name} (stored: {_short(old)}, this annotator: {_short(new)})"
-                 for key in wanted for name, old, new in _differences(key, attrs.get(key), wanted[key])]
+    differing = describe_differences(attrs, wanted, labels=("stored", "this annotator"))
     if differing:
         raise HSpaceError(
             f"annotations {record.name!r} of {corpus.url} were written by an annotator with another config: "

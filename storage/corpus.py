@@ -1,4 +1,4 @@
-"""The h-space corpus: one Zarr v3 group per model and sampler settings (design.md).
+"""The h-space corpus: one Zarr v3 group per model and sampler settings (docs/design.md).
 
 Layout (N samples, T steps, shards of b samples):
 
@@ -13,7 +13,7 @@ timestep    (T,)                int64    one chunk                              
 ==========  ==================  =======  ==============================================  ====================
 
 A shard is the unit of work, of resume and of retry: it is written in one whole-shard write per array
-(writes that cover part of a shard lose data under concurrent writers, environment.md), and only then
+(Zarr writes that cover part of a shard lose data under concurrent writers), and only then
 is ``done[k]`` set, in a chunk of its own. Data of a shard that is not done is never trusted: a rerun
 rewrites it. The group attribute ``hspace`` holds the settings; ``initialized`` turns true only after
 every array exists, so a crash during creation is repaired by the next open.
@@ -33,6 +33,7 @@ import zarr.errors
 from zarr.storage import FsspecStore, LocalStore
 
 from hspace.errors import HSpaceError
+from storage.groups import check_shapes, describe_differences, read_flags
 
 SCHEMA_VERSION = 1
 H_DTYPES = ("float16", "float32")
@@ -132,17 +133,7 @@ class Corpus:
     # ----- resume state ------------------------------------------------------------------------
     def done_shards(self) -> np.ndarray:
         """Bool (n_shards,): which shards are complete. An unreadable flag counts as not done."""
-        done = self.group["done"]
-        try:
-            return np.asarray(done[:], dtype=bool)
-        except Exception:  # a flag chunk damaged by a crash: read flag by flag, trust none that fails
-            flags = np.zeros(self.spec.n_shards, dtype=bool)
-            for k in range(self.spec.n_shards):
-                try:
-                    flags[k] = bool(done[k])
-                except Exception:
-                    flags[k] = False
-            return flags
+        return read_flags(self.group["done"])
 
     def missing_shards(self) -> list[int]:
         return [int(k) for k in np.flatnonzero(~self.done_shards())]
@@ -157,9 +148,7 @@ class Corpus:
             "x0": (n, *self.spec.image_shape),
             "seed": (n,),
         }
-        for name, array in (("h", h), ("x0", x0), ("seed", seeds)):
-            if tuple(array.shape) != expected[name]:
-                raise HSpaceError(f"shard {shard}: {name} has shape {tuple(array.shape)}, expected {expected[name]}")
+        check_shapes(f"shard {shard}", {"h": h, "x0": x0, "seed": seeds}, expected)
         self.group["h"][start:stop] = h.astype(self.spec.h_dtype, copy=False)
         self.group["x0"][start:stop] = x0.astype(np.uint8, copy=False)
         self.group["seed"][start:stop] = seeds.astype(np.int64, copy=False)
@@ -275,30 +264,13 @@ def _refuse_non_empty(url: str) -> None:
 
 def _check_same(url: str, attrs: dict[str, Any], spec: CorpusSpec) -> None:
     wanted = spec.to_attrs()
-    differing = [
-        f"{name} (corpus: {_short(old)}, requested: {_short(new)})"
-        for key in wanted
-        if key not in NOT_COMPARED
-        for name, old, new in _differences(key, attrs.get(key), wanted[key])
-    ]
+    differing = describe_differences(attrs, wanted, labels=("corpus", "requested"),
+                                     keys=[key for key in wanted if key not in NOT_COMPARED])
     if differing:
         raise HSpaceError(
             f"the corpus at {url} was built with other settings: {'; '.join(differing)}. "
             "Use the same settings to resume it, or another --out for a new corpus"
         )
-
-
-def _differences(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
-    """(dotted name, old, new) for each differing leaf, so a config mismatch names the key inside it."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in sorted(old.keys() | new.keys())
-                for d in _differences(f"{name}.{key}", old.get(key), new.get(key))]
-    return [] if old == new else [(name, old, new)]
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _create_group(url: str, spec: CorpusSpec) -> zarr.Group:

@@ -21,7 +21,6 @@ file (tensors plus the record as JSON in the metadata) by write-then-rename.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,16 @@ import numpy as np
 import zarr
 
 from hspace.errors import HSpaceError
+from hspace.files import atomic_write
 from hspace.names import check_name
-from storage.corpus import Corpus, _differences, _short
+from storage.corpus import Corpus
+from storage.groups import describe_differences
 
 GROUP = "directions"
 ATTRS_KEY = "hspace_direction"
 SCHEMA_VERSION = 1
 SPACES = ("h", "xT")
-# Methods of design.md's bank; supervised-xT is eq. 11 in x_T (Fig. 8a's comparison), inverted is SM -F.
+# Methods of the bank (docs/design.md); supervised-xT is eq. 11 in x_T (Fig. 8a's comparison), inverted is SM -F.
 METHODS = ("supervised", "supervised-xT", "examples", "disentangled", "inverted", "pca", "jacobian")
 FILE_METADATA_KEY = "hspace"
 
@@ -127,8 +128,7 @@ def check_writable(corpus: Corpus, record: DirectionRecord, *, overwrite: bool =
     made_by = wanted["parameters"].get("made_by")
     if made_by is not None and (existing.get("parameters") or {}).get("made_by") == made_by:
         return
-    differing = [f"{n} (stored: {_short(old)}, requested: {_short(new)})"
-                 for key in wanted for n, old, new in _differences(key, existing.get(key), wanted[key])]
+    differing = describe_differences(existing, wanted, labels=("stored", "requested"))
     if differing:
         remedy = ("Choose another --name, or pass --overwrite" if made_by is None else
                   f"{made_by} replaces only the directions it made itself: rename or delete the stored one, or "
@@ -199,7 +199,7 @@ def list_directions(corpus: Corpus) -> list[dict[str, Any]]:
     except KeyError:
         return []
     out = []
-    for name, node in sorted(parent.members(), key=lambda member: member[0]):
+    for _, node in sorted(parent.members(), key=lambda member: member[0]):
         attrs = node.attrs.get(ATTRS_KEY) if isinstance(node, zarr.Array) else None
         if isinstance(attrs, dict):
             out.append({k: v for k, v in attrs.items() if k != "schema_version"})
@@ -225,14 +225,9 @@ def write_direction_file(path: str | Path, tensors: dict[str, np.ndarray], metad
         raise HSpaceError(f"--out must be a .safetensors file; got {str(path)!r}")
     if not path.parent.is_dir():
         raise HSpaceError(f"the folder of --out ({path.parent}) does not exist")
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(staging),
-                  metadata={FILE_METADATA_KEY: json.dumps(metadata)})
-        staging.replace(path)
-    finally:
-        staging.unlink(missing_ok=True)
-    return path
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    return atomic_write(path, lambda staging: save_file(arrays, str(staging),
+                                                        metadata={FILE_METADATA_KEY: json.dumps(metadata)}))
 
 
 def read_direction_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

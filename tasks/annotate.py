@@ -13,7 +13,7 @@ from hspace.annotators import Annotator, load_annotator
 from hspace.errors import HSpaceError
 from storage.annotations import Annotations, AnnotatorRecord
 from storage.corpus import Corpus
-from tasks.corpus import _retry_on_io_error
+from tasks.corpus import retry_on_io_error
 
 # What annotate_shard reports for a shard (small things only go through Prefect).
 WRITTEN, ALREADY_DONE, CORPUS_NOT_DONE = "written", "already-done", "corpus-shard-not-done"
@@ -67,7 +67,7 @@ def prepare_annotations(url: str, annotator: str, options: dict[str, Any] | None
 @task(
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_on_io_error,
+    retry_condition_fn=retry_on_io_error,
     cache_policy=NO_CACHE,
     task_run_name="annotate-shard-{shard}",
 )

@@ -8,8 +8,6 @@ rerun after a crash, or a scheduled rebuild with nothing new, reuses it instead 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hspace.bank import Direction, publish
+from hspace.errors import HSpaceError
 from hspace.evaluate import EvaluationResult, evaluate_directions
 from hspace.render import write_files
-from hspace.errors import HSpaceError
 from storage.corpus import Corpus
 from storage.directions import read_direction
-from storage.results import PCARun, read_pca_directions
+from storage.evaluations import evaluation_key, stored_evaluation, write_evaluation
+from storage.pca_runs import PCARun, read_pca_directions
 from tasks.annotate import cached_annotator, options_key
-from tasks.jacobian import corpus_model
-
-EVALUATIONS = "evaluations"
+from tasks.corpus import corpus_model
 
 
 def pca_direction_name(j: int) -> str:
@@ -68,23 +65,6 @@ def gather_directions(url: str, *, supervised: list[str], pca_run: str | None, p
     return out
 
 
-def evaluation_key(directions: dict[str, np.ndarray], settings: dict[str, Any]) -> str:
-    """sha256 over every direction's name, shape and bytes and the evaluation settings (JSON, sorted)."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for name in sorted(directions):
-        array = np.ascontiguousarray(directions[name], dtype=np.float32)
-        digest.update(f"{name}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:32]
-
-
-def stored_evaluation(corpus: Corpus, key: str) -> EvaluationResult | None:
-    if EVALUATIONS not in corpus.group or key not in corpus.group[EVALUATIONS]:
-        return None
-    attrs = corpus.group[EVALUATIONS][key].attrs.asdict()
-    return EvaluationResult.from_dict(attrs["result"]) if "result" in attrs else None
-
-
 @task(cache_policy=NO_CACHE, task_run_name="evaluate-directions")
 def evaluate_bank_directions(url: str, names: list[str], *, pca_run: str | None, pca_directions: int,
                              supervised: list[str], annotator: str, annotator_options: dict[str, Any] | None,
@@ -112,9 +92,7 @@ def evaluate_bank_directions(url: str, names: list[str], *, pca_run: str | None,
         result = evaluate_directions(model, scorer, {n: torch.from_numpy(t) for n, t in tensors.items()},
                                      gamma=gamma, steps=spec.steps, samples=samples, repeats=repeats,
                                      eta=spec.eta[0], seed=seed)
-        # Written once, whole: a key with a result is always a complete evaluation.
-        corpus.group.require_group(EVALUATIONS).create_group(key, overwrite=True).attrs.update(
-            {"settings": settings, "result": result.to_dict()})
+        write_evaluation(corpus, key, settings, result)
     if report is not None:
         write_report(result, Path(report))
         create_markdown_artifact(markdown=result.to_markdown("std"), key="bank-evaluation",

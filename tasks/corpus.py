@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 import hspace
 from hspace.errors import HSpaceError
-from hspace.models import LoadedModel, load_model
+from hspace.models import LoadedModel, check_same_weights, load_model
 from hspace.sampler import derive_seeds, make_scheduler, parse_eta, sample, to_uint8
 from storage.corpus import H_DTYPES, Corpus, CorpusSpec
 
@@ -70,8 +70,11 @@ def prepare_corpus(*, out: str, model: str, samples: int, steps: int, eta: float
     return Corpus.create_or_open(out, spec)
 
 
-def _retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
-    # Retry storage hiccups (network filesystems, object stores); a bad argument fails the same way twice.
+def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry storage hiccups (network filesystems, object stores), nothing else.
+
+    A bad argument fails the same way twice, so only ``OSError`` and ``TimeoutError`` are retried.
+    """
     try:
         state.result()
     except (OSError, TimeoutError):
@@ -81,25 +84,31 @@ def _retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def corpus_model(corpus: Corpus, device: str = "cpu") -> LoadedModel:
+    """The model the corpus names, loaded once per process, refused if its weights differ from the corpus's."""
+    loaded = cached_model(corpus.spec.model, device)
+    check_same_weights(loaded, corpus.spec.fingerprint, owner="the corpus",
+                       advice="use the same model files (every worker must see the same ones)")
+    return loaded
+
+
 @task(
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_on_io_error,
+    retry_condition_fn=retry_on_io_error,
     cache_policy=NO_CACHE,
     task_run_name="generate-shard-{shard}",
 )
 def generate_shard(out: str, shard: int, model: str, device: str) -> int:
-    """Generate and write one shard (all T steps of b samples); a shard already done is skipped."""
+    """Generate and write one shard (all T steps of b samples); a shard already done is skipped.
+
+    ``model`` is the corpus's model name (``corpus.spec.model``), which :func:`corpus_model` loads and checks.
+    """
     corpus = Corpus.open(out, writable=True)
     if corpus.done_shards()[shard]:
         return shard
     spec = corpus.spec
-    loaded = cached_model(model, device)
-    if loaded.fingerprint != spec.fingerprint:
-        raise HSpaceError(
-            f"the weights of {model!r} on this worker (sha256 {loaded.fingerprint[:12]}) differ from the "
-            f"corpus's ({spec.fingerprint[:12]}): every worker must see the same model files"
-        )
+    loaded = corpus_model(corpus, device)
     start, stop = spec.shard_range(shard)
     seeds = derive_seeds(spec.base_seed, start, stop)
     result = sample(loaded, seeds, steps=spec.steps, eta=spec.eta, capture=True)

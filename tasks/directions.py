@@ -19,10 +19,11 @@ from prefect.cache_policies import NO_CACHE
 
 from hspace.directions import disentangle, top_bottom
 from hspace.errors import HSpaceError
-from hspace.inversion import direction_from_images, invert, load_image_files, load_images
-from hspace.models import LoadedModel
-from hspace.sampler import initial_noise, make_scheduler
+from hspace.images import load_image_files, load_images
+from hspace.inversion import direction_from_images, invert
+from hspace.models import check_same_weights
 from hspace.names import check_name
+from hspace.sampler import initial_noise, make_scheduler
 from storage.annotations import find_annotator
 from storage.corpus import Corpus
 from storage.directions import (
@@ -33,7 +34,7 @@ from storage.directions import (
     write_direction,
     write_direction_file,
 )
-from tasks.corpus import cached_model
+from tasks.corpus import cached_model, corpus_model
 
 DEFAULT_K = 100
 
@@ -132,7 +133,7 @@ def mean_h(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
 def mean_x_T(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
     """Mean x_T of some corpus rows, float64 (3, S, S): regenerated exactly from their seeds."""
     spec = corpus.spec
-    model = _corpus_model(corpus)
+    model = corpus_model(corpus)
     rows = np.asarray(rows, dtype=np.int64)
     total = np.zeros(spec.image_shape, dtype=np.float64)
     for shard in np.unique(rows // spec.shard_size):
@@ -146,9 +147,7 @@ def run_supervised(plan: SupervisedPlan) -> dict[str, Any]:
     """eq. 11, v = mean(q+) - mean(q-) over the plan's rows, written as ``directions/<name>``; returns its summary."""
     corpus = Corpus.open(plan.url, writable=True)
     mean = mean_h if plan.record.space == "h" else mean_x_T
-    direction = mean(corpus, plan.positives) - mean(corpus, plan.negatives)
-    write_direction(corpus, plan.record, direction.astype(np.float32), overwrite=plan.overwrite)
-    return _summary(plan.record, direction)
+    return _store(corpus, plan.record, mean(corpus, plan.positives) - mean(corpus, plan.negatives), plan.overwrite)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="supervised-direction-{plan.record.name}")
@@ -203,8 +202,7 @@ def run_disentangle(plan: DisentanglePlan) -> dict[str, Any]:
     v0 = torch.from_numpy(read_direction(corpus, plan.source)[0])
     others = [torch.from_numpy(read_direction(corpus, other)[0]) for other in plan.against]
     direction = disentangle(v0.double(), [v.double() for v in others], keep_norm=plan.keep_norm).numpy()
-    write_direction(corpus, plan.record, direction.astype(np.float32), overwrite=plan.overwrite)
-    return _summary(plan.record, direction)
+    return _store(corpus, plan.record, direction, plan.overwrite)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="disentangle-direction-{plan.record.name}")
@@ -251,7 +249,7 @@ def plan_invert(*, model: str, steps: int, images: str | None = None, positives:
             raise HSpaceError("--images needs --out FILE.safetensors for the inverted x_T and h")
         if corpus is not None or name is not None:
             raise HSpaceError("--corpus and --name store directions; with --images nothing but --out is written")
-        files = {"images": _image_files(images, loaded)}
+        files = {"images": _image_files(images, loaded.image_shape)}
         return InvertPlan(model=model, device=device, steps=steps, images=files, out=out, corpus=None, record=None,
                           overwrite=overwrite)
     if positives is None or negatives is None:
@@ -262,16 +260,16 @@ def plan_invert(*, model: str, steps: int, images: str | None = None, positives:
         raise HSpaceError("--corpus needs --name: the direction is stored as directions/<name>")
     name = name if name is not None else Path(str(out)).stem
     check_name(name, "direction")
-    files = {"positives": _image_files(positives, loaded), "negatives": _image_files(negatives, loaded)}
+    files = {"positives": _image_files(positives, loaded.image_shape),
+             "negatives": _image_files(negatives, loaded.image_shape)}
     parameters = {"positives": str(positives), "negatives": str(negatives),
                   "positive_files": [Path(f).name for f in files["positives"]],
                   "negative_files": [Path(f).name for f in files["negatives"]]}
     source = f"{positives} vs {negatives}"
     if corpus is not None:
         opened = Corpus.open(corpus, writable=True)
-        if opened.spec.fingerprint != loaded.fingerprint:
-            raise HSpaceError(f"the corpus at {corpus} belongs to another model (sha256 {opened.spec.fingerprint[:12]}) "
-                              f"than {model!r} ({loaded.fingerprint[:12]})")
+        check_same_weights(loaded, opened.spec.fingerprint, owner=f"the corpus at {corpus}",
+                           advice=f"invert with the corpus's model ({opened.spec.model!r})")
         if opened.spec.steps != steps:
             raise HSpaceError(f"the corpus at {corpus} has {opened.spec.steps} steps; invert with --steps "
                               f"{opened.spec.steps} so the direction applies to its samples")
@@ -291,7 +289,7 @@ def run_invert(plan: InvertPlan) -> dict[str, Any]:
     loaded = cached_model(plan.model, plan.device)
     shape = loaded.image_shape
     if plan.record is None:
-        images = _load(plan.images["images"], shape)
+        images = load_image_files(plan.images["images"], shape)
         result = invert(loaded, images, steps=plan.steps)
         scheduler = make_scheduler(loaded.scheduler_config, plan.steps)
         metadata = {"model": loaded.name, "fingerprint": loaded.fingerprint, "steps": plan.steps,
@@ -301,8 +299,9 @@ def run_invert(plan: InvertPlan) -> dict[str, Any]:
         write_direction_file(plan.out, {"x_T": result.x_T.numpy(), "h": result.h.numpy()}, metadata)
         return {"out": plan.out, "images": len(images), "x_T_shape": list(result.x_T.shape),
                 "h_shape": list(result.h.shape)}
-    direction = direction_from_images(loaded, _load(plan.images["positives"], shape),
-                                      _load(plan.images["negatives"], shape), steps=plan.steps).numpy()
+    # The plan carries paths, not pixels, through Prefect: the images are read again here.
+    direction = direction_from_images(loaded, load_image_files(plan.images["positives"], shape),
+                                      load_image_files(plan.images["negatives"], shape), steps=plan.steps).numpy()
     if plan.corpus is not None:
         write_direction(Corpus.open(plan.corpus, writable=True), plan.record, direction, overwrite=plan.overwrite)
     if plan.out is not None:
@@ -338,23 +337,16 @@ def _require_done(corpus: Corpus, rows: np.ndarray) -> None:
                           f"with `hspace corpus build --out {corpus.url} ...` first")
 
 
-def _corpus_model(corpus: Corpus) -> LoadedModel:
-    loaded = cached_model(corpus.spec.model, "cpu")
-    if loaded.fingerprint != corpus.spec.fingerprint:
-        raise HSpaceError(f"model {corpus.spec.model!r} here (sha256 {loaded.fingerprint[:12]}) differs from the "
-                          f"corpus's ({corpus.spec.fingerprint[:12]})")
-    return loaded
+def _image_files(folder: str, shape: tuple[int, int, int]) -> list[str]:
+    """The image files of a folder, each read once now so an empty folder or a broken file fails before any
+    inversion."""
+    return [str(path) for path in load_images(folder, shape)[1]]
 
 
-def _image_files(folder: str, model: LoadedModel) -> list[str]:
-    # Reading every file now makes an empty folder or a broken file fail before any inversion.
-    _, paths = load_images(folder, model.image_shape)
-    return [str(p) for p in paths]
-
-
-def _load(files: list[str], shape: tuple[int, int, int]) -> np.ndarray:
-    """The images of a plan, read again (the plan carries paths, not pixels, through Prefect)."""
-    return load_image_files([Path(f) for f in files], shape)
+def _store(corpus: Corpus, record: DirectionRecord, direction: np.ndarray, overwrite: bool) -> dict[str, Any]:
+    """Write ``directions/<name>`` (float32) and return its summary (from the unrounded values)."""
+    write_direction(corpus, record, direction.astype(np.float32), overwrite=overwrite)
+    return _summary(record, direction)
 
 
 def _summary(record: DirectionRecord, direction: np.ndarray) -> dict[str, Any]:

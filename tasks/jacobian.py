@@ -10,23 +10,12 @@ from prefect.cache_policies import NO_CACHE
 
 import hspace
 from hspace.errors import HSpaceError
-from hspace.jacobian import _check_k, _parse_block, jacobian_directions, state_at_step
-from hspace.models import LoadedModel
+from hspace.jacobian import check_k, jacobian_directions, parse_block, state_at_step
 from hspace.sampler import derive_seeds
 from storage.corpus import Corpus
-from storage.results import JacobianCell, JacobianRun, JacobianSpec, check_run_name, corpus_settings, mask_sha256
-from tasks.corpus import _retry_on_io_error, cached_model
-
-
-def corpus_model(corpus: Corpus, device: str = "cpu") -> LoadedModel:
-    """The model the corpus names, loaded once per process, refused if its weights differ from the corpus's."""
-    loaded = cached_model(corpus.spec.model, device)
-    if loaded.fingerprint != corpus.spec.fingerprint:
-        raise HSpaceError(
-            f"the weights of {corpus.spec.model!r} here (sha256 {loaded.fingerprint[:12]}) differ from those the "
-            f"corpus was built with ({corpus.spec.fingerprint[:12]}): use the same model files"
-        )
-    return loaded
+from storage.jacobian_runs import JacobianCell, JacobianRun, JacobianSpec, mask_sha256
+from storage.runs import check_run_name, corpus_settings
+from tasks.corpus import corpus_model, retry_on_io_error
 
 
 def sample_seed(corpus: Corpus, sample_id: int) -> int:
@@ -41,7 +30,7 @@ def prepare_jacobian(url: str, *, sample_ids: Sequence[int], steps: Sequence[int
                      tol: float = 1e-3, max_iter: int = 100) -> JacobianRun:
     """Check the arguments, then create or reopen the run (refusing other parameters).
 
-    ``mask`` is M of eq. 10 as (S, S) 0/1 (e.g. from :func:`storage.results.read_mask_png`).
+    ``mask`` is M of eq. 10 as (S, S) 0/1 (e.g. from :func:`hspace.images.read_mask_png`).
     """
     check_run_name(run)
     corpus = Corpus.open(url, writable=True)
@@ -51,8 +40,8 @@ def prepare_jacobian(url: str, *, sample_ids: Sequence[int], steps: Sequence[int
     d_out = int(np.prod(corpus.spec.image_shape)) if mask is None else channels * int(mask.sum())
     if not isinstance(k, int):
         raise HSpaceError(f"k must be a positive integer; got {k!r}")
-    _check_k(k, d_in, d_out, masked=mask is not None)
-    _parse_block(algorithm, block, k)
+    check_k(k, d_in, d_out, masked=mask is not None)
+    parse_block(algorithm, block, k)
     if not tol > 0:
         raise HSpaceError(f"tol must be a positive number (relative residual); got {tol}")
     if max_iter < 1:
@@ -77,7 +66,7 @@ def find_cell(jacobian: JacobianRun, sample_id: int, step: int, *, device: str =
                         iterations=result.iterations, converged=result.converged)
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io_error, cache_policy=NO_CACHE,
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error, cache_policy=NO_CACHE,
       task_run_name="jacobian-{run}-sample-{sample_id}-step-{step}")
 def compute_jacobian(url: str, run: str, sample_id: int, step: int, device: str = "cpu") -> tuple[int, int]:
     """Find and write the directions of one (sample id, step); one already done is skipped."""

@@ -13,8 +13,9 @@ from hspace.errors import HSpaceError
 from hspace.pca import METHODS, StreamingPCA, default_batch_size, default_oversampling
 from hspace.pca_directions import step_signs
 from storage.corpus import Corpus
-from storage.results import PCARun, PCASpec, check_run_name, corpus_settings
-from tasks.corpus import _retry_on_io_error
+from storage.pca_runs import PCARun, PCASpec
+from storage.runs import check_run_name, corpus_settings
+from tasks.corpus import retry_on_io_error
 
 
 def prepare_pca(url: str, *, components: int, run: str = "default", steps: Sequence[int] | None = None,
@@ -52,7 +53,7 @@ def prepare_pca(url: str, *, components: int, run: str = "default", steps: Seque
 def fit_step(corpus: Corpus, step: int, spec: PCASpec, *, device: str = "cpu") -> StreamingPCA:
     """:class:`hspace.pca.StreamingPCA` of vec(h_t) at one step, fitted shard by shard in sample order.
 
-    Each read is one shard's inner chunk at that step (design.md); the estimator merges rows in blocks of
+    Each read is one shard's inner chunk at that step (docs/design.md); the estimator merges rows in blocks of
     ``spec.batch_size`` whatever the shard size, so the result depends only on the rows.
     """
     estimator = StreamingPCA(spec.components, method=spec.method, batch_size=spec.batch_size,
@@ -64,7 +65,7 @@ def fit_step(corpus: Corpus, step: int, spec: PCASpec, *, device: str = "cpu") -
     return estimator
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io_error, cache_policy=NO_CACHE,
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error, cache_policy=NO_CACHE,
       task_run_name="fit-pca-{run}-step-{step}")
 def fit_pca_step(url: str, run: str, step: int, device: str = "cpu") -> int:
     """Fit and write one step of a PCA run; a step already done is skipped. Returns the step."""
@@ -85,10 +86,10 @@ def fit_pca_step(url: str, run: str, step: int, device: str = "cpu") -> int:
     return step
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io_error, cache_policy=NO_CACHE,
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error, cache_policy=NO_CACHE,
       task_run_name="align-pca-{run}")
 def align_pca_run(url: str, run: str) -> str:
-    """Align the signs of the components across the run's steps (method.md) and write them; returns the run."""
+    """Align the signs of the components across the run's steps (Sec. IV-A) and write them; returns the run."""
     pca = PCARun.open(url, run, writable=True)
     signs = step_signs(pca.iter_components())  # one step at a time: a run can exceed memory
     pca.write_signs(signs.numpy().astype(np.int8))

@@ -1,0 +1,64 @@
+"""What every hspace member of a corpus shares: settings compared on reopening, done flags, checked writes.
+
+The corpus, its annotations, directions and runs are each written by many tasks and reopened by reruns.
+Each records the settings that fix its content and refuses other ones, naming every differing leaf; each
+marks its units of work done in flags of their own, read so that a damaged flag never counts as done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+
+from hspace.errors import HSpaceError
+
+
+def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any], *, labels: tuple[str, str],
+                         keys: Iterable[str] | None = None) -> list[str]:
+    """``"name (<old label>: value, <new label>: value)"`` for each differing leaf of ``keys`` (default: ``new``'s).
+
+    A nested dict is compared key by key, so a config mismatch names the key inside it (``config.scale``).
+    """
+    old_label, new_label = labels
+    return [f"{name} ({old_label}: {_short(a)}, {new_label}: {_short(b)})"
+            for key in (new.keys() if keys is None else keys)
+            for name, a, b in _differences(key, old.get(key), new.get(key))]
+
+
+def read_flags(array: zarr.Array) -> np.ndarray:
+    """Bool flags of a done array, any shape; a flag whose chunk cannot be read (a crash mid-write) is not set."""
+    try:
+        return np.asarray(array[...], dtype=bool)
+    except Exception:  # read flag by flag, trust none that fails
+        flags = np.zeros(array.shape, dtype=bool)
+        for index in np.ndindex(*array.shape):
+            try:
+                flags[index] = bool(array[index])
+            except Exception:
+                flags[index] = False
+        return flags
+
+
+def check_shapes(where: str, arrays: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a write whose arrays do not have the expected shapes, before any of them is written."""
+    for name, shape in expected.items():
+        given = tuple(np.shape(arrays[name]))
+        if given != tuple(shape):
+            raise HSpaceError(f"{where}: {name} has shape {given}, expected {tuple(shape)}")
+
+
+def _differences(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted name, old, new) for each differing leaf."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(old.keys() | new.keys())
+                for d in _differences(f"{name}.{key}", old.get(key), new.get(key))]
+    return [] if old == new else [(name, old, new)]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
