@@ -23,7 +23,7 @@ cannot be inverted (see :func:`make_inverse_scheduler` for the measured effect).
 
 The one approximation of DDIM inversion is that the U-Net sees ``x_{tau - r}`` where the sampler would
 see ``x_tau`` (one noise level lower, the same timestep). The h recorded during inversion therefore equal
-the h that sampling from the returned x_T records only up to that shift (tests/test_inversion.py
+the h that sampling from the returned x_T records only up to that shift (tests/flows/test_inversion.py
 measures how close they are per step).
 """
 
@@ -38,7 +38,7 @@ from diffusers import DDIMInverseScheduler
 from hspace.errors import HSpaceError
 from hspace.hook import h_hook
 from hspace.models import LoadedModel
-from hspace.sampler import _eps, make_scheduler
+from hspace.sampler import make_scheduler, predict_eps
 
 
 class Inversion(NamedTuple):
@@ -70,8 +70,8 @@ def make_inverse_scheduler(scheduler_config: dict, steps: int) -> DDIMInverseSch
     forward, backward = [int(t) for t in sampler.timesteps], [int(t) for t in inverse.timesteps.flip(0)]
     if forward != backward:
         # Without this the h of inversion step i has no sampling step to belong to.
-        raise HSpaceError(f"DDIM inversion of this model's scheduler visits timesteps {backward[::-1][:4]}... which are "
-                          f"not the sampler's {forward[:4]}... reversed (timestep_spacing "
+        raise HSpaceError(f"DDIM inversion of this model's scheduler visits timesteps {backward[::-1][:4]}... which "
+                          f"are not the sampler's {forward[:4]}... reversed (timestep_spacing "
                           f"{sampler.config.timestep_spacing!r}); use a 'leading' or 'trailing' scheduler config")
     return inverse
 
@@ -116,7 +116,7 @@ def invert(model: LoadedModel, images: np.ndarray | torch.Tensor, *, steps: int,
     h: list[torch.Tensor | None] = [None] * steps
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(inverse.timesteps):  # low noise to high noise
-            eps, h_t = _eps(unet, hook, x, t, None, microbatch, capture=True)
+            eps, h_t = predict_eps(unet, hook, x, t, None, microbatch, capture=True)
             h[steps - 1 - i] = h_t  # the sampler's index of timestep t (module docstring)
             x = inverse.step(eps, t, x).prev_sample  # level t - r -> level t
     return Inversion(x_T=x.float().cpu(), h=torch.stack(h, dim=1).float().cpu())  # type: ignore[arg-type]

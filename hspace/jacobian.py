@@ -5,31 +5,14 @@ changed and everything downstream of it sees the change; the skip connections co
 they are (Sec. IV-B: "we only consider the dependency on the latent variable h_t"). Its top right singular
 vectors are the directions in h that change eps (equivalently the predicted image P_t) the most.
 
-J is never formed (for ``google/ddpm-ema-celebahq-256`` it would be 196,608 x 32,768). Only two products
-are used, both by automatic differentiation:
-
-* ``J V`` (eq. 8), a batched forward-mode JVP: the U-Net runs on k columns at once, h_t + a v_i in
-  column i, and the derivative in a is carried by dual tensors (``torch.autograd.forward_ad``);
-* ``J^T U`` (eq. 7), one reverse-mode VJP over the same k columns.
-
-Columns are independent, so one U-Net pass over a batch of k columns gives all k products. x_t enters
-only through the down path and the skip connections, which do not depend on h: the down path runs once
-at batch 1 and its skip connections are broadcast (as views) to the k columns, so a column costs only
-the up path.
+J is never formed (for ``google/ddpm-ema-celebahq-256`` it would be 196,608 x 32,768). Only the products
+``J V`` (eq. 8) and ``J^T U`` (eq. 7) are used, both by automatic differentiation over a batch of
+columns (:func:`hspace.jacobian_products.jacobian_products`, whose docstring says how attention and the
+skip connections are handled).
 
 Alg. 1 (block subspace iteration on J^T J) and Alg. 2 (the same in mini-batches of b vectors, each
 orthogonal to those already found) share one iteration, :func:`_subspace_iteration`; Alg. 1 is the case
 b = k. The masked variant (eq. 9-10) multiplies eps by a binary image mask M before differentiating.
-
-Forward-mode AD and attention: PyTorch's fused scaled-dot-product attention kernel for the CPU has no
-forward-mode derivative (``NotImplementedError`` from ``_scaled_dot_product_flash_attention_for_cpu``,
-measured with torch 2.14). While differentiating, every ``Attention`` module of the U-Net gets diffusers'
-classic :class:`~diffusers.models.attention_processor.AttnProcessor` (explicit baddbmm + softmax, which
-has forward and reverse derivatives on every device), and its previous processor is put back afterwards,
-also on errors. We prefer this to ``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)`` because that context
-switches process-wide backend flags, changing the attention kernel of every model on every thread,
-whereas the processor swap touches only the model being differentiated. Do not sample with the same
-model object from another thread while :func:`jacobian_directions` runs on it.
 
 Notation (<variable> -> <name in paper>):
     x_t        -> x_t, the noisy image at the step (held fixed)
@@ -48,23 +31,21 @@ Notation (<variable> -> <name in paper>):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from torch.autograd import forward_ad
-from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from hspace.errors import HSpaceError
 from hspace.hook import h_hook
+from hspace.jacobian_products import jacobian_products
 from hspace.models import LoadedModel
 
 # The replay in `state_at_step` uses the sampler's own noise draws and U-Net pass, so that x_t is
-# bitwise the x_t of `hspace.sampler.sample` for that seed (one stream per sample, method.md).
-from hspace.sampler import _draw, _eps, make_scheduler, parse_eta
+# bitwise the x_t of `hspace.sampler.sample` for that seed (one stream per sample).
+from hspace.sampler import draw_noise, make_scheduler, parse_eta, predict_eps
 
 Algorithm = Literal["batched", "sequential"]
 
@@ -147,13 +128,13 @@ def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int,
         raise HSpaceError(f"step must be an index in 0..{steps - 1} (sampling order); got {step}")
     unet, device = model.unet, model.unet.device
     generators = [torch.Generator().manual_seed(int(seed))]
-    x = _draw(generators, model.image_shape).to(device)  # x_T
+    x = draw_noise(generators, model.image_shape).to(device)  # x_T
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(scheduler.timesteps[: step + 1]):
-            eps, h_t = _eps(unet, hook, x, t, None, 1, capture=i == step)
+            eps, h_t = predict_eps(unet, hook, x, t, None, 1, capture=i == step)
             if i == step:
                 return StepState(x_t=x, h_t=h_t[0], t=int(t), step=step)
-            z = _draw(generators, model.image_shape).to(device) if etas[i] > 0 else None
+            z = draw_noise(generators, model.image_shape).to(device) if etas[i] > 0 else None
             x = scheduler.step(eps, t, x, eta=etas[i], variance_noise=z).prev_sample
     raise AssertionError("unreachable: the loop returns at i == step")
 
@@ -218,8 +199,8 @@ def jacobian_directions(
     mask_t = _parse_mask(mask, model)
     d_in = int(np.prod(model.h_shape))
     d_out = int(np.prod(model.image_shape)) if mask_t is None else int(mask_t.expand(model.image_shape).sum())
-    _check_k(k, d_in, d_out, masked=mask_t is not None)
-    block = _parse_block(algorithm, block, k)
+    check_k(k, d_in, d_out, masked=mask_t is not None)
+    block = parse_block(algorithm, block, k)
     if not tol > 0:
         raise HSpaceError(f"tol must be a positive number (relative residual); got {tol}")
     if max_iter < 1:
@@ -231,7 +212,7 @@ def jacobian_directions(
                           "one initial direction per singular vector")
     generator = torch.Generator().manual_seed(0) if generator is None else generator
 
-    with _linearized(model, x_t, t, mask_t, chunk or k) as (jvp, vjp):
+    with jacobian_products(model, x_t, t, mask_t, chunk or k) as (jvp, vjp):
         # Alg. 2: mini-batches [i_start, i_end) of b vectors; Alg. 1 is the single mini-batch b = k.
         found = torch.zeros(0, d_in, dtype=torch.float64)
         sigmas, lefts, residuals, iterations, column_iterations, converged = [], [], [], 0, 0, True
@@ -327,7 +308,7 @@ def _subspace_iteration(
         done = residual <= tol
         if bool(done.all()) or iteration == max_iter:  # step 5
             kept.append((sigma, phi, p, residual))
-            sigma, phi, p, residual = (torch.cat(parts) for parts in zip(*kept))
+            sigma, phi, p, residual = (torch.cat(parts) for parts in zip(*kept, strict=True))
             return _Iterated(sigma=sigma, v=phi, u=p, residual=residual, iterations=iteration,
                              column_iterations=column_iterations, converged=bool((residual <= tol).all()))
         leading = int(torch.cumprod(done.int(), 0).sum()) if lock else 0
@@ -349,103 +330,6 @@ def _orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
         raise HSpaceError("the initial directions (theta) are linearly dependent, or lie in the span of "
                           "vectors already found: give k linearly independent directions, or none")
     return q.T
-
-
-# --- eps as a function of delta h: J v and J^T u ------------------------------------------------------
-
-
-@contextmanager
-def _linearized(
-    model: LoadedModel, x_t: torch.Tensor, t: int | torch.Tensor, mask: torch.Tensor | None, chunk: int
-) -> Iterator[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
-    """``(jvp, vjp)`` of f(delta) = eps(x_t, h_t + delta) * M, on rows of shape (n, d_in) / (n, d_out).
-
-    Inside the block the U-Net has the h hook (delta added to h_t), a pre-hook on every up block that
-    broadcasts the skip connections of the batch-1 down path to the n columns, and classic attention
-    processors; all are removed on exit.
-    """
-    unet = model.unet
-    device = unet.device
-    dtype = next(unet.parameters()).dtype
-    mask = None if mask is None else mask.to(device=device, dtype=dtype)
-    x_t = x_t.to(device=device, dtype=dtype)
-    h_shape, image_shape = model.h_shape, model.image_shape
-
-    with _classic_attention(unet), _broadcast_skips(unet), h_hook(unet) as hook:
-
-        def f(delta: torch.Tensor) -> torch.Tensor:  # (n, C_h, H_h, W_h) -> (n, C, S, S)
-            hook.delta = delta
-            try:
-                eps = unet(x_t, t).sample  # x_t at batch 1; h_t + delta at batch n (see _broadcast_skips)
-            finally:
-                hook.delta = None
-            return eps if mask is None else eps * mask  # eq. 10: eps~ = eps (.) M
-
-        def jvp(v: torch.Tensor) -> torch.Tensor:  # J V (eq. 8), batched forward mode
-            out = []
-            for part in v.to(device=device, dtype=dtype).split(chunk):
-                part = part.reshape(-1, *h_shape)
-                # Forward mode with dual tensors: delta = 0 + a v_i in row i, tangent d eps / da.
-                # (torch.autograd.forward_ad rather than torch.func.jvp: same numbers, 1.7x less
-                # overhead per pass on the tiny model, measured.)
-                with forward_ad.dual_level():
-                    eps = f(forward_ad.make_dual(torch.zeros_like(part), part))
-                    tangent = forward_ad.unpack_dual(eps).tangent
-                out.append(tangent.reshape(len(part), -1).cpu())
-            return torch.cat(out)
-
-        def vjp(u: torch.Tensor) -> torch.Tensor:  # J^T U (eq. 7), one reverse pass per chunk
-            out = []
-            for part in u.to(device=device, dtype=dtype).split(chunk):
-                delta = torch.zeros(len(part), *h_shape, device=device, dtype=dtype, requires_grad=True)
-                with torch.enable_grad():
-                    (grad,) = torch.autograd.grad(f(delta), delta, grad_outputs=part.reshape(-1, *image_shape))
-                out.append(grad.reshape(len(part), -1).cpu())
-            return torch.cat(out)
-
-        yield jvp, vjp
-
-
-@contextmanager
-def _classic_attention(unet: torch.nn.Module) -> Iterator[None]:
-    """Give every Attention module diffusers' classic AttnProcessor (forward-mode AD, see the module
-    docstring); put the previous processor objects back on exit, also on errors."""
-    previous = {module: module.processor for module in unet.modules() if isinstance(module, Attention)}
-    try:
-        for module in previous:
-            module.set_processor(AttnProcessor())
-        yield
-    finally:
-        for module, processor in previous.items():
-            module.set_processor(processor)
-
-
-@contextmanager
-def _broadcast_skips(unet: torch.nn.Module) -> Iterator[None]:
-    """Pre-hooks on the up blocks: expand batch-1 skip connections to the batch of h (views, no copies).
-
-    x_t enters the up path only through the skip connections, which do not depend on h; so the down
-    path runs once at batch 1 and each of the n columns reuses it.
-    """
-
-    def expand(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # UNet2DModel calls up_block(hidden_states, res_hidden_states_tuple, temb); accept keywords too.
-        args, kwargs = list(args), dict(kwargs)
-        hidden = args[0] if args else kwargs["hidden_states"]
-        batch = hidden.shape[0]
-        if len(args) > 1:
-            args[1] = tuple(s.expand(batch, *s.shape[1:]) for s in args[1])
-        else:
-            kwargs["res_hidden_states_tuple"] = tuple(
-                s.expand(batch, *s.shape[1:]) for s in kwargs["res_hidden_states_tuple"])
-        return tuple(args), kwargs
-
-    handles = [block.register_forward_pre_hook(expand, with_kwargs=True) for block in unet.up_blocks]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # --- parsing inputs at the boundary -------------------------------------------------------------------
@@ -481,7 +365,8 @@ def _parse_mask(mask: torch.Tensor | np.ndarray | None, model: LoadedModel) -> t
     return mask
 
 
-def _check_k(k: int, d_in: int, d_out: int, *, masked: bool) -> None:
+def check_k(k: int, d_in: int, d_out: int, *, masked: bool) -> None:
+    """Refuse a k outside 1..dim h or above the rank bound of the (masked) Jacobian."""
     if not 1 <= k <= d_in:
         raise HSpaceError(f"k must lie in 1..{d_in} (dim h = C * H * W of the mid-block output); got {k}")
     if k > d_out:
@@ -490,7 +375,7 @@ def _check_k(k: int, d_in: int, d_out: int, *, masked: bool) -> None:
                           f"ask for at most {d_out} directions" + (" or enlarge the mask" if masked else ""))
 
 
-def _parse_block(algorithm: str, block: int | None, k: int) -> int:
+def parse_block(algorithm: str, block: int | None, k: int) -> int:
     """b of Alg. 2; Alg. 1 is the single mini-batch b = k."""
     if algorithm == "batched":
         if block is not None:

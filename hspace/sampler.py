@@ -12,7 +12,7 @@ Notation (<variable> -> <name in paper>):
 Reproducibility: every sample owns a random stream, ``torch.Generator().manual_seed(seed)`` on the CPU.
 It draws x_T first and then z_t at each step with eta_t > 0, in sampling order: exactly the stream of
 diffusers' ``DDIMPipeline`` given one generator per sample. So a sample depends only on its seed, never
-on its batch, and an edit replays the same x_T and z_{T:1} (method.md). x_T and the z_t never come from
+on its batch, and an edit replays the same x_T and z_{T:1}. x_T and the z_t never come from
 the same stream position, the pitfall the authors' code warns about.
 """
 
@@ -63,7 +63,8 @@ def make_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
         raise HSpaceError(f"steps must be a positive integer; got {steps}")
     scheduler = DDIMScheduler.from_config(scheduler_config)
     if steps > scheduler.config.num_train_timesteps:
-        raise HSpaceError(f"steps ({steps}) exceeds the model's {scheduler.config.num_train_timesteps} training timesteps")
+        raise HSpaceError(f"steps ({steps}) exceeds the model's {scheduler.config.num_train_timesteps} "
+                          "training timesteps")
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -131,22 +132,22 @@ def sample(
     replaced = _per_step_delta(replace_h, len(seeds), steps, model.h_shape, device)
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    x = _draw(generators, model.image_shape).to(device)  # x_T
+    x = draw_noise(generators, model.image_shape).to(device)  # x_T
     if noise_delta is not None:
         x = x + _noise_delta(noise_delta, len(seeds), model.image_shape, device)
     captured: list[torch.Tensor] = []
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
-            eps, h_t = _eps(unet, hook, x, t, deltas[i], microbatch, capture=capture, replace_t=replaced[i])
+            eps, h_t = predict_eps(unet, hook, x, t, deltas[i], microbatch, capture=capture, replace_t=replaced[i])
             if capture:
                 captured.append(h_t)
             # z_t is drawn only when eta_t > 0, exactly as DDIMScheduler.step draws it (eq. 3).
-            z = _draw(generators, model.image_shape).to(device) if etas[i] > 0 else None
+            z = draw_noise(generators, model.image_shape).to(device) if etas[i] > 0 else None
             out = scheduler.step(eps, t, x, eta=etas[i], variance_noise=z)
             if asyrp and deltas[i] is not None:
                 # P_t from the edited eps, D_t (and sigma_t z_t) from an unedited pass:
                 # x_{t-1} = x_{t-1}(eps_orig) + sqrt(alpha_{t-1}) (P_t(eps_edit) - P_t(eps_orig)) (eq. 2).
-                eps_orig, _ = _eps(unet, hook, x, t, None, microbatch, capture=False, replace_t=replaced[i])
+                eps_orig, _ = predict_eps(unet, hook, x, t, None, microbatch, capture=False, replace_t=replaced[i])
                 plain = scheduler.step(eps_orig, t, x, eta=etas[i], variance_noise=z)
                 x = plain.prev_sample + _alpha_prev(scheduler, int(t)).sqrt() * (
                     out.pred_original_sample - plain.pred_original_sample
@@ -167,10 +168,11 @@ def initial_noise(model: LoadedModel, seeds: Sequence[int]) -> torch.Tensor:
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise HSpaceError("initial_noise needs at least one seed")
-    return _draw([torch.Generator().manual_seed(s) for s in seeds], model.image_shape)
+    return draw_noise([torch.Generator().manual_seed(s) for s in seeds], model.image_shape)
 
 
-def _draw(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    """The next standard normal draw of ``shape`` from each sample's stream, stacked: (B, *shape) on the CPU."""
     return torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
 
 
@@ -185,7 +187,7 @@ def _noise_delta(noise_delta: torch.Tensor, batch: int, image_shape: tuple[int, 
     return noise_delta.to(device=device, dtype=torch.float32)
 
 
-def _eps(
+def predict_eps(
     unet: torch.nn.Module,
     hook: HHook,
     x: torch.Tensor,

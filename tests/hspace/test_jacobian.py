@@ -25,6 +25,7 @@ import hspace.jacobian as jacobian_module
 from hspace.errors import HSpaceError
 from hspace.hook import h_hook
 from hspace.jacobian import JacobianResult, jacobian_directions, state_at_step
+from hspace.jacobian_products import jacobian_products
 from hspace.sampler import sample
 
 SEED, STEPS, STEP = 0, 10, 0  # t = 900: top singular values 0.798, 0.765, 0.701 | 0.644 (gaps >= 4%)
@@ -112,7 +113,7 @@ def test_forward_mode_goes_through_attention(tiny, state, explicit):
     v = torch.randn(2, int(np.prod(tiny.h_shape)), generator=torch.Generator().manual_seed(1))
     sigma, vh, u_rows = explicit
     jac = (u_rows.T * sigma) @ vh
-    with jacobian_module._linearized(tiny, state.x_t, state.t, None, chunk=2) as (jvp, vjp):
+    with jacobian_products(tiny, state.x_t, state.t, None, chunk=2) as (jvp, vjp):
         assert torch.allclose(jvp(v).double(), v.double() @ jac.T, atol=1e-5)
         assert torch.allclose(vjp(v[:, :768]).double(), v[:, :768].double() @ jac, atol=1e-5)
 
