@@ -32,7 +32,7 @@ import zarr
 from hspace.errors import HSpaceError
 from hspace.names import check_name
 from storage.corpus import Corpus
-from storage.groups import describe_differences, read_flags
+from storage.groups import array_at, describe_differences, group_at, read_array, read_flags
 
 GROUP = "annotations"
 ATTRS_KEY = "hspace_annotations"
@@ -109,7 +109,7 @@ class Annotations:
             _create_arrays(group, corpus, record)
             return cls(corpus, group, record)
         _check_same(corpus, existing, record)
-        group = corpus.group[f"{GROUP}/{record.name}"]
+        group = group_at(corpus.group, f"{GROUP}/{record.name}")
         if not existing.get("initialized", False):
             _create_arrays(group, corpus, record)
         return cls(corpus, group, record)
@@ -126,12 +126,12 @@ class Annotations:
                 f"(it has: {', '.join(have) if have else 'none'}): run `hspace annotate {corpus.url} --annotator "
                 f"{annotator}`"
             )
-        return cls(corpus, corpus.group[f"{GROUP}/{annotator}"], AnnotatorRecord.from_attrs(attrs))
+        return cls(corpus, group_at(corpus.group, f"{GROUP}/{annotator}"), AnnotatorRecord.from_attrs(attrs))
 
     # ----- resume state ------------------------------------------------------------------------
     def done_shards(self) -> np.ndarray:
         """Bool (n_shards,): which shards have all their scores written."""
-        return read_flags(self.group[DONE])
+        return read_flags(array_at(self.group, DONE))
 
     def missing_shards(self) -> list[int]:
         return [int(k) for k in np.flatnonzero(~self.done_shards())]
@@ -159,8 +159,8 @@ class Annotations:
                 raise HSpaceError(f"shard {shard}: annotator {self.record.name!r} gave non-finite {attribute} scores; "
                                   "fix the annotator (nothing was written for this shard)")
         for attribute in self.record.attributes:
-            self.group[attribute][start:stop] = np.asarray(scores[attribute], dtype=np.float32)
-        self.group[DONE][shard] = True
+            array_at(self.group, attribute)[start:stop] = np.asarray(scores[attribute], dtype=np.float32)
+        array_at(self.group, DONE)[shard] = True
 
     # ----- reading -----------------------------------------------------------------------------
     def scores(self, attribute: str) -> np.ndarray:
@@ -185,7 +185,7 @@ class Annotations:
                 f"{_list(missing)} of {self.corpus.spec.n_shards} are not annotated; {what} "
                 f"`hspace annotate {self.corpus.url} --annotator {self.record.name}`"
             )
-        return np.asarray(self.group[attribute][:], dtype=np.float32)
+        return read_array(self.group, attribute).astype(np.float32, copy=False)
 
     def info(self) -> dict[str, Any]:
         """The record and progress, as one JSON-ready dict."""
@@ -203,7 +203,7 @@ class Annotations:
 def list_annotators(corpus: Corpus) -> list[str]:
     """Names of the annotators whose annotation groups exist (complete or not) in the corpus, sorted."""
     try:
-        parent = corpus.group[GROUP]
+        parent = group_at(corpus.group, GROUP)
     except KeyError:
         return []
     return sorted(name for name, node in parent.members() if isinstance(node, zarr.Group))

@@ -30,10 +30,11 @@ import fsspec
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from hspace.errors import HSpaceError
-from storage.groups import check_shapes, describe_differences, read_flags
+from storage.groups import array_at, check_shapes, describe_differences, read_array, read_flags
 
 SCHEMA_VERSION = 1
 H_DTYPES = ("float16", "float32")
@@ -133,7 +134,7 @@ class Corpus:
     # ----- resume state ------------------------------------------------------------------------
     def done_shards(self) -> np.ndarray:
         """Bool (n_shards,): which shards are complete. An unreadable flag counts as not done."""
-        return read_flags(self.group["done"])
+        return read_flags(array_at(self.group, "done"))
 
     def missing_shards(self) -> list[int]:
         return [int(k) for k in np.flatnonzero(~self.done_shards())]
@@ -149,21 +150,21 @@ class Corpus:
             "seed": (n,),
         }
         check_shapes(f"shard {shard}", {"h": h, "x0": x0, "seed": seeds}, expected)
-        self.group["h"][start:stop] = h.astype(self.spec.h_dtype, copy=False)
-        self.group["x0"][start:stop] = x0.astype(np.uint8, copy=False)
-        self.group["seed"][start:stop] = seeds.astype(np.int64, copy=False)
-        self.group["done"][shard] = True
+        array_at(self.group, "h")[start:stop] = h.astype(self.spec.h_dtype, copy=False)
+        array_at(self.group, "x0")[start:stop] = x0.astype(np.uint8, copy=False)
+        array_at(self.group, "seed")[start:stop] = seeds.astype(np.int64, copy=False)
+        array_at(self.group, "done")[shard] = True
 
     # ----- reading -----------------------------------------------------------------------------
     def read_h(self, samples: slice = slice(None), step: int | None = None) -> np.ndarray:
         """h of some samples: (n, T, C, H, W), or (n, C, H, W) at one step (touches one chunk per shard)."""
-        return self.group["h"][samples] if step is None else self.group["h"][samples, step]
+        return read_array(self.group, "h", samples if step is None else (samples, step))
 
     def read_x0(self, samples: slice = slice(None)) -> np.ndarray:
-        return self.group["x0"][samples]
+        return read_array(self.group, "x0", samples)
 
     def read_seeds(self, samples: slice = slice(None)) -> np.ndarray:
-        return self.group["seed"][samples]
+        return read_array(self.group, "seed", samples)
 
     def read_member_attrs(self, path: str, *, node_type: type, key: str, version: int,
                           what: str) -> dict[str, Any] | None:
@@ -220,7 +221,7 @@ def _is_url(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
-def _store(url: str, *, read_only: bool) -> zarr.abc.store.Store:
+def _store(url: str, *, read_only: bool) -> Store:
     if _is_url(url):
         return FsspecStore.from_url(url, read_only=read_only)
     return LocalStore(Path(url.removeprefix("file://")), read_only=read_only)

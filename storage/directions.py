@@ -32,7 +32,7 @@ from hspace.errors import HSpaceError
 from hspace.files import atomic_write
 from hspace.names import check_name
 from storage.corpus import Corpus
-from storage.groups import describe_differences
+from storage.groups import describe_differences, group_at, read_array
 
 GROUP = "directions"
 ATTRS_KEY = "hspace_direction"
@@ -189,13 +189,13 @@ def read_direction(corpus: Corpus, name: str) -> tuple[np.ndarray, DirectionReco
     if not attrs.get("complete", False):
         raise HSpaceError(f"direction {name!r} of {corpus.url} was never completely written: rerun the command "
                           "that made it")
-    return np.asarray(corpus.group[f"{GROUP}/{name}"][...], dtype=np.float32), DirectionRecord.from_attrs(attrs)
+    return read_array(corpus.group, f"{GROUP}/{name}").astype(np.float32, copy=False), DirectionRecord.from_attrs(attrs)
 
 
 def list_directions(corpus: Corpus) -> list[dict[str, Any]]:
     """Every stored direction's record with ``complete``, sorted by name (incomplete ones included, marked)."""
     try:
-        parent = corpus.group[GROUP]
+        parent = group_at(corpus.group, GROUP)
     except KeyError:
         return []
     out = []

@@ -17,6 +17,7 @@ import numpy as np
 
 from hspace.evaluate import EvaluationResult
 from storage.corpus import Corpus
+from storage.groups import group_at, json_attrs
 
 EVALUATIONS = "evaluations"
 
@@ -33,10 +34,10 @@ def evaluation_key(directions: Mapping[str, np.ndarray], settings: dict[str, Any
 
 def stored_evaluation(corpus: Corpus, key: str) -> EvaluationResult | None:
     """The evaluation stored under ``key``, or None where there is none."""
-    if EVALUATIONS not in corpus.group or key not in corpus.group[EVALUATIONS]:
+    if EVALUATIONS not in corpus.group or key not in group_at(corpus.group, EVALUATIONS):
         return None
-    attrs = corpus.group[EVALUATIONS][key].attrs.asdict()
-    return EvaluationResult.from_dict(attrs["result"]) if "result" in attrs else None
+    result = json_attrs(group_at(corpus.group, f"{EVALUATIONS}/{key}"), "result")
+    return EvaluationResult.from_dict(result) if result else None
 
 
 def write_evaluation(corpus: Corpus, key: str, settings: dict[str, Any], result: EvaluationResult) -> None:

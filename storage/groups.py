@@ -51,6 +51,33 @@ def check_shapes(where: str, arrays: Mapping[str, Any], expected: Mapping[str, t
             raise HSpaceError(f"{where}: {name} has shape {given}, expected {tuple(shape)}")
 
 
+def array_at(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at ``path`` in ``group`` (zarr types ``group[path]`` as either kind of node)."""
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise HSpaceError(f"{group.store_path}/{path} is a group where hspace keeps an array; remove it")
+    return node
+
+
+def group_at(group: zarr.Group, path: str) -> zarr.Group:
+    """The group at ``path`` in ``group`` (zarr types ``group[path]`` as either kind of node)."""
+    node = group[path]
+    if not isinstance(node, zarr.Group):
+        raise HSpaceError(f"{group.store_path}/{path} is an array where hspace keeps a group; remove it")
+    return node
+
+
+def read_array(group: zarr.Group, path: str, index: Any = ...) -> np.ndarray:
+    """``group[path][index]`` as an ndarray (0-d for a single element)."""
+    return np.asarray(array_at(group, path)[index])
+
+
+def json_attrs(node: zarr.Group | zarr.Array, key: str) -> dict[str, Any]:
+    """The JSON object under attribute ``key`` (a copy), or an empty dict where there is none."""
+    value = node.attrs.get(key)
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def _differences(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
     """(dotted name, old, new) for each differing leaf."""
     if isinstance(old, dict) and isinstance(new, dict):

@@ -32,7 +32,7 @@ import zarr
 
 from hspace.errors import HSpaceError
 from storage.corpus import Corpus
-from storage.groups import check_shapes, read_flags
+from storage.groups import array_at, check_shapes, read_array, read_flags
 from storage.runs import (
     ArrayLayout,
     check_run_name,
@@ -148,7 +148,7 @@ class JacobianRun:
 
     def done(self) -> np.ndarray:
         """Bool (n sample ids, m steps). An unreadable flag counts as not done."""
-        return read_flags(self.group["done"])
+        return read_flags(array_at(self.group, "done"))
 
     def missing(self) -> list[tuple[int, int]]:
         """(sample id, step) pairs not done, sample-major."""
@@ -158,7 +158,7 @@ class JacobianRun:
 
     def mask(self) -> np.ndarray | None:
         """M of eq. 10 as uint8 (S, S) with values 0/1, or None."""
-        return self.group["mask"][...] if "mask" in self.group else None
+        return read_array(self.group, "mask", ...) if "mask" in self.group else None
 
     def write(self, sample_id: int, step: int, cell: JacobianCell) -> None:
         """Write one (sample id, step): whole chunks of its own, then mark it done."""
@@ -168,10 +168,10 @@ class JacobianRun:
                     "image_changes": (k, *spec.image_shape), "residuals": (k,)}
         check_shapes(f"Jacobian ({sample_id}, {step})", {name: getattr(cell, name) for name in expected}, expected)
         for name in expected:
-            self.group[name][i, j] = np.asarray(getattr(cell, name), dtype=np.float32)
-        self.group["iterations"][i, j] = np.int64(cell.iterations)
-        self.group["converged"][i, j] = bool(cell.converged)
-        self.group["done"][i, j] = True
+            array_at(self.group, name)[i, j] = np.asarray(getattr(cell, name), dtype=np.float32)
+        array_at(self.group, "iterations")[i, j] = np.int64(cell.iterations)
+        array_at(self.group, "converged")[i, j] = bool(cell.converged)
+        array_at(self.group, "done")[i, j] = True
 
     def read(self, sample_id: int, step: int) -> JacobianCell:
         """One done (sample id, step); refuses one that is not done."""
@@ -179,10 +179,11 @@ class JacobianRun:
         if not self.done()[i, j]:
             raise HSpaceError(f"Jacobian run {self.run!r}: sample {sample_id} at step {step} is not done; rerun "
                               f"`hspace jacobian` with the same settings to finish it")
-        g = self.group
-        return JacobianCell(singular_values=g["singular_values"][i, j], directions=g["directions"][i, j],
-                            image_changes=g["image_changes"][i, j], residuals=g["residuals"][i, j],
-                            iterations=int(g["iterations"][i, j]), converged=bool(g["converged"][i, j]))
+        values = {name: read_array(self.group, name, (i, j)) for name in
+                  ("singular_values", "directions", "image_changes", "residuals", "iterations", "converged")}
+        return JacobianCell(singular_values=values["singular_values"], directions=values["directions"],
+                            image_changes=values["image_changes"], residuals=values["residuals"],
+                            iterations=int(values["iterations"]), converged=bool(values["converged"]))
 
     def info(self) -> dict[str, Any]:
         """Parameters, progress and the singular values found, JSON-ready (``hspace jacobian --json``)."""

@@ -33,7 +33,7 @@ import zarr
 from hspace.errors import HSpaceError
 from hspace.pca_directions import pca_direction
 from storage.corpus import Corpus
-from storage.groups import check_shapes, read_flags
+from storage.groups import array_at, check_shapes, read_array, read_flags
 from storage.runs import (
     ArrayLayout,
     check_run_name,
@@ -132,7 +132,7 @@ class PCARun:
     # ----- resume state --------------------------------------------------------------------------
     def done_steps(self) -> np.ndarray:
         """Bool (T,) over corpus steps: which are fitted and written. An unreadable flag counts as not done."""
-        return read_flags(self.group["done"])
+        return read_flags(array_at(self.group, "done"))
 
     def missing_steps(self) -> list[int]:
         """The run's steps that are not done, in order."""
@@ -143,7 +143,7 @@ class PCARun:
         """Signs written for every fitted step (and every fitted step done)."""
         if self.missing_steps():
             return False
-        sign = self.group["sign"][list(self.spec.steps)]
+        sign = read_array(self.group, "sign", list(self.spec.steps))
         return bool(np.isin(sign, (-1, 1)).all())
 
     # ----- writing -------------------------------------------------------------------------------
@@ -157,10 +157,10 @@ class PCARun:
         given = {"components": components, "mean": mean, "explained_variance": explained_variance,
                  "explained_variance_ratio": explained_variance_ratio}
         check_shapes(f"PCA step {step}", given, expected)
-        for name, array in given.items():
-            self.group[name][step] = np.asarray(array, dtype=np.float32)
-        self.group["n_samples"][step] = np.int64(n_samples)
-        self.group["done"][step] = True
+        for name, value in given.items():
+            array_at(self.group, name)[step] = np.asarray(value, dtype=np.float32)
+        array_at(self.group, "n_samples")[step] = np.int64(n_samples)
+        array_at(self.group, "done")[step] = True
 
     def write_signs(self, signs: np.ndarray) -> None:
         """Write +1/-1 of shape (len(steps), k), one row per fitted step, in one whole-array write."""
@@ -173,7 +173,7 @@ class PCARun:
             raise HSpaceError(f"PCA run {self.run!r}: steps {self.missing_steps()} are not done; align after all are")
         full = np.zeros((self.corpus.spec.steps, self.spec.components), dtype=np.int8)
         full[steps] = signs
-        self.group["sign"][...] = full
+        array_at(self.group, "sign")[...] = full
 
     # ----- reading -------------------------------------------------------------------------------
     def read_step(self, step: int) -> PCAStep:
@@ -182,23 +182,23 @@ class PCARun:
         if not self.done_steps()[step]:
             raise HSpaceError(f"PCA run {self.run!r}: step {step} is not done; rerun `hspace pca fit` to finish it")
         g = self.group
-        return PCAStep(components=g["components"][step], mean=g["mean"][step],
-                       explained_variance=g["explained_variance"][step],
-                       explained_variance_ratio=g["explained_variance_ratio"][step],
-                       n_samples=int(g["n_samples"][step]))
+        return PCAStep(components=read_array(g, "components", step), mean=read_array(g, "mean", step),
+                       explained_variance=read_array(g, "explained_variance", step),
+                       explained_variance_ratio=read_array(g, "explained_variance_ratio", step),
+                       n_samples=int(read_array(g, "n_samples", step)))
 
     def iter_components(self, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
         """Raw components of each fitted step in turn, (k, D) or (len(indices), D), signs as fitted; all steps
         must be done. One step in memory at a time."""
         self._require_done()
         for t in self.spec.steps:
-            components = self.group["components"][t]
+            components = read_array(self.group, "components", t)
             yield components if indices is None else components[list(indices)]
 
     def signs(self) -> np.ndarray:
         """+1/-1 of shape (len(steps), k); refuses a run that is not aligned."""
         self._require_complete()
-        return self.group["sign"][list(self.spec.steps)].astype(np.int8)
+        return read_array(self.group, "sign", list(self.spec.steps)).astype(np.int8)
 
     def explained_variance_ratio(self) -> np.ndarray:
         """(len(steps), k) for the done steps (rows of steps not done are NaN)."""
@@ -206,7 +206,7 @@ class PCARun:
         ratio = np.full((len(self.spec.steps), self.spec.components), np.nan, dtype=np.float32)
         for i, t in enumerate(self.spec.steps):
             if done[t]:
-                ratio[i] = self.group["explained_variance_ratio"][t]
+                ratio[i] = read_array(self.group, "explained_variance_ratio", t)
         return ratio
 
     def info(self) -> dict[str, Any]:
@@ -224,7 +224,7 @@ class PCARun:
             "steps_done": [t for t in self.spec.steps if done[t]],
             "steps_missing": self.missing_steps(),
             "complete": self.is_aligned(),
-            "n_samples": [int(self.group["n_samples"][t]) if done[t] else None for t in self.spec.steps],
+            "n_samples": [int(read_array(self.group, "n_samples", t)) if done[t] else None for t in self.spec.steps],
             "explained_variance_ratio": [None if np.isnan(r).any() else [float(x) for x in r] for r in ratio],
             "explained_variance_ratio_total": [None if np.isnan(r).any() else float(r.sum()) for r in ratio],
             "model": self.spec.corpus["model"],

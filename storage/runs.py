@@ -19,7 +19,7 @@ import zarr
 from hspace.errors import HSpaceError
 from hspace.names import check_name
 from storage.corpus import NOT_COMPARED, Corpus
-from storage.groups import describe_differences
+from storage.groups import describe_differences, group_at, json_attrs
 
 RESULTS_SCHEMA_VERSION = 1
 # name, (shape, dtype, chunks, dimension names): the arrays of a run, created together.
@@ -66,7 +66,7 @@ def list_runs(url: str, kind: str) -> list[str]:
     corpus = Corpus.open(url)
     if kind not in corpus.group:
         return []
-    return sorted(name for name, _ in corpus.group[kind].groups())
+    return sorted(name for name, _ in group_at(corpus.group, kind).groups())
 
 
 def create_or_open_run(corpus: Corpus, kind: str, run: str, attrs: dict[str, Any],
@@ -74,8 +74,8 @@ def create_or_open_run(corpus: Corpus, kind: str, run: str, attrs: dict[str, Any
     """The run group, created (arrays, then ``initialized``) or checked against ``attrs``."""
     parent = corpus.group.require_group(kind)
     if run in parent:
-        group = parent[run]
-        existing = dict(group.attrs.get("hspace", {}))
+        group = group_at(parent, run)
+        existing = json_attrs(group, "hspace")
         if existing:
             _check_same_run(corpus.url, kind, run, existing, attrs)
             if existing.get("initialized", False):
@@ -92,12 +92,12 @@ def open_run(corpus: Corpus, kind: str, run: str) -> tuple[zarr.Group, dict[str,
     """An existing, fully created run group and its attributes; refuses one this hspace cannot read."""
     check_run_name(run)
     what, command = _WHAT[kind], _COMMAND[kind]
-    if kind not in corpus.group or run not in corpus.group[kind]:
-        known = sorted(name for name, _ in corpus.group[kind].groups()) if kind in corpus.group else []
+    if kind not in corpus.group or run not in group_at(corpus.group, kind):
+        known = list_runs(corpus.url, kind)
         raise HSpaceError(f"no {what} run {run!r} in {corpus.url} (runs: {', '.join(known) or 'none'}); "
                           f"create it with `{command}`")
-    group = corpus.group[kind][run]
-    attrs = dict(group.attrs.get("hspace", {}))
+    group = group_at(corpus.group, f"{kind}/{run}")
+    attrs = json_attrs(group, "hspace")
     if attrs.get("kind") != kind or attrs.get("schema_version") != RESULTS_SCHEMA_VERSION:
         raise HSpaceError(f"{corpus.url}/{kind}/{run} is not a {what} run this hspace can read")
     if not attrs.get("initialized", False):
