@@ -21,8 +21,8 @@ baseline), the share of edits the annotator still calls faces, and the runner-up
 Masked Jacobian (Sec. IV-B, eq. 9-10). For ``--jacobian-seeds`` samples (base seed 7): x_t at step
 ``--jacobian-step``; the top right singular vector of J_t masked by the mouth region (computed from the
 renderer's geometry, :func:`mouth_mask`) and of the unmasked J_t; each applied to its own sample with
-delta = gamma |h_t| v, either at every step (method.md: found at one step, applied at all) or at that step
-only. Measured: mean |edited - original| pixel change (channel mean, [0, 1] images) inside the mask over the
+delta = gamma |h_t| v, either at every step (found at one step, applied at all, as Sec. IV-B does) or at that
+step only. Measured: mean |edited - original| pixel change (channel mean, [0, 1] images) inside the mask over the
 same outside, per sample, then the mean and range over samples.
 
 Budget on this machine (2 shared CPU cores; ``--threads 1`` is much faster when the machine is loaded):
@@ -109,7 +109,7 @@ def summarise(row: dict, gammas: list[float]) -> dict:
     steps = np.diff(by_gamma)
     return {
         "factor": best, "runner_up": ranked[1], "runner_up_swing": swing(ranked[1]),
-        "curve": dict(zip(np.sort(g).tolist(), by_gamma.tolist())),
+        "curve": dict(zip(np.sort(g).tolist(), by_gamma.tolist(), strict=True)),
         "monotone": bool((steps > 0).all() or (steps < 0).all()),
         "slope": float(np.polyfit(g, curve, 1)[0]),
         "random_abs": row["random_abs"][best],
@@ -144,14 +144,14 @@ def jacobian_locality(model, seeds: list[int], *, steps: int, step: int, eta: fl
         change = (images[1:] - images[:1]).abs().mean(1)  # (runs, S, S)
         row = {"seed": seed, "h_norm": size, "converged": all(r.converged for r in found.values()),
                "sigma": {kind: float(r.singular_values[0]) for kind, r in found.items()}}
-        for (kind, where), c in zip(labels, change):
+        for (kind, where), c in zip(labels, change, strict=True):
             row[(kind, where)] = {"inside": float(c[inside].mean()), "outside": float(c[~inside].mean()),
                                   "ratio": float(c[inside].mean() / c[~inside].mean())}
         rows.append(row)
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--eval-samples", type=int, default=32)
@@ -165,7 +165,64 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--skip-pca", action="store_true")
     parser.add_argument("--skip-jacobian", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def report_pca(model, annotator, args: argparse.Namespace, gammas: list[float]) -> None:
+    """Fit the PCA directions on a corpus, edit fresh samples with them and print one row per direction."""
+    start = time.perf_counter()
+    corpus = generate(model, annotator, derive_seeds(0, 0, args.samples), steps=args.steps, eta=args.eta,
+                      capture=True)
+    directions, ratio = pca_directions(corpus.h, args.components)
+    scale = h_scale(corpus.h)
+    print(f"\nPCA corpus: {args.samples} samples (face rate "
+          f"{(corpus.scores['face'] > FACE_THRESHOLD).mean():.2f}), {args.components} components per step, "
+          f"{time.perf_counter() - start:.0f} s; mean |h_t| {float(scale.min()):.1f}..{float(scale.max()):.1f}; "
+          f"explained variance ratio of components 1..{args.components} at the first/middle/last step: "
+          + " / ".join(" ".join(f"{x:.3f}" for x in ratio[t]) for t in (0, args.steps // 2, -1)), flush=True)
+    start = time.perf_counter()
+    rows = pca_effects(model, annotator, directions, scale, derive_seeds(1, 0, args.eval_samples),
+                       steps=args.steps, eta=args.eta, gammas=gammas)
+    print(f"PCA edits on {args.eval_samples} fresh samples (base seed 1), gamma in units of mean |h_t| "
+          f"per step, {time.perf_counter() - start:.0f} s; change in stds of the unedited samples "
+          f"(base face rate {rows[0]['base_face_rate']:.2f})")
+    g_sorted = sorted([0.0] + gammas)
+    print(f"{'dir':>4} {'factor':>11} " + " ".join(f"{'g=' + format(g, 'g'):>7}" for g in g_sorted)
+          + f" {'monotone':>9} {'slope':>7} {'random':>7} {'ratio':>7} {'faces':>6}  runner-up (swing)")
+    for row in rows:
+        s = summarise(row, gammas)
+        print(f"{row['direction'] + 1:>4} {s['factor']:>11} "
+              + " ".join(f"{s['curve'][g]:>+7.2f}" for g in g_sorted)
+              + f" {str(s['monotone']):>9} {s['slope']:>+7.3f} {s['random_abs']:>7.3f} {s['ratio']:>7.1f}"
+              f" {row['face_rate']:>6.2f}  {s['runner_up']} ({s['runner_up_swing']:.2f})", flush=True)
+
+
+def report_jacobian(model, args: argparse.Namespace) -> None:
+    """Find the masked and unmasked top Jacobian directions and print how local their edits are."""
+    start = time.perf_counter()
+    seeds = derive_seeds(7, 0, args.jacobian_seeds)
+    rows = jacobian_locality(model, seeds, steps=args.steps, step=args.jacobian_step, eta=args.eta,
+                             gamma=args.jacobian_gamma)
+    mask = mouth_mask(model.image_shape[-1])
+    print(f"\nJacobian directions (k = 1, tol 1e-3) at step {args.jacobian_step} of {args.steps}, "
+          f"{len(seeds)} samples (base seed 7), delta = {args.jacobian_gamma:g} |h_t| v, mouth mask rows "
+          f"{np.nonzero(mask.any(1))[0].min()}..{np.nonzero(mask.any(1))[0].max()}, cols "
+          f"{np.nonzero(mask.any(0))[0].min()}..{np.nonzero(mask.any(0))[0].max()} "
+          f"({mask.mean():.1%} of the image), {time.perf_counter() - start:.0f} s; all converged: "
+          f"{all(r['converged'] for r in rows)}")
+    print(f"{'direction':>10} {'applied at':>11} {'inside':>9} {'outside':>9} {'in/out mean':>12} "
+          f"{'min':>6} {'max':>6}")
+    for kind in ("masked", "unmasked"):
+        for where in ("all steps", "that step"):
+            cells = [r[(kind, where)] for r in rows]
+            ratios = [c["ratio"] for c in cells]
+            print(f"{kind:>10} {where:>11} {np.mean([c['inside'] for c in cells]):>9.4f} "
+                  f"{np.mean([c['outside'] for c in cells]):>9.4f} {np.mean(ratios):>12.2f} "
+                  f"{min(ratios):>6.2f} {max(ratios):>6.2f}")
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     gammas = [float(g) for g in args.gammas.split(",")]
@@ -173,56 +230,10 @@ def main() -> None:
     annotator = load_annotator("testbed")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; testbed, {args.steps} steps, eta {args.eta}",
           flush=True)
-
     if not args.skip_pca:
-        start = time.perf_counter()
-        corpus = generate(model, annotator, derive_seeds(0, 0, args.samples), steps=args.steps, eta=args.eta,
-                          capture=True)
-        directions, ratio = pca_directions(corpus.h, args.components)
-        scale = h_scale(corpus.h)
-        print(f"\nPCA corpus: {args.samples} samples (face rate "
-              f"{(corpus.scores['face'] > FACE_THRESHOLD).mean():.2f}), {args.components} components per step, "
-              f"{time.perf_counter() - start:.0f} s; mean |h_t| {float(scale.min()):.1f}..{float(scale.max()):.1f}; "
-              f"explained variance ratio of components 1..{args.components} at the first/middle/last step: "
-              + " / ".join(" ".join(f"{x:.3f}" for x in ratio[t]) for t in (0, args.steps // 2, -1)), flush=True)
-        start = time.perf_counter()
-        rows = pca_effects(model, annotator, directions, scale, derive_seeds(1, 0, args.eval_samples),
-                           steps=args.steps, eta=args.eta, gammas=gammas)
-        print(f"PCA edits on {args.eval_samples} fresh samples (base seed 1), gamma in units of mean |h_t| "
-              f"per step, {time.perf_counter() - start:.0f} s; change in stds of the unedited samples "
-              f"(base face rate {rows[0]['base_face_rate']:.2f})")
-        g_sorted = sorted([0.0] + gammas)
-        print(f"{'dir':>4} {'factor':>11} " + " ".join(f"{'g=' + format(g, 'g'):>7}" for g in g_sorted)
-              + f" {'monotone':>9} {'slope':>7} {'random':>7} {'ratio':>7} {'faces':>6}  runner-up (swing)")
-        for row in rows:
-            s = summarise(row, gammas)
-            print(f"{row['direction'] + 1:>4} {s['factor']:>11} "
-                  + " ".join(f"{s['curve'][g]:>+7.2f}" for g in g_sorted)
-                  + f" {str(s['monotone']):>9} {s['slope']:>+7.3f} {s['random_abs']:>7.3f} {s['ratio']:>7.1f}"
-                  f" {row['face_rate']:>6.2f}  {s['runner_up']} ({s['runner_up_swing']:.2f})", flush=True)
-
+        report_pca(model, annotator, args, gammas)
     if not args.skip_jacobian:
-        start = time.perf_counter()
-        seeds = derive_seeds(7, 0, args.jacobian_seeds)
-        rows = jacobian_locality(model, seeds, steps=args.steps, step=args.jacobian_step, eta=args.eta,
-                                 gamma=args.jacobian_gamma)
-        mask = mouth_mask(model.image_shape[-1])
-        print(f"\nJacobian directions (k = 1, tol 1e-3) at step {args.jacobian_step} of {args.steps}, "
-              f"{len(seeds)} samples (base seed 7), delta = {args.jacobian_gamma:g} |h_t| v, mouth mask rows "
-              f"{np.nonzero(mask.any(1))[0].min()}..{np.nonzero(mask.any(1))[0].max()}, cols "
-              f"{np.nonzero(mask.any(0))[0].min()}..{np.nonzero(mask.any(0))[0].max()} "
-              f"({mask.mean():.1%} of the image), {time.perf_counter() - start:.0f} s; all converged: "
-              f"{all(r['converged'] for r in rows)}")
-        print(f"{'direction':>10} {'applied at':>11} {'inside':>9} {'outside':>9} {'in/out mean':>12} "
-              f"{'min':>6} {'max':>6}")
-        for kind in ("masked", "unmasked"):
-            for where in ("all steps", "that step"):
-                cells = [r[(kind, where)] for r in rows]
-                ratios = [c["ratio"] for c in cells]
-                print(f"{kind:>10} {where:>11} {np.mean([c['inside'] for c in cells]):>9.4f} "
-                      f"{np.mean([c['outside'] for c in cells]):>9.4f} {np.mean(ratios):>12.2f} "
-                      f"{min(ratios):>6.2f} {max(ratios):>6.2f}")
-
+        report_jacobian(model, args)
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ CelebA classifier with its 40 attributes, say). Two file formats, neither of whi
 * **TorchScript** (``torch.jit.save(torch.jit.script(model), "model.ts")``). ``torch.jit.load`` rebuilds
   the module from the TorchScript code stored in the archive and reads its pickled parts with TorchScript's
   own restricted unpickler, which only knows tensors and TorchScript types; a pickle that names any other
-  Python callable is an error, and nothing of it runs (checked: ``tests/test_annotators.py`` plants an
+  Python callable is an error, and nothing of it runs (checked: ``tests/hspace/test_annotators.py`` plants an
   archive whose pickle calls ``exec``; loading fails and the call never happens). The model itself is
   still a program: it runs the TorchScript operations it was written with, so load models you trust. Its
   ``forward`` takes float32 (n, 3, H, W) and returns (n, A) logits.
@@ -18,8 +18,8 @@ CelebA classifier with its 40 attributes, say). Two file formats, neither of whi
 Pickles (``torch.save`` files, ``.pt``/``.pth``/``.pkl``/``.ckpt``/``.bin``) are refused: unpickling runs
 arbitrary code. A ``.pt`` file that is in fact a TorchScript archive is accepted.
 
-Both formats need a JSON config, next to the model with the same name and ``.json`` (``model.ts`` ->
-``model.json``), or passed as ``config``::
+Both formats need a JSON config (:mod:`hspace.annotators.classifier_config`), next to the model with the
+same name and ``.json`` (``model.ts`` -> ``model.json``), or passed as ``config``::
 
     {
       "attributes": ["Smiling", "Eyeglasses", "Male"],      # output columns of the network, in order
@@ -41,7 +41,7 @@ import os
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,104 +51,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from hspace.annotators.base import Annotator
+from hspace.annotators.classifier_config import ARCHITECTURES, ClassifierConfig, read_config
 from hspace.errors import HSpaceError
 from hspace.files import sha256_of
 from hspace.names import check_name
 
-ARCHITECTURES: tuple[str, ...] = ("small_cnn", "resnet18", "resnet34", "resnet50")
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
-CONFIG_KEYS = frozenset({"attributes", "input", "architecture", "arguments", "name"})
 EXPORT_ADVICE = ("export the model as TorchScript (torch.jit.save(torch.jit.script(model), 'model.ts')) or save its "
                  "weights with safetensors (safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) "
                  "for a built-in architecture, with a JSON config next to it (see hspace.annotators.classifier)")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClassifierConfig:
-    """What a classifier file needs besides its weights (the JSON config of the module docstring).
-
-    Attributes
-    ----------
-    attributes : tuple of str
-        Names of the network's output columns, in order.
-    size : tuple of int
-        (height, width) of the network input.
-    mean, std : tuple of 3 float
-        Per-channel normalisation of pixels scaled to [0, 1].
-    architecture : str or None
-        One of :data:`ARCHITECTURES` (safetensors weights); None for TorchScript.
-    arguments : dict
-        Keyword arguments of the architecture.
-    name : str or None
-        Annotator name, if the config gives one.
-    """
-
-    attributes: tuple[str, ...]
-    size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    architecture: str | None = None
-    arguments: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-
-    @classmethod
-    def parse(cls, raw: Any, where: str) -> ClassifierConfig:
-        """Check a config dict; ``where`` names its source in error messages."""
-        if not isinstance(raw, Mapping):
-            raise HSpaceError(f"classifier config {where} must be a JSON object; got {type(raw).__name__}")
-        unknown = sorted(set(raw) - CONFIG_KEYS)
-        if unknown:
-            raise HSpaceError(f"classifier config {where} has unknown keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
-        attributes = raw.get("attributes")
-        if (not isinstance(attributes, Sequence) or isinstance(attributes, str) or not attributes):
-            raise HSpaceError(f"classifier config {where} needs 'attributes': a non-empty list of the network's "
-                              "output names, in column order")
-        for attribute in attributes:
-            check_name(attribute, "attribute")
-        duplicates = sorted({a for a in attributes if list(attributes).count(a) > 1})
-        if duplicates:
-            raise HSpaceError(f"classifier config {where} names attributes more than once: {duplicates}")
-        prep = raw.get("input")
-        if not isinstance(prep, Mapping) or not {"size", "mean", "std"} <= set(prep):
-            raise HSpaceError(f"classifier config {where} needs 'input': {{'size': int or [h, w], 'mean': [3 floats], "
-                              "'std': [3 floats]}} (pixels are scaled to [0, 1], then (x - mean) / std); a wrong "
-                              "normalisation gives wrong scores silently, so there is no default")
-        size = _parse_size(prep["size"], where)
-        mean, std = _parse_channels(prep["mean"], "mean", where), _parse_channels(prep["std"], "std", where)
-        if min(std) <= 0:
-            raise HSpaceError(f"classifier config {where}: input std must be positive; got {list(std)}")
-        architecture = raw.get("architecture")
-        if architecture is not None and architecture not in ARCHITECTURES:
-            raise HSpaceError(f"classifier config {where}: unknown architecture {architecture!r}; built in: "
-                              f"{', '.join(ARCHITECTURES)}")
-        arguments = raw.get("arguments", {})
-        if not isinstance(arguments, Mapping):
-            raise HSpaceError(f"classifier config {where}: 'arguments' must be an object; got {arguments!r}")
-        name = raw.get("name")
-        if name is not None:
-            check_name(name, "annotator")
-        return cls(attributes=tuple(attributes), size=size, mean=mean, std=std, architecture=architecture,
-                   arguments=dict(arguments), name=name)
-
-
-def _parse_size(size: Any, where: str) -> tuple[int, int]:
-    values = [size] if isinstance(size, int) else size
-    if (not isinstance(values, Sequence) or len(values) not in (1, 2)
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)):
-        raise HSpaceError(f"classifier config {where}: input size must be a positive int or [height, width]; "
-                          f"got {size!r}")
-    return (values[0], values[-1])
-
-
-def _parse_channels(values: Any, label: str, where: str) -> tuple[float, float, float]:
-    try:
-        array = np.broadcast_to(np.asarray(values, dtype=np.float64), (3,))
-    except (ValueError, TypeError):
-        raise HSpaceError(f"classifier config {where}: input {label} must be a number or 3 numbers (R, G, B); "
-                          f"got {values!r}") from None
-    if not np.isfinite(array).all():
-        raise HSpaceError(f"classifier config {where}: input {label} must be finite; got {values!r}")
-    return (float(array[0]), float(array[1]), float(array[2]))
 
 
 class SmallCNN(nn.Module):
@@ -359,7 +270,7 @@ def load_classifier(path: str | os.PathLike, *, config: Mapping[str, Any] | str 
     if not is_safetensors and not is_torchscript(path):
         raise HSpaceError(f"classifier {path} is not TorchScript or safetensors (a pickle, e.g. torch.save): it is "
                           f"refused because unpickling can run arbitrary code; {EXPORT_ADVICE}")
-    parsed = ClassifierConfig.parse(*_read_config(path, config))
+    parsed = ClassifierConfig.parse(*read_config(path, config))
     if is_safetensors:
         module = _load_safetensors(path, parsed)
     else:
@@ -384,21 +295,6 @@ def load_classifier(path: str | os.PathLike, *, config: Mapping[str, Any] | str 
               "sha256": sha256_of(path)}
     return ClassifierAnnotator(module, parsed, name=name, select=select, output=output, batch=batch, device=device,
                                source=source)
-
-
-def _read_config(path: Path, config: Mapping[str, Any] | str | os.PathLike | None) -> tuple[Any, str]:
-    """The raw config and a description of where it came from."""
-    if isinstance(config, Mapping):
-        return config, "(given as a dict)"
-    config_path = path.with_suffix(".json") if config is None else Path(config)
-    if not config_path.is_file():
-        raise HSpaceError(f"classifier {path} needs a JSON config at {config_path} (or pass config=...): "
-                          "{'attributes': [...], 'input': {'size': ..., 'mean': [...], 'std': [...]}"
-                          + (", 'architecture': ...}" if path.suffix.lower() == ".safetensors" else "}"))
-    try:
-        return json.loads(config_path.read_text()), str(config_path)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise HSpaceError(f"classifier config {config_path} is not valid JSON ({error})") from None
 
 
 def _load_safetensors(path: Path, config: ClassifierConfig) -> nn.Module:

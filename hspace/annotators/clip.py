@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -83,9 +83,8 @@ class Preprocessing:
     def parse(cls, cfg: Mapping[str, Any]) -> Preprocessing:
         """From an open_clip preprocess config dict (``open_clip.get_model_preprocess_cfg(model)``)."""
         size = cfg["size"]
-        size = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-        mean = tuple(float(v) for v in np.broadcast_to(np.asarray(cfg["mean"], dtype=np.float64), (3,)))
-        std = tuple(float(v) for v in np.broadcast_to(np.asarray(cfg["std"], dtype=np.float64), (3,)))
+        size = (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+        mean, std = _per_channel(cfg["mean"]), _per_channel(cfg["std"])
         # open_clip maps "random" (a training option) to bicubic at eval time; so do we.
         interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
         resize_mode = cfg.get("resize_mode") or "shortest"
@@ -93,6 +92,12 @@ class Preprocessing:
             raise HSpaceError(f"unsupported CLIP resize_mode {resize_mode!r}: expected shortest, longest or squash")
         return cls(size=size, mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode,
                    fill_color=int(cfg.get("fill_color", 0)))
+
+
+def _per_channel(values: Any) -> tuple[float, float, float]:
+    """A number or 3 numbers as (R, G, B) floats."""
+    red, green, blue = (float(v) for v in np.broadcast_to(np.asarray(values, dtype=np.float64), (3,)))
+    return red, green, blue
 
 
 def preprocess(images: np.ndarray, prep: Preprocessing, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -226,7 +231,8 @@ class ClipAnnotator(Annotator):
         self.prompts = parse_prompts(prompts)
         self.attributes = tuple(self.prompts)
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # An open_clip CLIP model; its encode_text and encode_image are not part of nn.Module's types.
+        self.model = cast(Any, model.to(self.device).eval())
         self.preprocessing = preprocessing
         self.batch = batch
         self.source = dict(source or {})
@@ -293,7 +299,7 @@ class ClipAnnotator(Annotator):
             if not is_tag and not os.path.isfile(pretrained):
                 raise HSpaceError(f"pretrained {os.fspath(pretrained)!r} is neither a tag of CLIP model {model!r} "
                                   f"(tags: {tags}) nor an existing checkpoint file")
-        pretrained = None if carries_weights else os.fspath(pretrained)
+        pretrained = None if carries_weights or pretrained is None else os.fspath(pretrained)
         try:
             net = open_clip.create_model(model, pretrained=pretrained, device=device, require_pretrained=True,
                                          cache_dir=cache_dir, weights_only=True)

@@ -53,7 +53,10 @@ def make_negatives(n: int, rng: np.random.Generator, kinds: Sequence[str] = NEGA
     # One render call for all face-based kinds (blends need two faces each).
     face_based = {"shifted", "cropped", "shuffled", "blend"}
     needed = sum(2 if kinds[c] == "blend" else 1 for c in choice if kinds[c] in face_based)
-    faces, factors = (render_dataset(needed, seed=int(rng.integers(2**32))) if needed else (None, None))
+    if needed:
+        faces, factors = render_dataset(needed, seed=int(rng.integers(2**32)))
+    else:
+        faces, factors = np.empty((0, 3, SIZE, SIZE), dtype=np.uint8), {}
     cursor = 0
     for i, c in enumerate(choice):
         kind = kinds[c]

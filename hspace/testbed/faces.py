@@ -28,7 +28,7 @@ Speed, measured on one core of the development machine: about 5,000 faces/s at 3
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -197,13 +197,18 @@ def _render_one(face: dict[str, float], size: int) -> Image.Image:
     image = Image.new("RGB", (side, side), (grey, grey, grey))
     draw = ImageDraw.Draw(image)
     skin = LIGHT_SKIN + face["skin_tone"] * (DARK_SKIN - LIGHT_SKIN)
-    _draw_head(draw, side, face["face_width"], tuple(int(c) for c in np.rint(skin)))
+    _draw_head(draw, side, face["face_width"], _rgb(skin))
     # The nose is skin darkened a little, so it reads on light and dark skin alike.
-    nose = tuple(int(c) for c in np.rint(skin * 0.72))
+    nose = _rgb(skin * 0.72)
     _draw_features(draw, side, face, nose)
     if face["hat"]:
         _draw_hat(draw, side)
-    return image.resize((size, size), Image.BOX)
+    return image.resize((size, size), Image.Resampling.BOX)
+
+
+def _rgb(colour: np.ndarray) -> tuple[int, int, int]:
+    red, green, blue = (int(c) for c in np.rint(colour))
+    return red, green, blue
 
 
 def _draw_head(draw: ImageDraw.ImageDraw, side: int, face_width: float, skin: tuple[int, int, int]) -> None:
@@ -248,7 +253,7 @@ def _draw_mouth(draw: ImageDraw.ImageDraw, side: int, cx: float, smile: float) -
     # Centred on MOUTH_Y so curvature moves the middle and the corners in opposite directions.
     y = MOUTH_Y + smile * MOUTH_CURVE * (0.5 - t**2)
     x = cx + MOUTH_HALF_WIDTH * t
-    points = [(float(px * side), float(py * side)) for px, py in zip(x, y)]
+    points = [(float(px * side), float(py * side)) for px, py in zip(x, y, strict=True)]
     draw.line(points, fill=MOUTH_COLOR, width=_width(side, MOUTH_WIDTH), joint="curve")
 
 

@@ -447,6 +447,21 @@ def test_load_annotator_names_and_options():
         load_annotator("clip", name="clip/x")
 
 
+def test_class_thresholds_are_declared_by_the_annotator_without_loading_it(monkeypatch):
+    from hspace.annotators import class_thresholds
+    from hspace.testbed.annotator import TestbedAnnotator
+    from hspace.testbed.faces import BINARY_FACTORS
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("class_thresholds loaded weights")
+
+    monkeypatch.setattr(TestbedAnnotator, "load", classmethod(refuse))
+    assert class_thresholds("testbed") == {name: 0.5 for name in BINARY_FACTORS}
+    assert class_thresholds("clip") == class_thresholds("faces") == class_thresholds("absent.ts") == {}
+    with pytest.raises(HSpaceError, match="unknown annotator 'celeba'"):
+        class_thresholds("celeba")
+
+
 class _Blocked:
     """A meta path finder that makes importing some top-level packages fail."""
 
