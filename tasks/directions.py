@@ -143,22 +143,19 @@ def mean_x_T(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
     return total / len(rows)
 
 
-def run_supervised(plan: SupervisedPlan) -> dict[str, Any]:
+@task(cache_policy=NO_CACHE, task_run_name="supervised-direction-{plan.record.name}")
+def supervised_direction_task(plan: SupervisedPlan) -> dict[str, Any]:
     """eq. 11, v = mean(q+) - mean(q-) over the plan's rows, written as ``directions/<name>``; returns its summary."""
     corpus = Corpus.open(plan.url, writable=True)
     mean = mean_h if plan.record.space == "h" else mean_x_T
     return _store(corpus, plan.record, mean(corpus, plan.positives) - mean(corpus, plan.negatives), plan.overwrite)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="supervised-direction-{plan.record.name}")
-def supervised_direction_task(plan: SupervisedPlan) -> dict[str, Any]:
-    """Compute and store one supervised direction (eq. 11)."""
-    return run_supervised(plan)
-
-
 # ----- disentangled (eq. 12) -----------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class DisentanglePlan:
+    """Which stored directions eq. 12 combines, and the record the result will carry."""
+
     url: str
     record: DirectionRecord
     source: str
@@ -195,7 +192,8 @@ def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str]
                            overwrite=overwrite)
 
 
-def run_disentangle(plan: DisentanglePlan) -> dict[str, Any]:
+@task(cache_policy=NO_CACHE, task_run_name="disentangle-direction-{plan.record.name}")
+def disentangle_direction_task(plan: DisentanglePlan) -> dict[str, Any]:
     """eq. 12, v = [I - V (V^T V)^-1 V^T] v_0 (rescaled to |v_0| with ``keep_norm``), written as
     ``directions/<name>``; returns its summary."""
     corpus = Corpus.open(plan.url, writable=True)
@@ -203,12 +201,6 @@ def run_disentangle(plan: DisentanglePlan) -> dict[str, Any]:
     others = [torch.from_numpy(read_direction(corpus, other)[0]) for other in plan.against]
     direction = disentangle(v0.double(), [v.double() for v in others], keep_norm=plan.keep_norm).numpy()
     return _store(corpus, plan.record, direction, plan.overwrite)
-
-
-@task(cache_policy=NO_CACHE, task_run_name="disentangle-direction-{plan.record.name}")
-def disentangle_direction_task(plan: DisentanglePlan) -> dict[str, Any]:
-    """Compute and store one disentangled direction (eq. 12)."""
-    return run_disentangle(plan)
 
 
 # ----- from real images (SM -F) --------------------------------------------------------------------
@@ -284,7 +276,8 @@ def plan_invert(*, model: str, steps: int, images: str | None = None, positives:
                       overwrite=overwrite)
 
 
-def run_invert(plan: InvertPlan) -> dict[str, Any]:
+@task(cache_policy=NO_CACHE, task_run_name="invert-images")
+def invert_task(plan: InvertPlan) -> dict[str, Any]:
     """Invert the plan's images; write x_T and h (``--images``) or the eq. 11 direction; returns a summary."""
     loaded = cached_model(plan.model, plan.device)
     shape = loaded.image_shape
@@ -307,12 +300,6 @@ def run_invert(plan: InvertPlan) -> dict[str, Any]:
     if plan.out is not None:
         write_direction_file(plan.out, {"direction": direction}, {**plan.record.to_attrs(), "complete": True})
     return {**_summary(plan.record, direction), "out": plan.out, "corpus": plan.corpus}
-
-
-@task(cache_policy=NO_CACHE, task_run_name="invert-images")
-def invert_task(plan: InvertPlan) -> dict[str, Any]:
-    """DDIM-invert real images and write what the plan asks for."""
-    return run_invert(plan)
 
 
 # ----- private helpers ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from hspace.jacobian import check_k, jacobian_directions, parse_block, state_at_
 from hspace.sampler import derive_seeds
 from storage.corpus import Corpus
 from storage.jacobian_runs import JacobianCell, JacobianRun, JacobianSpec, mask_sha256
-from storage.runs import check_run_name, corpus_settings
+from storage.runs import check_run_name, corpus_settings, h_dim
 from tasks.corpus import corpus_model, retry_on_io_error
 
 
@@ -34,7 +34,7 @@ def prepare_jacobian(url: str, *, sample_ids: Sequence[int], steps: Sequence[int
     """
     check_run_name(run)
     corpus = Corpus.open(url, writable=True)
-    d_in = int(np.prod(corpus.spec.h_shape))
+    d_in = h_dim(corpus)
     mask = None if mask is None else np.asarray(mask, dtype=np.uint8)
     channels = corpus.spec.image_shape[0]
     d_out = int(np.prod(corpus.spec.image_shape)) if mask is None else channels * int(mask.sum())
