@@ -20,10 +20,11 @@ subspaces (only meaningful where the reference has a gap at k; the gap is printe
 deficit ``1 - |Xc V^T|_F^2 / sum_k s_ref^2`` (0 for the optimal subspace; insensitive to rotations
 inside near-degenerate clusters).
 
-The same in-memory data also runs two multi-pass candidates (the method choice in hspace/pca.py): a
+The same in-memory data also runs two multi-pass candidates (the method choice in docs/pca.md): a
 randomized range finder with q power iterations (Halko et al.) and block Krylov iteration (Musco &
-Musco), both with 2k columns (p = k, as StreamingPCA keeps): they need q + 2 or more passes over all N rows and memory that grows
-with N (or a re-read of the corpus per pass).
+Musco), both with 2k columns (p = k, as StreamingPCA keeps): they need q + 2 or more passes over all N
+rows and memory that grows with N (or a re-read of the corpus per pass). The figures and their reading:
+``docs/pca.md``.
 
 The machine this was measured on (2 CPU cores shared with other jobs) makes wall times noisy: each row
 also prints CPU seconds.
@@ -172,7 +173,16 @@ def _rayleigh_ritz(centred: torch.Tensor, basis: torch.Tensor, k: int) -> tuple[
 
 
 # --------------------------------------------------------------------------------------- the table
-def main() -> None:
+VARIANTS_OF = {
+    "ours": lambda args: {"device": args.device},
+    "ours p=0 b=batch": lambda args: {"device": args.device, "oversampling": 0, "batch_size": args.batch},
+    "sklearn": lambda args: {"method": "sklearn", "batch_size": args.batch},
+}
+CANDIDATES = (("randomized q=2", randomized, 2), ("randomized q=6", randomized, 6),
+              ("block Krylov q=2", block_krylov, 2), ("block Krylov q=6", block_krylov, 6))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run (D = 4,096, N = 1,024/2,048)")
     parser.add_argument("--n", type=int, nargs="+", default=[4096, 8192], help="rows; accuracy on the first")
@@ -184,21 +194,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
-    if args.quick:
-        args.n, args.features, args.k, args.batch = [1024, 2048], 4096, [8, 32], 256
-    sklearn_n = args.n[:1] if args.sklearn_n is None else args.sklearn_n
-    variants = {
-        "ours": {"device": args.device},
-        "ours p=0 b=batch": {"device": args.device, "oversampling": 0, "batch_size": args.batch},
-        "sklearn": {"method": "sklearn", "batch_size": args.batch},
-    }
-    print(f"D = {args.features}, batches of {args.batch} rows, N = {args.n}, k = {args.k}, "
-          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    return parser.parse_args()
 
+
+def streaming_runs(args: argparse.Namespace, sklearn_n: list[int]) -> dict[tuple[str, int, int], dict]:
+    """Every streaming estimator, each in a fresh subprocess: (label, N, k) -> its timings and saved result."""
+    variants = {label: options(args) for label, options in VARIANTS_OF.items()}
     tmp = Path(tempfile.mkdtemp(prefix="bench_pca_"))
     results: dict[tuple[str, int, int], dict] = {}
     for n in args.n:
@@ -215,29 +216,44 @@ def main() -> None:
                 r = results[label, n, k]
                 print(f"  ran {label:18s} N={n:6d} k={k:4d}: {r['wall_s']:7.1f} s wall {r['cpu_s']:7.1f} s cpu",
                       flush=True)
+    return results
 
+
+def reference_and_accuracy(
+    args: argparse.Namespace, results: dict[tuple[str, int, int], dict]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exact reference on the first N (centred rows, s_ref, v_ref); adds each run's accuracy on it."""
     n0 = args.n[0]
     t0 = time.perf_counter()
     X = all_rows(args.seed, n0, args.batch, args.features)
     centred, s_ref, v_ref = exact_reference(X, max(args.k))
     del X
     print(f"  exact reference (float64 Gram, N={n0}): {time.perf_counter() - t0:.1f} s", flush=True)
-    for (label, n, k), r in results.items():
+    for (_label, n, k), r in results.items():
         if n == n0:
             saved = np.load(r["out"])
             r |= accuracy(centred, s_ref, v_ref, saved["components"], saved["explained_variance"], k)
+    return centred, s_ref, v_ref
 
+
+def multi_pass_candidates(args: argparse.Namespace, centred: torch.Tensor, s_ref: torch.Tensor,
+                          v_ref: torch.Tensor) -> dict[tuple[str, int], dict]:
+    """The in-memory randomized and block Krylov methods: (label, k) -> cost, passes and accuracy."""
     candidates = {}
     for k in args.k:
         columns = 2 * k  # k + p with p = k, as StreamingPCA keeps
-        for label, fn, q in (("randomized q=2", randomized, 2), ("randomized q=6", randomized, 6),
-                             ("block Krylov q=2", block_krylov, 2), ("block Krylov q=6", block_krylov, 6)):
+        for label, fn, q in CANDIDATES:
             wall0, cpu0 = time.perf_counter(), time.process_time()
             components, variance = fn(centred, k, columns, q, args.seed)
             candidates[label, k] = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0,
                                     "passes": 2 * q + 2,
                                     **accuracy(centred, s_ref, v_ref, components, variance, k)}
+    return candidates
 
+
+def print_table(args: argparse.Namespace, results: dict[tuple[str, int, int], dict],
+                candidates: dict[tuple[str, int], dict], s_ref: torch.Tensor) -> None:
+    n0 = args.n[0]
     print()
     print(f"Accuracy against the exact SVD (N = {n0}) and cost; streaming runs in batches of {args.batch}")
     header = (f"{'method':22s} {'k':>4s} {'N':>6s} {'wall s':>8s} {'cpu s':>8s} {'peak MiB':>9s} {'growth MiB':>10s} "
@@ -259,6 +275,10 @@ def main() -> None:
                       f"{'':9s} {'':10s} {r['ev_err']:10.2e} {r['angle']:9.2e} {r['deficit']:9.2e}")
         print(f"{'':22s} reference lambda_k / lambda_(k+1) = {gap:.4f}")
     print()
+
+
+def print_ratios(args: argparse.Namespace, results: dict[tuple[str, int, int], dict], sklearn_n: list[int]) -> None:
+    """sklearn / ours time, and ours at the largest N / the first N (memory flat in N)."""
     for k in args.k:
         for n in sklearn_n:
             if ("sklearn", n, k) in results and ("ours", n, k) in results:
@@ -268,8 +288,25 @@ def main() -> None:
         if len(args.n) > 1:
             a, b = results["ours", args.n[0], k], results["ours", args.n[-1], k]
             print(f"k={k:4d}: ours N={args.n[-1]} / N={args.n[0]}: peak memory {b['peak_mib'] / a['peak_mib']:.2f}x, "
-                  f"growth {b['growth_mib']:.0f} vs {a['growth_mib']:.0f} MiB, wall time {b['wall_s'] / a['wall_s']:.2f}x")
+                  f"growth {b['growth_mib']:.0f} vs {a['growth_mib']:.0f} MiB, "
+                  f"wall time {b['wall_s'] / a['wall_s']:.2f}x")
 
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.quick:
+        args.n, args.features, args.k, args.batch = [1024, 2048], 4096, [8, 32], 256
+    sklearn_n = args.n[:1] if args.sklearn_n is None else args.sklearn_n
+    print(f"D = {args.features}, batches of {args.batch} rows, N = {args.n}, k = {args.k}, "
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    results = streaming_runs(args, sklearn_n)
+    centred, s_ref, v_ref = reference_and_accuracy(args, results)
+    candidates = multi_pass_candidates(args, centred, s_ref, v_ref)
+    print_table(args, results, candidates, s_ref)
+    print_ratios(args, results, sklearn_n)
 
 if __name__ == "__main__":
     main()

@@ -39,8 +39,8 @@ def _efficiency(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from hspace.annotators import load_annotator
+    from hspace.efficiency import sample_efficiency
     from hspace.errors import HSpaceError
-    from hspace.evaluate import sample_efficiency
     from hspace.models import load_model
     from hspace.render import write_files
 

@@ -77,7 +77,8 @@ def make_inverse_scheduler(scheduler_config: dict, steps: int) -> DDIMInverseSch
 
 
 def to_model_input(images: np.ndarray | torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """uint8 (n, 3, S, S) to float32 in [-1, 1]: the inverse of the sampler's ``x / 2 + 0.5`` and :func:`to_uint8`."""
+    """uint8 (n, 3, S, S) to float32 in [-1, 1]: the inverse of the sampler's ``x / 2 + 0.5`` and
+    :func:`to_uint8`."""
     images = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
         raise HSpaceError(f"inversion takes uint8 images of shape (n, {', '.join(map(str, image_shape))}); got "

@@ -133,6 +133,7 @@ def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int,
         for i, t in enumerate(scheduler.timesteps[: step + 1]):
             eps, h_t = predict_eps(unet, hook, x, t, None, 1, capture=i == step)
             if i == step:
+                assert h_t is not None  # captured at this step
                 return StepState(x_t=x, h_t=h_t[0], t=int(t), step=step)
             z = draw_noise(generators, model.image_shape).to(device) if etas[i] > 0 else None
             x = scheduler.step(eps, t, x, eta=etas[i], variance_noise=z).prev_sample

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
@@ -117,17 +118,18 @@ def _broadcast_skips(unet: torch.nn.Module) -> Iterator[None]:
 
     def expand(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         # UNet2DModel calls up_block(hidden_states, res_hidden_states_tuple, temb); accept keywords too.
-        args, kwargs = list(args), dict(kwargs)
-        hidden = args[0] if args else kwargs["hidden_states"]
+        positional, keywords = list(args), dict(kwargs)
+        hidden = positional[0] if positional else keywords["hidden_states"]
         batch = hidden.shape[0]
-        if len(args) > 1:
-            args[1] = tuple(s.expand(batch, *s.shape[1:]) for s in args[1])
+        if len(positional) > 1:
+            positional[1] = tuple(s.expand(batch, *s.shape[1:]) for s in positional[1])
         else:
-            kwargs["res_hidden_states_tuple"] = tuple(
-                s.expand(batch, *s.shape[1:]) for s in kwargs["res_hidden_states_tuple"])
-        return tuple(args), kwargs
+            keywords["res_hidden_states_tuple"] = tuple(
+                s.expand(batch, *s.shape[1:]) for s in keywords["res_hidden_states_tuple"])
+        return tuple(positional), keywords
 
-    handles = [block.register_forward_pre_hook(expand, with_kwargs=True) for block in unet.up_blocks]
+    up_blocks = cast(torch.nn.ModuleList, unet.up_blocks)
+    handles = [block.register_forward_pre_hook(expand, with_kwargs=True) for block in up_blocks]
     try:
         yield
     finally:

@@ -82,6 +82,16 @@ class StreamingPCA:
     >>> pca.components_.shape                      # (25, D)
     """
 
+    # Set by `_start` at the first partial_fit (absent before: `hasattr(self, "_moments")` tells).
+    n_features_in_: int
+    _batch_size: int
+    _rank: int
+    _device: torch.device
+    _moments: Any  # Moments, or a fitted IncrementalPCA for "sklearn"; None until the first full block
+    _pending: list[torch.Tensor]
+    _pending_rows: int
+    _fitted: Fitted | None
+
     def __init__(
         self,
         n_components: int,
@@ -286,10 +296,10 @@ class StreamingPCA:
         self._device = torch.device("cpu") if self.method == "sklearn" else _resolve_device(self.device)
         self.n_features_in_ = n_features
         # None until the first full block is merged (for "sklearn": IncrementalPCA's first pass).
-        self._moments: Any = None
-        self._pending: list[torch.Tensor] = []
+        self._moments = None
+        self._pending = []
         self._pending_rows = 0
-        self._fitted: Fitted | None = None
+        self._fitted = None
 
     def _resolved_oversampling(self) -> int:
         if self.method == "sklearn":

@@ -1,9 +1,9 @@
-"""Pictures: sample grids as PNG."""
+"""Pictures (PIL): sample grids as PNG, heatmaps, and the explained-variance and Fig. 8a line plots."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,9 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, scale: int | N
         top, left = pad + row * (height + pad), pad + col * (width + pad)
         canvas[top:top + height, left:left + width] = image.transpose(1, 2, 0)
     picture = Image.fromarray(canvas)
-    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST) if scale > 1 else picture
+    if scale <= 1:
+        return picture
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
 
 def write_files(folder: Path, writers: dict[str, Callable[[Path], object]]) -> list[Path]:
@@ -120,7 +122,7 @@ def labeled_grid(images: np.ndarray, row_labels: list[str], column_labels: list[
         y = top + pad + r * (h + pad)
         draw.text((2, y + max(0, (h - _LINE_HEIGHT) // 2)), name, fill="black")
         for c in range(columns):
-            cell = Image.fromarray(images[r, c].transpose(1, 2, 0)).resize((w, h), Image.NEAREST)
+            cell = Image.fromarray(images[r, c].transpose(1, 2, 0)).resize((w, h), Image.Resampling.NEAREST)
             picture.paste(cell, (x_of[c], y))
     return picture
 
@@ -181,4 +183,97 @@ def explained_variance_plot(ratios: np.ndarray, step_labels: list[str], *, title
             y = y0 - 14 - 12 * (len(legend) - 1 - n)
             draw.line((x1 - 110, y + 5, x1 - 96, y + 5), fill=colour, width=2)
             draw.text((x1 - 92, y), step_labels[i], fill="black")
+    return picture
+
+
+def _diverging(share: float) -> tuple[int, int, int]:
+    """-1 -> blue, 0 -> white, +1 -> red."""
+    share = max(-1.0, min(1.0, share))
+    fade = int(round(255 * (1 - abs(share))))
+    return (255, fade, fade) if share >= 0 else (fade, fade, 255)
+
+
+def labelled_heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], *, low: float, high: float,
+                     title: str = "", digits: int = 2) -> Image.Image:
+    """A matrix as coloured cells with row and column labels and each value written in its cell
+    (:func:`heatmap` has neither column labels nor values).
+
+    Colour: blue at ``low``, white at the midpoint, red at ``high`` (pass a symmetric range for changes).
+    """
+    from PIL import ImageDraw
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(rows), len(columns)):
+        raise HSpaceError(f"heatmap needs a (rows, columns) matrix with one label each; got {values.shape}, "
+                          f"{len(rows)} row and {len(columns)} column labels")
+    char_w, line_h = 6, 11  # PIL's default bitmap font
+    cell_w = max(8 + char_w * (digits + 3), 8 + char_w * max(map(len, columns)))
+    cell_h = 18
+    left = 10 + char_w * max(map(len, rows))
+    top = (line_h + 8 if title else 4) + line_h + 4
+    picture = Image.new("RGB", (left + cell_w * len(columns) + 6, top + cell_h * len(rows) + 6), "white")
+    draw = ImageDraw.Draw(picture)
+    if title:
+        draw.text((4, 4), title, fill="black")
+    for j, name in enumerate(columns):
+        draw.text((left + j * cell_w + (cell_w - char_w * len(name)) // 2, top - line_h - 2), name, fill="black")
+    middle, half = (high + low) / 2, (high - low) / 2 or 1.0
+    for i, name in enumerate(rows):
+        y = top + i * cell_h
+        draw.text((4, y + (cell_h - line_h) // 2), name, fill="black")
+        for j in range(len(columns)):
+            x, value = left + j * cell_w, values[i, j]
+            colour = (200, 200, 200) if not np.isfinite(value) else _diverging((value - middle) / half)
+            draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=colour)
+            text = f"{value:+.{digits}f}" if np.isfinite(value) else "n/a"
+            draw.text((x + (cell_w - char_w * len(text)) // 2, y + (cell_h - line_h) // 2), text, fill="black")
+    return picture
+
+
+def line_plot(x: np.ndarray, series: Mapping[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int]]], *,
+              title: str = "", x_label: str = "", y_label: str = "", width: int = 480,
+              height: int = 300) -> Image.Image:
+    """Lines over a log x axis: ``series`` maps a label to (values, error bars, RGB colour)."""
+    from PIL import ImageDraw
+
+    margin_l, margin_r, margin_t, margin_b = 56, 16, 28, 40
+    picture = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(picture)
+    lx = np.log(np.asarray(x, dtype=np.float64))
+    x0, x1 = float(lx.min()), float(lx.max())
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    lows = [np.asarray(v) - np.asarray(e) for v, e, _ in series.values()]
+    highs = [np.asarray(v) + np.asarray(e) for v, e, _ in series.values()]
+    y0, y1 = min(0.0, float(np.min(lows))), max(0.0, float(np.max(highs)))
+    if y1 == y0:
+        y1 = y0 + 1
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(value: float) -> float:
+        return margin_l + (value - x0) / (x1 - x0) * (width - margin_l - margin_r)
+
+    def py(value: float) -> float:
+        return height - margin_b - (value - y0) / (y1 - y0) * (height - margin_t - margin_b)
+
+    draw.rectangle((margin_l, margin_t, width - margin_r, height - margin_b), outline="black")
+    draw.line((margin_l, py(0.0), width - margin_r, py(0.0)), fill=(170, 170, 170))
+    for value, raw in zip(lx, x, strict=False):
+        draw.line((px(value), height - margin_b, px(value), height - margin_b + 4), fill="black")
+        draw.text((px(value) - 3 * len(f"{raw:g}"), height - margin_b + 6), f"{raw:g}", fill="black")
+    for k in range(5):
+        value = y0 + (y1 - y0) * k / 4
+        draw.line((margin_l - 4, py(value), margin_l, py(value)), fill="black")
+        draw.text((4, py(value) - 5), f"{value:+.2f}", fill="black")
+    draw.text((margin_l, 8), title, fill="black")
+    draw.text((margin_l, height - 14), x_label, fill="black")
+    draw.text((width - margin_r - 6 * len(y_label), margin_t + 4), y_label, fill=(90, 90, 90))
+    for k, (label, (values, errors, colour)) in enumerate(series.items()):
+        points = [(px(a), py(b)) for a, b in zip(lx, values, strict=False)]
+        draw.line(points, fill=colour, width=2)
+        for (cx, cy), b, e in zip(points, values, errors, strict=False):
+            draw.line((cx, py(b - e), cx, py(b + e)), fill=colour)
+            draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=colour)
+        draw.text((margin_l + 8, margin_t + 6 + 12 * k), f"- {label}", fill=colour)
     return picture

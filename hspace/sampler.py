@@ -140,6 +140,7 @@ def sample(
         for i, t in enumerate(scheduler.timesteps):
             eps, h_t = predict_eps(unet, hook, x, t, deltas[i], microbatch, capture=capture, replace_t=replaced[i])
             if capture:
+                assert h_t is not None  # predict_eps returns h_t whenever capture is on
                 captured.append(h_t)
             # z_t is drawn only when eta_t > 0, exactly as DDIMScheduler.step draws it (eq. 3).
             z = draw_noise(generators, model.image_shape).to(device) if etas[i] > 0 else None
@@ -201,7 +202,8 @@ def predict_eps(
     """eps(x_t, t) with delta_t added to h_t, in passes of ``microbatch`` samples; and h_t if captured."""
     # Once per call: ModelMixin.dtype walks every module, as costly as a tiny model's forward.
     dtype = next(unet.parameters()).dtype
-    outputs, captures = [], []
+    outputs: list[torch.Tensor] = []
+    captures: list[torch.Tensor] = []
     hook.capture = capture
     for start in range(0, x.shape[0], microbatch):
         part = slice(start, start + microbatch)
@@ -209,6 +211,7 @@ def predict_eps(
         hook.replace = None if replace_t is None else replace_t[part]
         outputs.append(unet(x[part].to(dtype), t).sample.float())
         if capture:
+            assert hook.captured is not None  # the hook records h_t on every pass while capture is on
             captures.append(hook.captured)
     hook.delta, hook.replace, hook.capture, hook.captured = None, None, False, None
     return torch.cat(outputs), (torch.cat(captures) if capture else None)
