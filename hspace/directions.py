@@ -25,7 +25,8 @@ def top_bottom(scores: np.ndarray, k: int, *, threshold: float | None = None,
     scores of a binary attribute are not the k most typical examples but the ones the classifier is most
     sure of, and its confidence follows whatever the attribute correlates with: on the testbed the 57
     faces least likely to wear glasses wear a hat 7% of the time, all faces without glasses 24%, so the
-    top-k glasses direction carried more hat than the data's correlation (docs/results.md, eq. 11 for binary attributes).
+    top-k glasses direction carried more hat than the data's correlation (docs/results.md, "eq. 11 for binary
+    attributes").
 
     Returns
     -------
