@@ -1,8 +1,16 @@
-"""Shared fixtures: the tiny model, one Prefect test harness and one real Prefect server per session."""
+"""Shared fixtures: the tiny model, built corpora, the in-process CLI, tree bytes, one Prefect test harness and one
+real Prefect server per session.
+
+Every test runs by default (CI runs them all); ``pytest -m "not slow"`` leaves out the end-to-end checks that start
+subprocesses, Prefect servers or Dask clusters, for a quick loop.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -17,6 +25,81 @@ from hspace.models import LoadedModel, load_model  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny() -> LoadedModel:
     return load_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def corpus_factory(tmp_path_factory) -> Callable[..., str]:
+    """``corpus_factory(samples=, steps=, batch=, seed=, ...)``: the url of a tiny-model corpus with these settings.
+
+    Each set of settings is built once per session, shard by shard in this process (``generate_shard.fn``: the
+    flow's own tasks, without a Prefect run), and shared: copy it (``copy_corpus``) before writing to it.
+    """
+    from tasks.corpus import generate_shard, prepare_corpus
+
+    built: dict[str, str] = {}
+
+    def build(
+        *,
+        samples: int,
+        steps: int,
+        batch: int,
+        seed: int,
+        model: str = "tiny",
+        eta: float = 1.0,
+        dtype: str = "float16",
+        device: str = "cpu",
+    ) -> str:
+        settings = dict(
+            model=model, samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype, device=device
+        )
+        key = repr(sorted(settings.items()))
+        if key not in built:
+            url = str(tmp_path_factory.mktemp("corpus") / "c.zarr")
+            corpus = prepare_corpus(out=url, **settings)
+            for shard in corpus.missing_shards():
+                generate_shard.fn(url, shard, model, device)
+            built[key] = url
+        return built[key]
+
+    return build
+
+
+@pytest.fixture
+def copy_corpus(tmp_path) -> Callable[[str], str]:
+    """``copy_corpus(url)``: the url of a fresh copy of that corpus in this test's ``tmp_path`` (``c.zarr``)."""
+
+    def copy(url: str) -> str:
+        fresh = str(tmp_path / "c.zarr")
+        shutil.copytree(url, fresh)
+        return fresh
+
+    return copy
+
+
+@pytest.fixture
+def cli(capsys) -> Callable[..., int]:
+    """``cli(*args)``: run ``hspace *args`` in this process (arguments passed through ``str``) and return its exit
+    status; ``capsys.readouterr()`` then holds what this command printed, and nothing from before it."""
+    import flows.cli
+
+    def run(*args: object) -> int:
+        capsys.readouterr()
+        return flows.cli.main([str(arg) for arg in args])
+
+    return run
+
+
+def read_tree(root: str | Path, under: str = "") -> dict[str, bytes]:
+    """Every file below ``root/under``, by its path relative to ``root``, with its bytes."""
+    base = Path(root)
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted((base / under).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tree_bytes() -> Callable[..., dict[str, bytes]]:
+    """``tree_bytes(root, under="")``: {relative path: bytes} of every file below ``root/under``, to check that a
+    command wrote nothing, or that two runs wrote the same bytes."""
+    return read_tree
 
 
 @pytest.fixture(scope="session")

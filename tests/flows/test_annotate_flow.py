@@ -9,10 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-import flows.cli
 import tasks.annotate
 from flows.annotate import annotate
-from flows.corpus import build_corpus
 from flows.runner import run_flow
 from hspace.annotators import Annotator, load_annotator
 from hspace.errors import HSpaceError
@@ -20,8 +18,7 @@ from storage.annotations import Annotations, AnnotatorRecord, list_annotators
 from storage.corpus import Corpus
 from tasks.annotate import annotate_shard, prepare_annotations
 
-CORPUS = dict(model="tiny", samples=16, steps=4, eta=1.0, batch=4, seed=3, dtype="float16", device="cpu",
-              progress=False)
+CORPUS = dict(model="tiny", samples=16, steps=4, eta=1.0, batch=4, seed=3, dtype="float16", device="cpu")
 
 
 class MeanColour(Annotator):
@@ -41,19 +38,10 @@ class MeanColour(Annotator):
         return (images.astype(np.float32).mean(axis=(2, 3)) * self.scale).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def built(prefect_harness, tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("corpus") / "c.zarr")
-    run_flow(build_corpus, out=url, **CORPUS)
-    return url
-
-
 @pytest.fixture
-def corpus_url(built, tmp_path):
+def corpus_url(prefect_harness, corpus_factory, copy_corpus):
     """A fresh copy of the module's corpus for each test."""
-    url = str(tmp_path / "c.zarr")
-    shutil.copytree(built, url)
-    return url
+    return copy_corpus(corpus_factory(**CORPUS))
 
 
 @pytest.fixture
@@ -68,11 +56,6 @@ def colour_annotator(monkeypatch):
     tasks.annotate.cached_annotator.cache_clear()
     yield
     tasks.annotate.cached_annotator.cache_clear()
-
-
-@pytest.fixture
-def cli():
-    return flows.cli.main
 
 
 def score_arrays(url: str, annotator: str) -> dict[str, np.ndarray]:
@@ -175,10 +158,10 @@ def test_names_that_become_paths_are_validated():
 
 
 def test_cli_annotate_prints_json_and_is_idempotent(corpus_url, cli, capsys):
-    assert cli(["annotate", corpus_url, "--annotator", "testbed", "--json", "--no-progress"]) == 0
+    assert cli("annotate", corpus_url, "--annotator", "testbed", "--json", "--no-progress") == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["annotator"], info["shards_done"], info["missing_shards"]) == ("testbed", 4, [])
-    assert cli(["annotate", corpus_url, "--annotator", "testbed", "--json", "--no-progress"]) == 0
+    assert cli("annotate", corpus_url, "--annotator", "testbed", "--json", "--no-progress") == 0
     assert json.loads(capsys.readouterr().out)["shards_done"] == 4
 
 
@@ -194,12 +177,12 @@ def test_cli_annotate_prints_json_and_is_idempotent(corpus_url, cli, capsys):
 )
 def test_cli_bad_input_fails_with_one_line_and_writes_nothing(corpus_url, cli, capsys, colour_annotator, args,
                                                               message):
-    assert cli(["annotate", corpus_url, *args, "--no-progress"]) == 1
+    assert cli("annotate", corpus_url, *args, "--no-progress") == 1
     assert message in error_line(capsys)
     assert not os.path.exists(os.path.join(corpus_url, "annotations"))
 
 
 def test_cli_missing_corpus_fails_and_creates_nothing(tmp_path, cli, capsys):
-    assert cli(["annotate", str(tmp_path / "none.zarr"), "--annotator", "testbed"]) == 1
+    assert cli("annotate", str(tmp_path / "none.zarr"), "--annotator", "testbed") == 1
     assert "no corpus at" in error_line(capsys)
     assert not (tmp_path / "none.zarr").exists()

@@ -107,6 +107,7 @@ def test_bad_output_locations_fail_cleanly(tmp_path, capsys, kind):
     assert sorted(p.name for p in out.parent.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_console_script_exit_codes(tmp_path):
     bad = run_cli(*BUILD, str(tmp_path / "c"), "--samples", "0")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
@@ -151,6 +152,7 @@ def test_demo_runs_the_pipeline_and_draws_samples_edits_and_the_evaluation(prefe
     assert f"edits.png: {out / 'edits.png'}" in printed and "version v0001" in printed
 
 
+@pytest.mark.slow
 def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_prefect_server, tmp_path):
     args = ["corpus", "build", "--model", "tiny", "--samples", "24", "--steps", "50", "--batch", "2", "--seed", "5",
             "--no-progress"]
@@ -187,6 +189,7 @@ def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_
     assert dict(a.attrs) == dict(b.attrs)
 
 
+@pytest.mark.slow
 def test_workers_without_an_api_url_start_and_stop_their_own_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     result = subprocess.run([sys.executable, "-m", "flows.cli", *BUILD, str(tmp_path / "c"), "--workers",

@@ -20,10 +20,6 @@ def shard_file(url: str, array: str, shard: int) -> str:
     return f"{url}/{array}/c/{suffix}"
 
 
-def corpus_files(root) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_threads_flow_builds_a_corpus_whose_samples_regenerate_from_their_seeds(prefect_harness, tmp_path, tiny):
     url = str(tmp_path / "c")
     info = run_flow(build_corpus, out=url, **ARGS)
@@ -37,12 +33,12 @@ def test_threads_flow_builds_a_corpus_whose_samples_regenerate_from_their_seeds(
         assert np.array_equal(corpus.read_h(slice(i, i + 1)), again.h.numpy().astype(np.float16))
 
 
-def test_rerun_writes_only_missing_shards(prefect_harness, tmp_path):
+def test_rerun_writes_only_missing_shards(prefect_harness, tmp_path, tree_bytes):
     import os
 
     url = str(tmp_path / "c")
     run_flow(build_corpus, out=url, **{**ARGS, "samples": 12})
-    before = corpus_files(tmp_path / "c")
+    before = tree_bytes(tmp_path / "c")
     stats = {k: os.stat(shard_file(url, "h", k)) for k in range(3)}
     Corpus.open(url, writable=True).group["done"][1] = False  # as if shard 1 had not finished
     info = run_flow(build_corpus, out=url, **{**ARGS, "samples": 12})
@@ -51,13 +47,14 @@ def test_rerun_writes_only_missing_shards(prefect_harness, tmp_path):
         now = os.stat(shard_file(url, "h", k))
         assert (now.st_ino, now.st_mtime_ns) == (stats[k].st_ino, stats[k].st_mtime_ns)
     assert os.stat(shard_file(url, "h", 1)).st_ino != stats[1].st_ino
-    assert corpus_files(tmp_path / "c") == before
+    assert tree_bytes(tmp_path / "c") == before
 
 
-def test_dask_local_cluster_with_two_workers_gives_the_same_bytes(use_prefect_server, tmp_path):
+@pytest.mark.slow
+def test_dask_local_cluster_with_two_workers_gives_the_same_bytes(use_prefect_server, tmp_path, tree_bytes):
     run_flow(build_corpus, runner=RunnerChoice(workers=2), out=str(tmp_path / "dask"), **ARGS)
     run_flow(build_corpus, out=str(tmp_path / "threads"), **ARGS)
-    dask_files, thread_files = corpus_files(tmp_path / "dask"), corpus_files(tmp_path / "threads")
+    dask_files, thread_files = tree_bytes(tmp_path / "dask"), tree_bytes(tmp_path / "threads")
     assert "h/c/1/0/0/0/0" in dask_files
     assert dask_files == thread_files
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from hspace.sampler import derive_seeds, sample, to_uint8
 from storage.corpus import Corpus
 from storage.jacobian_runs import JacobianRun, read_jacobian_directions
 from storage.pca_runs import read_pca_directions
-from tasks.corpus import generate_shard, prepare_corpus
 
 SAMPLES, STEPS, BASE_SEED = 8, 4, 2
 
@@ -28,53 +25,34 @@ def registered():
     assert "flows.cli_directions" in flows.cli.COMMAND_MODULES
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> str:
-    url = str(tmp_path_factory.mktemp("cli") / "corpus")
-    corpus = prepare_corpus(out=url, model="tiny", samples=SAMPLES, steps=STEPS, eta=1.0, batch=4, seed=BASE_SEED,
-                            dtype="float16", device="cpu")
-    for shard in corpus.missing_shards():
-        generate_shard.fn(url, shard, "tiny", "cpu")
-    return url
-
-
 @pytest.fixture
-def url(built, tmp_path) -> str:
-    shutil.copytree(built, tmp_path / "corpus")
-    return str(tmp_path / "corpus")
+def url(corpus_factory, copy_corpus) -> str:
+    return copy_corpus(corpus_factory(samples=SAMPLES, steps=STEPS, batch=4, seed=BASE_SEED))
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    status = flows.cli.main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def listing(root: str) -> dict[str, bytes]:
-    base = Path(root)
-    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
-
-
-def test_pca_fit_and_info(prefect_harness, url, capsys, tmp_path):
-    status, out, _ = cli(capsys, "pca", "fit", url, "--components", "3", "--batch-size", "4", "--json",
-                         "--no-progress")
+def test_pca_fit_and_info(prefect_harness, url, capsys, tmp_path, cli):
+    status = cli("pca", "fit", url, "--components", "3", "--batch-size", "4", "--json", "--no-progress")
+    out = capsys.readouterr().out
     assert status == 0
     fitted = json.loads(out)
     assert fitted["complete"] and fitted["components"] == 3 and fitted["steps"] == list(range(STEPS))
-    status, out, _ = cli(capsys, "pca", "info", url, "--json", "--plot", str(tmp_path / "ev.png"))
+    status = cli("pca", "info", url, "--json", "--plot", str(tmp_path / "ev.png"))
+    out = capsys.readouterr().out
     info = json.loads(out)
     assert status == 0 and info["run"] == "default" and len(info["explained_variance_ratio"]) == STEPS
     ratio = np.array(info["explained_variance_ratio"])
     assert ratio.shape == (STEPS, 3) and (np.diff(ratio, axis=1) <= 0).all() and (ratio.sum(1) < 1).all()
     assert Image.open(tmp_path / "ev.png").size == (480, 320)
     assert not list(tmp_path.glob(".*.tmp"))
-    status, out, _ = cli(capsys, "pca", "info", url)
+    status = cli("pca", "info", url)
+    out = capsys.readouterr().out
     assert status == 0 and "explained_variance_ratio_total" in out
 
 
-def test_jacobian_json_reports_what_is_stored(prefect_harness, url, capsys):
-    status, out, _ = cli(capsys, "jacobian", url, "--sample", "2", "--step", "1", "--k", "2", "--max-iter", "3",
-                         "--json", "--no-progress")
+def test_jacobian_json_reports_what_is_stored(prefect_harness, url, capsys, cli):
+    status = cli("jacobian", url, "--sample", "2", "--step", "1", "--k", "2", "--max-iter", "3", "--json",
+                 "--no-progress")
+    out = capsys.readouterr().out
     assert status == 0
     info = json.loads(out)
     assert info["run"] == "sample2-step1-k2" and info["done"] == 1
@@ -83,11 +61,12 @@ def test_jacobian_json_reports_what_is_stored(prefect_harness, url, capsys):
 
 
 def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(prefect_harness, url, capsys, tmp_path,
-                                                                           tiny):
-    assert cli(capsys, "pca", "fit", url, "--components", "2", "--batch-size", "4", "--no-progress")[0] == 0
+                                                                           tiny, cli):
+    assert cli("pca", "fit", url, "--components", "2", "--batch-size", "4", "--no-progress") == 0
     out = tmp_path / "grid.png"
-    status, stdout, _ = cli(capsys, "edit", url, "--pca", "default", "--directions", "1,0", "--show", "5,0",
-                            "--gammas", "-3,3", "--random-baseline", "--out", str(out))
+    status = cli("edit", url, "--pca", "default", "--directions", "1,0", "--show", "5,0", "--gammas", "-3,3",
+                 "--random-baseline", "--out", str(out))
+    stdout = capsys.readouterr().out
     assert status == 0 and "3 directions x 2 samples x 3 gammas" in stdout
     # Oracle: the corpus's own x0 at gamma 0; hspace.sample along the stored directions elsewhere.
     v = torch.from_numpy(read_pca_directions(url, "default", [1, 0]))
@@ -113,12 +92,12 @@ def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(prefe
     assert (cells[0, 0] != cells[0, 1]).any()  # the edit changes the picture
 
 
-def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harness, url, capsys, tmp_path, tiny):
-    assert cli(capsys, "jacobian", url, "--sample", "3", "--step", "2", "--k", "2", "--max-iter", "3", "--run", "j",
-               "--no-progress")[0] == 0
+def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harness, url, tmp_path, tiny, cli):
+    assert cli("jacobian", url, "--sample", "3", "--step", "2", "--k", "2", "--max-iter", "3", "--run", "j",
+               "--no-progress") == 0
     out = tmp_path / "jac.png"
-    status, _, _ = cli(capsys, "edit", url, "--jacobian", "j", "--sample", "3", "--step", "2", "--directions", "0",
-                       "--gammas", "8", "--out", str(out))
+    status = cli("edit", url, "--jacobian", "j", "--sample", "3", "--step", "2", "--directions", "0", "--gammas", "8",
+                 "--out", str(out))
     assert status == 0
     found = torch.from_numpy(read_jacobian_directions(url, "j", 3, 2, [0]))[0]
     seed = derive_seeds(BASE_SEED, 3, 4)
@@ -150,16 +129,17 @@ def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harne
         (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/g.jpg"], "must name a .png"),
     ],
 )
-def test_bad_input_exits_1_with_one_line_and_writes_nothing(url, capsys, tmp_path, args, message):
+def test_bad_input_exits_1_with_one_line_and_writes_nothing(url, capsys, tmp_path, args, message, cli, tree_bytes):
     from tasks.pca import fit_pca_step, prepare_pca
 
     prepare_pca(url, components=2, run="half", batch_size=4)
     fit_pca_step.fn(url, "half", 0)  # steps 1..3 missing
     Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "mask.jpg", format="JPEG")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "black.png")
-    before, files_before = listing(url), sorted(p.name for p in tmp_path.iterdir())
-    status, out, err = cli(capsys, *[a.format(url=url, tmp=tmp_path) for a in args])
+    before, files_before = tree_bytes(url), sorted(p.name for p in tmp_path.iterdir())
+    status = cli(*[a.format(url=url, tmp=tmp_path) for a in args])
+    out, err = capsys.readouterr()
     assert status == 1 and out == ""
     assert err.startswith("hspace: error: ") and err.count("\n") == 1 and message in err, err
-    assert listing(url) == before
+    assert tree_bytes(url) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == files_before

@@ -14,7 +14,6 @@ from hspace.errors import HSpaceError
 from storage.corpus import Corpus
 from storage.pca_runs import PCARun, read_pca_directions
 from storage.runs import list_runs
-from tasks.corpus import generate_shard, prepare_corpus
 from tasks.pca import align_pca_run, fit_pca_step, prepare_pca
 
 # 12 samples: the centred h span 11 directions, fewer than the k + p = 4 + 10 rows the estimator keeps,
@@ -23,27 +22,9 @@ SAMPLES, STEPS, K = 12, 4, 4
 FIT = dict(components=K, batch_size=4, progress=False)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> str:
-    url = str(tmp_path_factory.mktemp("pca") / "corpus")
-    corpus = prepare_corpus(out=url, model="tiny", samples=SAMPLES, steps=STEPS, eta=1.0, batch=4, seed=5,
-                            dtype="float16", device="cpu")
-    for shard in corpus.missing_shards():
-        generate_shard.fn(url, shard, "tiny", "cpu")
-    return url
-
-
 @pytest.fixture
-def url(built, tmp_path) -> str:
-    shutil.copytree(built, tmp_path / "corpus")
-    return str(tmp_path / "corpus")
-
-
-def files(root: str, under: str = "pca") -> dict[str, bytes]:
-    from pathlib import Path
-
-    base = Path(root)
-    return {str(p.relative_to(base)): p.read_bytes() for p in sorted((base / under).rglob("*")) if p.is_file()}
+def url(corpus_factory, copy_corpus) -> str:
+    return copy_corpus(corpus_factory(samples=SAMPLES, steps=STEPS, batch=4, seed=5))
 
 
 def exact_pca(url: str, step: int):
@@ -85,7 +66,7 @@ def test_a_subset_of_steps_edits_only_there(prefect_harness, url):
     assert list_runs(url, "pca") == ["odd"]
 
 
-def test_a_run_killed_after_some_steps_resumes_to_the_same_bytes(prefect_harness, url, tmp_path):
+def test_a_run_killed_after_some_steps_resumes_to_the_same_bytes(prefect_harness, url, tmp_path, tree_bytes):
     shutil.copytree(url, tmp_path / "uninterrupted")
     run_flow(fit_pca, url=str(tmp_path / "uninterrupted"), **FIT)
     # The "killed" run: steps 0 and 2 written, then it died (no signs).
@@ -98,12 +79,12 @@ def test_a_run_killed_after_some_steps_resumes_to_the_same_bytes(prefect_harness
         read_pca_directions(url, "default")
     info = run_flow(fit_pca, url=url, **FIT)
     assert info["complete"]
-    assert files(url) == files(str(tmp_path / "uninterrupted"))
+    assert tree_bytes(url, "pca") == tree_bytes(str(tmp_path / "uninterrupted"), "pca")
 
 
-def test_a_step_whose_flag_is_not_set_is_not_trusted(prefect_harness, url, monkeypatch):
+def test_a_step_whose_flag_is_not_set_is_not_trusted(prefect_harness, url, monkeypatch, tree_bytes):
     run_flow(fit_pca, url=url, **FIT)
-    before = files(url)
+    before = tree_bytes(url, "pca")
     pca = PCARun.open(url, "default", writable=True)
     pca.group["components"][2] = np.full(pca.group["components"].shape[1:], 9.0, dtype=np.float32)
     pca.group["done"][2] = False  # as if the task died between its data and its flag
@@ -122,7 +103,7 @@ def test_a_step_whose_flag_is_not_set_is_not_trusted(prefect_harness, url, monke
     monkeypatch.setattr(tasks.pca, "fit_step", counting)
     run_flow(fit_pca, url=url, **FIT)
     assert fitted == [2]  # only the step not done was refitted
-    assert files(url) == before
+    assert tree_bytes(url, "pca") == before
 
 
 def test_signs_not_written_make_the_run_incomplete(url):

@@ -36,11 +36,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _files(root) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_new(prefect_harness, tmp_path):
+def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_new(prefect_harness, tmp_path,
+                                                                                  tree_bytes):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
     result = run_flow(rebuild_bank, settings=RebuildSettings(bank=bank_url, corpus=corpus_url,
                                                              report=str(tmp_path / "report"), **ARGS))
@@ -73,10 +70,10 @@ def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_ne
         assert set(evaluation) >= {"effect", "random", "attributes"} and len(evaluation["effect"]["mean"]) == 9
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"evaluation.csv", "evaluation.md", "evaluation.png"}
 
-    before = _files(tmp_path / "bank")
+    before = tree_bytes(tmp_path / "bank")
     again = run_flow(rebuild_bank, settings=RebuildSettings(bank=bank_url, corpus=corpus_url, **ARGS))
     assert again["version"] == result["version"] and again["evaluation"] == result["evaluation"]
-    assert _files(tmp_path / "bank") == before
+    assert tree_bytes(tmp_path / "bank") == before
     assert len(list_versions(bank_url)) == 1
 
 

@@ -10,43 +10,27 @@ import numpy as np
 import pytest
 import torch
 
-import flows.cli
 from flows.annotate import annotate
-from flows.corpus import build_corpus
 from flows.runner import run_flow
 from hspace.errors import HSpaceError
 from storage.annotations import Annotations
 from storage.corpus import Corpus
 from storage.directions import list_directions, read_direction
 
-CORPUS = dict(model="tiny", samples=24, steps=4, eta=1.0, batch=8, seed=5, dtype="float16", device="cpu",
-              progress=False)
+CORPUS = dict(model="tiny", samples=24, steps=4, eta=1.0, batch=8, seed=5, dtype="float16", device="cpu")
 
 
 @pytest.fixture(scope="module")
-def annotated(prefect_harness, tmp_path_factory):
+def annotated(prefect_harness, corpus_factory, tmp_path_factory):
     url = str(tmp_path_factory.mktemp("corpus") / "c.zarr")
-    run_flow(build_corpus, out=url, **CORPUS)
+    shutil.copytree(corpus_factory(**CORPUS), url)
     run_flow(annotate, url, "testbed", progress=False)
     return url
 
 
 @pytest.fixture
-def url(annotated, tmp_path):
-    copy = str(tmp_path / "c.zarr")
-    shutil.copytree(annotated, copy)
-    return copy
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = flows.cli.main(list(args))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err.strip()
-
-    return run
+def url(annotated, copy_corpus):
+    return copy_corpus(annotated)
 
 
 def h_and_scores(url: str, attribute: str) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +38,9 @@ def h_and_scores(url: str, attribute: str) -> tuple[np.ndarray, np.ndarray]:
     return corpus.read_h().astype(np.float64), Annotations.open(corpus, "testbed").scores(attribute)
 
 
-def test_top_k_direction_equals_eq_11_computed_by_hand(url, cli):
-    code, out, _ = cli("directions", "supervised", url, "--attribute", "smile", "--k", "5", "--name", "smile", "--json")
+def test_top_k_direction_equals_eq_11_computed_by_hand(url, cli, capsys):
+    code = cli("directions", "supervised", url, "--attribute", "smile", "--k", "5", "--name", "smile", "--json")
+    out = capsys.readouterr().out
     assert code == 0
     summary = json.loads(out)
     assert (summary["method"], summary["positives"], summary["shape"]) == ("supervised", 5, [4, 32, 8, 8])
@@ -70,32 +55,37 @@ def test_top_k_direction_equals_eq_11_computed_by_hand(url, cli):
     assert record.fingerprint == Corpus.open(url).spec.fingerprint and record.source == url
 
 
-def test_threshold_draws_examples_from_each_side(url, cli):
+def test_threshold_draws_examples_from_each_side(url, cli, capsys):
     h, scores = h_and_scores(url, "smile")
     split = float(np.sort(scores)[7])  # 8 samples at or below it, 16 above: the smaller side caps k = 10 at 8
-    code, out, _ = cli("directions", "supervised", url, "--attribute", "smile", "--k", "10", "--threshold", str(split),
-                       "--name", "s", "--json")
+    code = cli("directions", "supervised", url, "--attribute", "smile", "--k", "10", "--threshold", str(split),
+               "--name", "s", "--json")
+    out = capsys.readouterr().out
     assert code == 0, out
     stored, record = read_direction(Corpus.open(url), "s")
     pos, neg = record.parameters["positives"], record.parameters["negatives"]
     assert len(pos) == len(neg) == 8 and record.parameters["threshold"] == split
     assert (scores[pos] > split).all() and (scores[neg] <= split).all()
     np.testing.assert_allclose(stored, h[pos].mean(0) - h[neg].mean(0), rtol=1e-5, atol=1e-6)
-    code, _, err = cli("directions", "supervised", url, "--attribute", "smile", "--threshold", "99", "--name", "t")
+    code = cli("directions", "supervised", url, "--attribute", "smile", "--threshold", "99", "--name", "t")
+    err = capsys.readouterr().err.strip()
     assert code == 1 and "no sample scores above the threshold 99.0" in err, err
-    code, _, err = cli("directions", "supervised", url, "--positives", "1", "--negatives", "2", "--threshold", "0.5",
-                       "--name", "t")
+    code = cli("directions", "supervised", url, "--positives", "1", "--negatives", "2", "--threshold", "0.5",
+               "--name", "t")
+    err = capsys.readouterr().err.strip()
     assert code == 1 and "not both" in err, err
 
 
 def test_explicit_ids_and_x_T_space(url, cli):
-    assert cli("directions", "supervised", url, "--positives", "1,2,3", "--negatives", "4,5,9,20", "--name", "ex")[0] == 0
+    assert cli("directions", "supervised", url, "--positives", "1,2,3", "--negatives", "4,5,9,20",
+               "--name", "ex") == 0
     h, _ = h_and_scores(url, "smile")
     stored, record = read_direction(Corpus.open(url), "ex")
     np.testing.assert_allclose(stored, h[[1, 2, 3]].mean(0) - h[[4, 5, 9, 20]].mean(0), rtol=1e-5, atol=1e-6)
     assert record.method == "examples" and record.parameters["negatives"] == [4, 5, 9, 20]
 
-    assert cli("directions", "supervised", url, "--attribute", "yaw", "--k", "3", "--space", "xT", "--name", "yaw-xT")[0] == 0
+    assert cli("directions", "supervised", url, "--attribute", "yaw", "--k", "3", "--space", "xT",
+               "--name", "yaw-xT") == 0
     corpus = Corpus.open(url)
     seeds, (_, scores) = corpus.read_seeds(), h_and_scores(url, "yaw")
     order = np.argsort(scores)
@@ -107,11 +97,12 @@ def test_explicit_ids_and_x_T_space(url, cli):
     assert (record.method, record.space, record.shape) == ("supervised-xT", "xT", (3, 16, 16))
 
 
-def test_disentangled_equals_the_hand_projection(url, cli):
+def test_disentangled_equals_the_hand_projection(url, cli, capsys):
     for attribute in ("smile", "yaw", "glasses"):
-        assert cli("directions", "supervised", url, "--attribute", attribute, "--k", "6", "--name", attribute)[0] == 0
-    code, out, _ = cli("directions", "disentangle", url, "--name", "smile-perp", "--from", "smile",
-                       "--against", "yaw,glasses", "--json")
+        assert cli("directions", "supervised", url, "--attribute", attribute, "--k", "6", "--name", attribute) == 0
+    code = cli("directions", "disentangle", url, "--name", "smile-perp", "--from", "smile",
+               "--against", "yaw,glasses", "--json")
+    out = capsys.readouterr().out
     assert code == 0 and json.loads(out)["method"] == "disentangled"
     corpus = Corpus.open(url)
     v0, v1, v2 = (read_direction(corpus, n)[0].astype(np.float64).ravel() for n in ("smile", "yaw", "glasses"))
@@ -124,40 +115,44 @@ def test_disentangled_equals_the_hand_projection(url, cli):
 
     # --keep-norm: the same direction, rescaled to |v_0|.
     assert cli("directions", "disentangle", url, "--name", "smile-perp-kept", "--from", "smile",
-               "--against", "yaw,glasses", "--keep-norm")[0] == 0
+               "--against", "yaw,glasses", "--keep-norm") == 0
     kept, record = read_direction(corpus, "smile-perp-kept")
     np.testing.assert_allclose(kept.ravel(), expected * np.linalg.norm(v0) / np.linalg.norm(expected),
                                rtol=1e-4, atol=1e-5 * np.abs(v0).max())
     assert record.parameters["keep_norm"] is True
 
-    code, out, _ = cli("directions", "list", url, "--json")
+    code = cli("directions", "list", url, "--json")
+    out = capsys.readouterr().out
     listed = {d["name"]: d for d in json.loads(out)}
     assert set(listed) == {"smile", "yaw", "glasses", "smile-perp", "smile-perp-kept"}
     assert all(d["complete"] for d in listed.values())
-    code, out, _ = cli("directions", "list", url)
+    code = cli("directions", "list", url)
+    out = capsys.readouterr().out
     assert code == 0 and "smile-perp" in out and "disentangled" in out
 
 
 def test_half_written_direction_is_not_trusted(url, cli):
-    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "smile")[0] == 0
+    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "smile") == 0
     array = Corpus.open(url, writable=True).group["directions/smile"]
     array.attrs.update({"hspace_direction": {**array.attrs["hspace_direction"], "complete": False}})
     with pytest.raises(HSpaceError, match="never completely written"):
         read_direction(Corpus.open(url), "smile")
     assert list_directions(Corpus.open(url))[0]["complete"] is False
-    code, _, err = cli("directions", "disentangle", url, "--name", "x", "--from", "yaw", "--against", "smile")
+    code = cli("directions", "disentangle", url, "--name", "x", "--from", "yaw", "--against", "smile")
     assert code == 1
     # The same command again replaces it.
-    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "smile")[0] == 0
+    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "smile") == 0
     read_direction(Corpus.open(url), "smile")
 
 
-def test_same_name_made_another_way_needs_overwrite(url, cli):
-    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "d")[0] == 0
-    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "d")[0] == 0  # rerun
-    code, _, err = cli("directions", "supervised", url, "--attribute", "smile", "--k", "5", "--name", "d")
+def test_same_name_made_another_way_needs_overwrite(url, cli, capsys):
+    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "d") == 0
+    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "4", "--name", "d") == 0  # rerun
+    code = cli("directions", "supervised", url, "--attribute", "smile", "--k", "5", "--name", "d")
+    err = capsys.readouterr().err.strip()
     assert code == 1 and "parameters.k (stored: 4, requested: 5)" in err and "--overwrite" in err
-    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "5", "--name", "d", "--overwrite")[0] == 0
+    assert cli("directions", "supervised", url, "--attribute", "smile", "--k", "5", "--name", "d",
+               "--overwrite") == 0
     assert read_direction(Corpus.open(url), "d")[1].parameters["k"] == 5
 
 
@@ -176,8 +171,9 @@ def test_same_name_made_another_way_needs_overwrite(url, cli):
         (["list", "{missing}"], "no corpus at"),
     ],
 )
-def test_bad_input_exits_1_with_one_line_and_writes_nothing(url, cli, tmp_path, args, message):
+def test_bad_input_exits_1_with_one_line_and_writes_nothing(url, cli, tmp_path, args, message, capsys):
     args = [a.format(url=url, missing=str(tmp_path / "none.zarr")) for a in args]
-    code, out, err = cli("directions", *args)
+    code = cli("directions", *args)
+    err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("hspace: error: ") and "\n" not in err and message in err, err
     assert not os.path.exists(os.path.join(url, "directions"))

@@ -369,18 +369,6 @@ def test_export_to_a_file_and_to_a_bank(url, tmp_path):
 
 
 # ----- the CLI -------------------------------------------------------------------------------------
-@pytest.fixture
-def cli(monkeypatch):
-    import flows.cli
-
-    assert "flows.cli_bank" in flows.cli.COMMAND_MODULES
-
-    def run(*argv):
-        return flows.cli.main(["bank", *map(str, argv)])
-
-    return run
-
-
 def one_error_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("hspace: error: ") and "\n" not in err, err
@@ -398,41 +386,44 @@ def write_inputs(tmp_path, made, **meta):
 
 
 def test_cli_publish_list_show_export_verify(cli, capsys, tmp_path):
+    import flows.cli
+
+    assert "flows.cli_bank" in flows.cli.COMMAND_MODULES
     url = str(tmp_path / "bank")
     made = directions()
     tensors, sidecar = write_inputs(tmp_path, made, notes="from a script")
-    assert cli("publish", url, "--from", tensors, "--meta", sidecar, "--json") == 0
+    assert cli("bank", "publish", url, "--from", tensors, "--meta", sidecar, "--json") == 0
     assert json.loads(capsys.readouterr().out) == {"url": url, "version": "v0001"}
-    assert cli("publish", url, "--from", tensors, "--meta", sidecar, "--version", "named") == 0
+    assert cli("bank", "publish", url, "--from", tensors, "--meta", sidecar, "--version", "named") == 0
     assert "version named" in capsys.readouterr().out
     assert list_versions(url) == ["v0001", "named"]
     assert torch.equal(load_bank(url, "v0001").tensor("b"), made[1].tensor)
     assert load_bank(url, "v0001").info()["directions"]["a"]["evaluation"] == made[0].evaluation
 
-    assert cli("list", url) == 0
+    assert cli("bank", "list", url) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("v0001") and lines[1].startswith("named")
     assert lines[1].endswith("(latest)") and "(latest)" not in lines[0] and "2 directions" in lines[0]
-    assert cli("list", url, "--json") == 0
+    assert cli("bank", "list", url, "--json") == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["latest"] == "named" and [v["latest"] for v in listed["versions"]] == [False, True]
 
-    assert cli("show", url, "--version", "v0001", "--json") == 0
+    assert cli("bank", "show", url, "--version", "v0001", "--json") == 0
     shown = json.loads(capsys.readouterr().out)
     per_step = made[0].tensor.flatten(1).norm(dim=1)
     assert shown["directions"]["a"]["norm"] == pytest.approx(float(made[0].tensor.norm()), rel=1e-6)
     assert shown["directions"]["a"]["step_norm_max"] == pytest.approx(float(per_step.max()), rel=1e-6)
     assert shown["notes"] == "from a script" and shown["directions"]["b"]["method"] == "supervised"
-    assert cli("show", url) == 0
+    assert cli("bank", "show", url) == 0
     text = capsys.readouterr().out
     assert "version named" in text and "auc=0.85" in text and "effect.gamma_2=-0.5" in text
 
     out = tmp_path / "export" / "all.safetensors"
-    assert cli("export", url, "--version", "v0001", "--out", out) == 0
+    assert cli("bank", "export", url, "--version", "v0001", "--out", out) == 0
     assert capsys.readouterr().out.split() == [str(out), str(out.with_suffix(".json"))]
     # The exported pair is what publish reads: publishing it elsewhere gives the same content.
     other = str(tmp_path / "other")
-    assert cli("publish", other, "--from", out, "--meta", out.with_suffix(".json"), "--version", "v0001") == 0
+    assert cli("bank", "publish", other, "--from", out, "--meta", out.with_suffix(".json"), "--version", "v0001") == 0
     assert capsys.readouterr().out.strip() == f"published {other} version v0001"
     assert load_bank(other).info()["content_sha256"] == load_bank(url, "v0001").info()["content_sha256"]
 
@@ -443,37 +434,37 @@ def test_cli_publish_list_show_export_verify(cli, capsys, tmp_path):
     data = bytearray(out.read_bytes())
     data[-1] ^= 0x01
     flipped.write_bytes(bytes(data))
-    assert cli("publish", str(tmp_path / "third"), "--from", flipped, "--meta", sidecar_out) == 1
+    assert cli("bank", "publish", str(tmp_path / "third"), "--from", flipped, "--meta", sidecar_out) == 1
     assert "do not match its content_sha256" in one_error_line(capsys)
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps({**exported, "model_fingerprint": "e" * 64}))
-    assert cli("publish", str(tmp_path / "third"), "--from", out, "--meta", edited) == 1
+    assert cli("bank", "publish", str(tmp_path / "third"), "--from", out, "--meta", edited) == 1
     assert "does not match its manifest_sha256" in one_error_line(capsys)
     assert not (tmp_path / "third").exists()
     # Edited on purpose: without the seals it publishes.
     unsealed = {k: v for k, v in exported.items() if k not in ("manifest_sha256", "content_sha256")}
     edited.write_text(json.dumps({**unsealed, "notes": "edited"}))
-    assert cli("publish", str(tmp_path / "third"), "--from", out, "--meta", edited) == 0
+    assert cli("bank", "publish", str(tmp_path / "third"), "--from", out, "--meta", edited) == 0
     assert load_bank(str(tmp_path / "third")).notes == "edited"
     capsys.readouterr()
 
-    assert cli("verify", url, "--all", "--json") == 0
+    assert cli("bank", "verify", url, "--all", "--json") == 0
     assert json.loads(capsys.readouterr().out)["verified"] == {"v0001": ["a", "b"], "named": ["a", "b"]}
     # verify --all checks the latest pointer too, and list still shows the versions when it is damaged.
     pointer = (tmp_path / "bank" / "latest").read_bytes()
     (tmp_path / "bank" / "latest").write_text("garbage")
-    assert cli("verify", url, "--all") == 1
+    assert cli("bank", "verify", url, "--all") == 1
     assert "the latest pointer is damaged" in one_error_line(capsys)
-    assert cli("list", url) == 0
+    assert cli("bank", "list", url) == 0
     listed = capsys.readouterr().out
     assert "latest pointer DAMAGED" in listed and "v0001" in listed and "named" in listed
     (tmp_path / "bank" / "latest").write_bytes(pointer)
     flip_byte(url, "versions/named/a.safetensors")
-    assert cli("verify", url, "--version", "v0001") == 0
+    assert cli("bank", "verify", url, "--version", "v0001") == 0
     assert capsys.readouterr().out.strip() == "v0001: 2 directions verified"
-    assert cli("verify", url) == 1
+    assert cli("bank", "verify", url) == 1
     assert "a.safetensors is damaged" in one_error_line(capsys)
-    assert cli("list", url) == 0  # a damaged tensor does not hide the version
+    assert cli("bank", "list", url) == 0  # a damaged tensor does not hide the version
 
 
 def test_cli_bad_input_exits_1_with_one_line(cli, capsys, tmp_path):
@@ -504,17 +495,17 @@ def test_cli_bad_input_exits_1_with_one_line(cli, capsys, tmp_path):
         (("publish", url, "--from", escaping, "--meta", escaping_meta), "invalid direction name '../x'"),
         (("publish", url, "--from", tensors, "--meta", sidecar, "--version", "../v"), "invalid version name"),
     ]:
-        assert cli(*argv) == 1, argv
+        assert cli("bank", *argv) == 1, argv
         assert message in one_error_line(capsys), argv
     assert not (tmp_path / "bank").exists()
-    assert cli("publish", url, "--from", tensors, "--meta", sidecar) == 0
+    assert cli("bank", "publish", url, "--from", tensors, "--meta", sidecar) == 0
     capsys.readouterr()
     for argv, message in [
         (("show", url, "--version", "../x"), "invalid version name"),
         (("show", url, "--version", "v0002"), "has no version 'v0002'; it has v0001"),
         (("export", url, "--out", tmp_path / "x.safetensors", "--version", "nope"), "has no version 'nope'"),
     ]:
-        assert cli(*argv) == 1, argv
+        assert cli("bank", *argv) == 1, argv
         assert message in one_error_line(capsys), argv
 
 

@@ -213,6 +213,7 @@ def test_a_scheduler_config_difference_names_the_key(tmp_path, spec):
         Corpus.create_or_open(url, other)
 
 
+@pytest.mark.slow
 def test_the_spec_is_the_same_in_another_process(tmp_path, spec):
     import subprocess
     import sys
