@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import UNet2DModel
@@ -195,8 +196,9 @@ def verify_shipped(name: str) -> Path:
     expected = json.loads(card_path.read_text())["sha256"]
     actual = hashlib.sha256(weights.read_bytes()).hexdigest()
     if actual != expected:
-        raise HSpaceError(f"the {name!r} weights are damaged (sha256 {actual[:12]}, card says {expected[:12]}); "
-                          "reinstall hspace")
+        raise HSpaceError(
+            f"the {name!r} weights are damaged (sha256 {actual[:12]}, card says {expected[:12]}); reinstall hspace"
+        )
     return folder
 
 
@@ -225,8 +227,9 @@ def _load_directory(path: Path) -> tuple[UNet2DModel, dict[str, Any]]:
         # float32 on load: shipped weights are stored in float16 to stay small. low_cpu_mem_usage=False is what
         # diffusers falls back to without `accelerate` anyway (after a warning on every load); saying so here
         # keeps the load silent without a dependency that only saves memory on models far larger than these.
-        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=_has_safetensors(unet_dir),
-                                           torch_dtype=torch.float32, low_cpu_mem_usage=False)
+        unet = UNet2DModel.from_pretrained(
+            unet_dir, use_safetensors=_has_safetensors(unet_dir), torch_dtype=torch.float32, low_cpu_mem_usage=False
+        )
     except (OSError, ValueError, RuntimeError) as error:
         raise HSpaceError(f"cannot load the U-Net weights in {unet_dir}: {error}") from error
     return unet, json.loads(scheduler_file.read_text())
@@ -241,8 +244,9 @@ def _hub_snapshot(repo_id: str) -> Path:
 
     try:
         return Path(
-            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*/*.json",
-                                                       "*/*.safetensors", "*/*.bin"])
+            snapshot_download(
+                repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*/*.json", "*/*.safetensors", "*/*.bin"]
+            )
         )
     except Exception as error:  # the hub client raises many types; all mean "not available here"
         raise HSpaceError(
