@@ -179,10 +179,12 @@ def rebuild_bank(settings: RebuildSettings, corpus_runner: RunnerChoice | None =
         disentangled(s.corpus, disentangled_name(source), source, others, keep_norm=s.keep_norm, made_by=MADE_BY)
         named.append(disentangled_name(source))
     names = named + [pca_direction_name(j) for j in range(s.pca_directions if pca_run else 0)]
-    common = {"pca_run": pca_run, "pca_directions": s.pca_directions if pca_run else 0, "supervised": named}
-    key = evaluate_bank_directions(s.corpus, names, annotator=s.annotator, annotator_options=s.annotator_options,
-                                   gamma=s.gamma, samples=s.eval_samples, repeats=s.repeats, seed=s.eval_seed,
-                                   device=s.device, report=s.report, **common)
+    pca_directions = s.pca_directions if pca_run else 0
+    key = evaluate_bank_directions(s.corpus, names, pca_run=pca_run, pca_directions=pca_directions, supervised=named,
+                                   annotator=s.annotator, annotator_options=s.annotator_options, gamma=s.gamma,
+                                   samples=s.eval_samples, repeats=s.repeats, seed=s.eval_seed, device=s.device,
+                                   report=s.report)
     notes = json.dumps({"rebuild_settings": s.record()}, sort_keys=True)
-    version = publish_bank(s.corpus, s.bank, names, evaluation_key=key, notes=notes, **common)
+    version = publish_bank(s.corpus, s.bank, names, pca_run=pca_run, pca_directions=pca_directions, supervised=named,
+                           evaluation_key=key, notes=notes)
     return {"bank": s.bank, "version": version, "directions": names, "evaluation": key, "corpus": s.corpus}

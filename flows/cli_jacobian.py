@@ -47,7 +47,7 @@ def _run_name(args: argparse.Namespace) -> str:
         corpus = Corpus.open(args.url)
         mask = None if args.mask is None else read_mask_png(args.mask, corpus.spec.image_shape[1:])
         run = (f"sample{'_'.join(map(str, args.sample))}-step{'_'.join(map(str, args.step))}-k{args.k}"
-               + ("" if mask is None else f"-mask{mask_sha256(mask)[:8]}"))
+               + ("" if mask is None else f"-mask{str(mask_sha256(mask))[:8]}"))
         if len(run) > 64:
             raise HSpaceError("the default run name would exceed 64 characters: name the run with --run")
     return check_run_name(run)

@@ -54,7 +54,7 @@ class RunnerChoice:
         """Whether tasks run in worker processes (which need a real Prefect server)."""
         return self.workers is not None or self.dask_address is not None
 
-    def task_runner(self, device: str) -> TaskRunner:
+    def task_runner(self, device: str) -> TaskRunner[Any]:
         """The Prefect task runner; a local cluster for ``cuda`` advertises one GPU per worker."""
         if self.dask_address is not None:
             from prefect_dask import DaskTaskRunner
@@ -71,7 +71,7 @@ class RunnerChoice:
         return ThreadPoolTaskRunner(max_workers=self.threads)
 
 
-def task_runner(*, workers: int | None, dask_address: str | None, device: str, threads: int = 1) -> TaskRunner:
+def task_runner(*, workers: int | None, dask_address: str | None, device: str, threads: int = 1) -> TaskRunner[Any]:
     """Threads by default; a Dask LocalCluster of ``workers`` processes; or an existing Dask scheduler."""
     return RunnerChoice(threads=threads, workers=workers, dask_address=dask_address).task_runner(device)
 
