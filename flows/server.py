@@ -1,7 +1,7 @@
 """A real local Prefect server for runs with Dask worker processes.
 
 Prefect's ephemeral mode starts one server per worker process over one SQLite file and fails with
-"database is locked" (environment.md); a real ``prefect server start`` does not. When no
+"database is locked"; a real ``prefect server start`` does not. When no
 ``PREFECT_API_URL`` is set, :func:`prefect_api_for_workers` starts one for the run and stops it after.
 """
 
