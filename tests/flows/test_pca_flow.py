@@ -52,7 +52,7 @@ def test_flow_stores_the_exact_per_step_pca_with_aligned_signs(prefect_harness, 
         # The direction at step t is the same axis (up to sign) ...
         flat = directions[:, t].reshape(K, -1)
         np.testing.assert_allclose(np.abs(np.sum(flat * vt[:K], axis=1)), 1.0, atol=1e-5)
-    # ... with signs aligned to the neighbouring step (hspace.pca_directions.align_signs), and step 0 as svd_flip (largest entry > 0).
+    # ... with signs aligned to the neighbouring step (align_signs), and step 0 as svd_flip (largest entry > 0).
     flat = directions.reshape(K, STEPS, -1)
     assert (np.einsum("jtd,jtd->jt", flat[:, 1:], flat[:, :-1]) > 0).all()
     assert (flat[np.arange(K), 0, np.abs(flat[:, 0]).argmax(1)] > 0).all()
