@@ -3,6 +3,7 @@
 The corpus, its annotations, directions and runs are each written by many tasks and reopened by reruns.
 Each records the settings that fix its content and refuses other ones, naming every differing leaf; each
 marks its units of work done in flags of their own, read so that a damaged flag never counts as done.
+Nodes are reached through :func:`array_at` and :func:`group_at`, which say which kind they return.
 """
 
 from __future__ import annotations
