@@ -232,7 +232,7 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
     fs, path = fsspec.core.url_to_fs(url)
     if not fs.exists(f"{path}/zarr.json"):
         if must_exist:
-            raise HSpaceError(f"no corpus at {url}: build one with `hspace corpus build --out {url}`")
+            raise HSpaceError(f"no corpus at {url}: build one with `hspace corpus build {url} ...`")
         return None
     try:
         metadata = json.loads(fs.cat_file(f"{path}/zarr.json"))

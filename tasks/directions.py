@@ -321,7 +321,7 @@ def _require_done(corpus: Corpus, rows: np.ndarray) -> None:
     shards = sorted({int(s) for s in np.unique(rows // corpus.spec.shard_size) if not done[int(s)]})
     if shards:
         raise HSpaceError(f"examples lie in corpus shards {shards[:10]} that are not generated yet: finish the corpus "
-                          f"with `hspace corpus build --out {corpus.url} ...` first")
+                          f"with `hspace corpus build {corpus.url} ...` first")
 
 
 def _image_files(folder: str, shape: tuple[int, int, int]) -> list[str]:
