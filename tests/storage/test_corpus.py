@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import json
+import os
 
 import numpy as np
 import pytest
@@ -225,5 +225,6 @@ def test_the_spec_is_the_same_in_another_process(tmp_path, spec):
             "from storage.corpus import Corpus; "
             f"Corpus.create_or_open({url!r}, corpus_spec(load_model('tiny'), samples=10, steps=4, eta=(1.0,) * 4, "
             "batch=4, seed=3, dtype='float16'))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "7"})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONHASHSEED": "7"})
     assert result.returncode == 0, result.stderr[-1500:]
