@@ -52,22 +52,41 @@ def main() -> None:
             directions[f"{a} ({way})"] = supervised_direction(h[pos], h[neg])
             shares = ", ".join(f"{b} {np.mean(scores[b][neg] > args.threshold):.2f}" for b in names if b != a)
             norm = float(directions[f"{a} ({way})"].norm())
-            print(f"{a} ({way}): {len(pos)} vs {len(neg)} examples, |v| {norm:.1f}; "
-                  f"negatives with {shares} (all faces without {a}: "
-                  + ", ".join(f"{b} {np.mean(scores[b][scores[a] <= args.threshold] > args.threshold):.2f}"
-                              for b in names if b != a) + ")", flush=True)
+            print(
+                f"{a} ({way}): {len(pos)} vs {len(neg)} examples, |v| {norm:.1f}; "
+                f"negatives with {shares} (all faces without {a}: "
+                + ", ".join(
+                    f"{b} {np.mean(scores[b][scores[a] <= args.threshold] > args.threshold):.2f}"
+                    for b in names
+                    if b != a
+                )
+                + ")",
+                flush=True,
+            )
     spec = corpus.spec
-    result = evaluate_directions(load_model(spec.model), load_annotator("testbed"), directions, gamma=args.gamma,
-                                 steps=spec.steps, samples=args.samples, repeats=args.repeats, seed=1,
-                                 random_baseline=False)
+    result = evaluate_directions(
+        load_model(spec.model),
+        load_annotator("testbed"),
+        directions,
+        gamma=args.gamma,
+        steps=spec.steps,
+        samples=args.samples,
+        repeats=args.repeats,
+        seed=1,
+        random_baseline=False,
+    )
     print(result.to_markdown("std"))
     for a in names:
         for b in names:
             if b != a:
-                top, classes = (result.effect(f"{a} ({w})", b, "std") / result.effect(f"{a} ({w})", a, "std")
-                                for w in ("top-k", "classes"))
-                print(f"{a}: change of {b} per change of {a}: top-k {top:.2f}, classes {classes:.2f} "
-                      f"(ratio {top / classes if classes else float('inf'):.1f}x)")
+                top, classes = (
+                    result.effect(f"{a} ({w})", b, "std") / result.effect(f"{a} ({w})", a, "std")
+                    for w in ("top-k", "classes")
+                )
+                print(
+                    f"{a}: change of {b} per change of {a}: top-k {top:.2f}, classes {classes:.2f} "
+                    f"(ratio {top / classes if classes else float('inf'):.1f}x)"
+                )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def bare_loop(model_name: str, seeds: list[int], steps: int) -> torch.Tensor:
     x = torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
     with torch.no_grad():
         for t in scheduler.timesteps:
-            eps = torch.cat([model.unet(x[i:i + 1], t).sample for i in range(x.shape[0])])
+            eps = torch.cat([model.unet(x[i : i + 1], t).sample for i in range(x.shape[0])])
             z = torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
             x = scheduler.step(eps, t, x, eta=1.0, variance_noise=z).prev_sample
     return x
@@ -50,8 +50,17 @@ def bench(model_name: str, repeats: int) -> tuple[list[float], list[float]]:
             bare_loop(model_name, seeds, steps)
             bare.append(time.perf_counter() - t0)
             url = f"{scratch}/c{r}.zarr"
-            prepare_corpus(out=url, model=model_name, samples=batch, steps=steps, eta=1.0, batch=batch, seed=0,
-                           dtype="float16", device="cpu")
+            prepare_corpus(
+                out=url,
+                model=model_name,
+                samples=batch,
+                steps=steps,
+                eta=1.0,
+                batch=batch,
+                seed=0,
+                dtype="float16",
+                device="cpu",
+            )
             t0 = time.perf_counter()
             generate_shard.fn(url, 0, model_name, "cpu")
             ours.append(time.perf_counter() - t0)
@@ -64,15 +73,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} alternating runs each")
-    print(f"{'model':<16}{'batch':>6}{'steps':>6}{'stat':>8}{'bare loop s':>13}{'capture+write s':>17}{'ratio':>8}"
-          f"{'overhead':>10}")
+    print(
+        f"{'model':<16}{'batch':>6}{'steps':>6}{'stat':>8}{'bare loop s':>13}{'capture+write s':>17}{'ratio':>8}"
+        f"{'overhead':>10}"
+    )
     for name in args.models:
         bare, ours = bench(name, args.repeats)
         s = SETTINGS[name]
         for stat, reduce in (("median", statistics.median), ("min", min)):
             a, b = reduce(bare), reduce(ours)
-            print(f"{name:<16}{s['batch']:>6}{s['steps']:>6}{stat:>8}{a:>13.3f}{b:>17.3f}{b / a:>8.3f}"
-                  f"{100 * (b / a - 1):>9.1f}%")
+            print(
+                f"{name:<16}{s['batch']:>6}{s['steps']:>6}{stat:>8}{a:>13.3f}{b:>17.3f}{b / a:>8.3f}"
+                f"{100 * (b / a - 1):>9.1f}%"
+            )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ def explicit_singular_values(model, state, k: int) -> torch.Tensor:
             hook.delta = delta.reshape(1, *model.h_shape)
             return model.unet(state.x_t, state.t).sample.reshape(-1)
 
-    jac = torch.autograd.functional.jacobian(eps_of_delta, torch.zeros(int(np.prod(model.h_shape)),
-                                                                        device=state.x_t.device), vectorize=True)
+    jac = torch.autograd.functional.jacobian(
+        eps_of_delta, torch.zeros(int(np.prod(model.h_shape)), device=state.x_t.device), vectorize=True
+    )
     return torch.linalg.svdvals(jac.double().cpu())[:k]
 
 
@@ -86,19 +87,25 @@ def bench(name: str, settings: dict, device: str) -> tuple[dict[str, tuple[float
 
 
 def _table(name, settings, t, results, reference) -> str:
-    lines = [f"\n{name}: k = {settings['k']}, tol = {settings['tol']:g}, max_iter = {settings['max_iter']}, "
-             f"chunk = {settings['chunk']}, step {settings['step']} of {settings['steps']} (t = {t}), seed 0"]
-    lines.append(f"{'run':<11}{'wall s':>9}{'iters':>7}{'col-its':>9}{'s/col-it':>10}{'max resid':>11}{'conv':>6}"
-                 f"{'dsigma alg1':>13}{'dsigma exact':>14}{'alg2/this':>11}")
+    lines = [
+        f"\n{name}: k = {settings['k']}, tol = {settings['tol']:g}, max_iter = {settings['max_iter']}, "
+        f"chunk = {settings['chunk']}, step {settings['step']} of {settings['steps']} (t = {t}), seed 0"
+    ]
+    lines.append(
+        f"{'run':<11}{'wall s':>9}{'iters':>7}{'col-its':>9}{'s/col-it':>10}{'max resid':>11}{'conv':>6}"
+        f"{'dsigma alg1':>13}{'dsigma exact':>14}{'alg2/this':>11}"
+    )
     alg1 = results["alg1"][1].singular_values.double()
     alg2_time = results["alg2 b=1"][0]
     for label, (seconds, r) in results.items():
         sigma = r.singular_values.double()
         vs_alg1 = float(((sigma - alg1).abs() / alg1).max())
         vs_exact = "" if reference is None else f"{float(((sigma - reference).abs() / reference).max()):.1e}"
-        lines.append(f"{label:<11}{seconds:>9.2f}{r.iterations:>7}{r.column_iterations:>9}"
-                     f"{seconds / r.column_iterations:>10.4f}{float(r.residuals.max()):>11.1e}{str(r.converged):>6}"
-                     f"{vs_alg1:>13.1e}{vs_exact:>14}{alg2_time / seconds:>11.2f}")
+        lines.append(
+            f"{label:<11}{seconds:>9.2f}{r.iterations:>7}{r.column_iterations:>9}"
+            f"{seconds / r.column_iterations:>10.4f}{float(r.residuals.max()):>11.1e}{str(r.converged):>6}"
+            f"{vs_alg1:>13.1e}{vs_exact:>14}{alg2_time / seconds:>11.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -115,8 +122,13 @@ def main() -> None:
     per_column = {}
     for name in args.models:
         settings = {**SETTINGS[name], **(QUICK[name] if args.quick else {})}
-        settings.update({key: value for key, value in (("k", args.k), ("max_iter", args.max_iter),
-                                                         ("tol", args.tol)) if value is not None})
+        settings.update(
+            {
+                key: value
+                for key, value in (("k", args.k), ("max_iter", args.max_iter), ("tol", args.tol))
+                if value is not None
+            }
+        )
         results, table = bench(name, settings, args.device)
         print(table, flush=True)
         per_column[name] = results
@@ -129,8 +141,10 @@ def main() -> None:
             return seconds / r.column_iterations
 
         big_ratio = cost(big, "alg2 b=1") / cost(big, "alg1")
-        print(f"\nprojected celebahq-shape speed-up at equal accuracy (per-column cost ratio {big_ratio:.2f} "
-              "measured on celebahq-shape x column-iteration ratio measured on tiny):")
+        print(
+            f"\nprojected celebahq-shape speed-up at equal accuracy (per-column cost ratio {big_ratio:.2f} "
+            "measured on celebahq-shape x column-iteration ratio measured on tiny):"
+        )
         for label in ("alg1", "alg1+lock"):
             work = tiny["alg2 b=1"][1].column_iterations / tiny[label][1].column_iterations
             print(f"  alg2 b=1 / {label}: {big_ratio:.2f} x {work:.2f} = {big_ratio * work:.2f}")

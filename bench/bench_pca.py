@@ -95,15 +95,15 @@ def worker(spec: dict) -> dict:
         cpu += time.process_time() - cpu0
         del batch
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    np.savez(spec["out"], components=pca.components_, explained_variance=pca.explained_variance_,
-             mean=pca.mean_)
+    np.savez(spec["out"], components=pca.components_, explained_variance=pca.explained_variance_, mean=pca.mean_)
     return {"wall_s": wall, "cpu_s": cpu, "peak_mib": peak / 1024, "growth_mib": (peak - baseline) / 1024}
 
 
 def run_worker(spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, check=True, capture_output=True, text=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -119,17 +119,23 @@ def exact_reference(X: np.ndarray, k_max: int) -> tuple[torch.Tensor, torch.Tens
     centred = torch.from_numpy(X) - mean.float()
     gram = torch.zeros(len(X), len(X), dtype=torch.float64)
     for start in range(0, X.shape[1], 4096):  # float64 Gram by column blocks: bounded extra memory
-        part = centred[:, start:start + 4096].double()
+        part = centred[:, start : start + 4096].double()
         gram += part @ part.T
     values, vectors = eigh(gram)
-    values, vectors = values.flip(0)[:k_max + 1], vectors.flip(1)[:, :k_max + 1]
+    values, vectors = values.flip(0)[: k_max + 1], vectors.flip(1)[:, : k_max + 1]
     s = values.clamp_min(0).sqrt()
     components = (centred.T.double() @ vectors[:, :k_max] / s[:k_max]).T
     return centred, s, components
 
 
-def accuracy(centred: torch.Tensor, s_ref: torch.Tensor, v_ref: torch.Tensor, components: np.ndarray,
-             variance: np.ndarray, k: int) -> dict:
+def accuracy(
+    centred: torch.Tensor,
+    s_ref: torch.Tensor,
+    v_ref: torch.Tensor,
+    components: np.ndarray,
+    variance: np.ndarray,
+    k: int,
+) -> dict:
     n = len(centred)
     ev_ref = s_ref[:k] ** 2 / (n - 1)
     v = torch.from_numpy(np.asarray(components, dtype=np.float64))
@@ -178,8 +184,12 @@ VARIANTS_OF = {
     "ours p=0 b=batch": lambda args: {"device": args.device, "oversampling": 0, "batch_size": args.batch},
     "sklearn": lambda args: {"method": "sklearn", "batch_size": args.batch},
 }
-CANDIDATES = (("randomized q=2", randomized, 2), ("randomized q=6", randomized, 6),
-              ("block Krylov q=2", block_krylov, 2), ("block Krylov q=6", block_krylov, 6))
+CANDIDATES = (
+    ("randomized q=2", randomized, 2),
+    ("randomized q=6", randomized, 6),
+    ("block Krylov q=2", block_krylov, 2),
+    ("block Krylov q=6", block_krylov, 6),
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -189,8 +199,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--features", type=int, default=32768)
     parser.add_argument("--k", type=int, nargs="+", default=[25, 128])
     parser.add_argument("--batch", type=int, default=1024, help="rows per partial_fit call")
-    parser.add_argument("--sklearn-n", type=int, nargs="*", default=None,
-                        help="the N values sklearn runs at (default: the first; it costs ~17 s per batch at k=128)")
+    parser.add_argument(
+        "--sklearn-n",
+        type=int,
+        nargs="*",
+        default=None,
+        help="the N values sklearn runs at (default: the first; it costs ~17 s per batch at k=128)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -210,12 +225,21 @@ def streaming_runs(args: argparse.Namespace, sklearn_n: list[int]) -> dict[tuple
                 if label != "ours" and n != args.n[0]:
                     continue
                 out = tmp / f"{len(results)}.npz"
-                spec = {"seed": args.seed, "features": args.features, "n": n, "batch": args.batch, "k": k,
-                        "options": options, "out": str(out)}
+                spec = {
+                    "seed": args.seed,
+                    "features": args.features,
+                    "n": n,
+                    "batch": args.batch,
+                    "k": k,
+                    "options": options,
+                    "out": str(out),
+                }
                 results[label, n, k] = run_worker(spec) | {"out": out}
                 r = results[label, n, k]
-                print(f"  ran {label:18s} N={n:6d} k={k:4d}: {r['wall_s']:7.1f} s wall {r['cpu_s']:7.1f} s cpu",
-                      flush=True)
+                print(
+                    f"  ran {label:18s} N={n:6d} k={k:4d}: {r['wall_s']:7.1f} s wall {r['cpu_s']:7.1f} s cpu",
+                    flush=True,
+                )
     return results
 
 
@@ -236,8 +260,9 @@ def reference_and_accuracy(
     return centred, s_ref, v_ref
 
 
-def multi_pass_candidates(args: argparse.Namespace, centred: torch.Tensor, s_ref: torch.Tensor,
-                          v_ref: torch.Tensor) -> dict[tuple[str, int], dict]:
+def multi_pass_candidates(
+    args: argparse.Namespace, centred: torch.Tensor, s_ref: torch.Tensor, v_ref: torch.Tensor
+) -> dict[tuple[str, int], dict]:
     """The in-memory randomized and block Krylov methods: (label, k) -> cost, passes and accuracy."""
     candidates = {}
     for k in args.k:
@@ -245,19 +270,28 @@ def multi_pass_candidates(args: argparse.Namespace, centred: torch.Tensor, s_ref
         for label, fn, q in CANDIDATES:
             wall0, cpu0 = time.perf_counter(), time.process_time()
             components, variance = fn(centred, k, columns, q, args.seed)
-            candidates[label, k] = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0,
-                                    "passes": 2 * q + 2,
-                                    **accuracy(centred, s_ref, v_ref, components, variance, k)}
+            candidates[label, k] = {
+                "wall_s": time.perf_counter() - wall0,
+                "cpu_s": time.process_time() - cpu0,
+                "passes": 2 * q + 2,
+                **accuracy(centred, s_ref, v_ref, components, variance, k),
+            }
     return candidates
 
 
-def print_table(args: argparse.Namespace, results: dict[tuple[str, int, int], dict],
-                candidates: dict[tuple[str, int], dict], s_ref: torch.Tensor) -> None:
+def print_table(
+    args: argparse.Namespace,
+    results: dict[tuple[str, int, int], dict],
+    candidates: dict[tuple[str, int], dict],
+    s_ref: torch.Tensor,
+) -> None:
     n0 = args.n[0]
     print()
     print(f"Accuracy against the exact SVD (N = {n0}) and cost; streaming runs in batches of {args.batch}")
-    header = (f"{'method':22s} {'k':>4s} {'N':>6s} {'wall s':>8s} {'cpu s':>8s} {'peak MiB':>9s} {'growth MiB':>10s} "
-              f"{'ev rel err':>10s} {'max angle':>9s} {'deficit':>9s}")
+    header = (
+        f"{'method':22s} {'k':>4s} {'N':>6s} {'wall s':>8s} {'cpu s':>8s} {'peak MiB':>9s} {'growth MiB':>10s} "
+        f"{'ev rel err':>10s} {'max angle':>9s} {'deficit':>9s}"
+    )
     print(header)
     print("-" * len(header))
     for k in args.k:
@@ -265,14 +299,21 @@ def print_table(args: argparse.Namespace, results: dict[tuple[str, int, int], di
         for (label, n, kk), r in results.items():
             if kk != k:
                 continue
-            acc = (f"{r['ev_err']:10.2e} {r['angle']:9.2e} {r['deficit']:9.2e}" if "ev_err" in r
-                   else f"{'':10s} {'':9s} {'':9s}")
-            print(f"{label:22s} {k:4d} {n:6d} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['peak_mib']:9.0f} "
-                  f"{r['growth_mib']:10.0f} {acc}")
+            acc = (
+                f"{r['ev_err']:10.2e} {r['angle']:9.2e} {r['deficit']:9.2e}"
+                if "ev_err" in r
+                else f"{'':10s} {'':9s} {'':9s}"
+            )
+            print(
+                f"{label:22s} {k:4d} {n:6d} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['peak_mib']:9.0f} "
+                f"{r['growth_mib']:10.0f} {acc}"
+            )
         for (label, kk), r in candidates.items():
             if kk == k:
-                print(f"{label + ' (in memory)':22s} {k:4d} {n0:6d} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} "
-                      f"{'':9s} {'':10s} {r['ev_err']:10.2e} {r['angle']:9.2e} {r['deficit']:9.2e}")
+                print(
+                    f"{label + ' (in memory)':22s} {k:4d} {n0:6d} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} "
+                    f"{'':9s} {'':10s} {r['ev_err']:10.2e} {r['angle']:9.2e} {r['deficit']:9.2e}"
+                )
         print(f"{'':22s} reference lambda_k / lambda_(k+1) = {gap:.4f}")
     print()
 
@@ -283,13 +324,17 @@ def print_ratios(args: argparse.Namespace, results: dict[tuple[str, int, int], d
         for n in sklearn_n:
             if ("sklearn", n, k) in results and ("ours", n, k) in results:
                 sk, ours = results["sklearn", n, k], results["ours", n, k]
-                print(f"k={k:4d} N={n:6d}: sklearn / ours wall time {sk['wall_s'] / ours['wall_s']:6.1f}x, "
-                      f"cpu time {sk['cpu_s'] / ours['cpu_s']:6.1f}x")
+                print(
+                    f"k={k:4d} N={n:6d}: sklearn / ours wall time {sk['wall_s'] / ours['wall_s']:6.1f}x, "
+                    f"cpu time {sk['cpu_s'] / ours['cpu_s']:6.1f}x"
+                )
         if len(args.n) > 1:
             a, b = results["ours", args.n[0], k], results["ours", args.n[-1], k]
-            print(f"k={k:4d}: ours N={args.n[-1]} / N={args.n[0]}: peak memory {b['peak_mib'] / a['peak_mib']:.2f}x, "
-                  f"growth {b['growth_mib']:.0f} vs {a['growth_mib']:.0f} MiB, "
-                  f"wall time {b['wall_s'] / a['wall_s']:.2f}x")
+            print(
+                f"k={k:4d}: ours N={args.n[-1]} / N={args.n[0]}: peak memory {b['peak_mib'] / a['peak_mib']:.2f}x, "
+                f"growth {b['growth_mib']:.0f} vs {a['growth_mib']:.0f} MiB, "
+                f"wall time {b['wall_s'] / a['wall_s']:.2f}x"
+            )
 
 
 def main() -> None:
@@ -300,13 +345,17 @@ def main() -> None:
     if args.quick:
         args.n, args.features, args.k, args.batch = [1024, 2048], 4096, [8, 32], 256
     sklearn_n = args.n[:1] if args.sklearn_n is None else args.sklearn_n
-    print(f"D = {args.features}, batches of {args.batch} rows, N = {args.n}, k = {args.k}, "
-          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"D = {args.features}, batches of {args.batch} rows, N = {args.n}, k = {args.k}, "
+        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     results = streaming_runs(args, sklearn_n)
     centred, s_ref, v_ref = reference_and_accuracy(args, results)
     candidates = multi_pass_candidates(args, centred, s_ref, v_ref)
     print_table(args, results, candidates, s_ref)
     print_ratios(args, results, sklearn_n)
+
 
 if __name__ == "__main__":
     main()

@@ -66,8 +66,18 @@ def pca_directions(h: torch.Tensor, k: int) -> tuple[torch.Tensor, np.ndarray]:
     return directions, np.stack([p.explained_variance_ratio_ for p in fitted])
 
 
-def pca_effects(model, annotator, directions: torch.Tensor, scale: torch.Tensor, eval_seeds: list[int], *,
-                steps: int, eta: float, gammas: list[float], random_seed: int = 0) -> list[dict]:
+def pca_effects(
+    model,
+    annotator,
+    directions: torch.Tensor,
+    scale: torch.Tensor,
+    eval_seeds: list[int],
+    *,
+    steps: int,
+    eta: float,
+    gammas: list[float],
+    random_seed: int = 0,
+) -> list[dict]:
     """Per direction: mean change of every factor at each gamma (in stds of the unedited samples), the random
     baseline at +-max |gamma|, and the face rate of the edits."""
     n = len(eval_seeds)
@@ -83,13 +93,24 @@ def pca_effects(model, annotator, directions: torch.Tensor, scale: torch.Tensor,
         delta = torch.cat([e.expand(n, *e.shape) for e in edits])
         edited = generate(model, annotator, list(eval_seeds) * len(edits), steps=steps, eta=eta, delta=delta)
         parts = [slice(i * n, (i + 1) * n) for i in range(len(edits))]
-        change = {a: [float((edited.scores[a][p] - base.scores[a]).mean()) / stds[a] for p in parts[:len(gammas)]]
-                  for a in FACTORS}
-        random_abs = {a: float(np.abs(edited.scores[a][parts[-2].start:] - np.tile(base.scores[a], 2)).mean())
-                      / stds[a] for a in FACTORS}
+        change = {
+            a: [float((edited.scores[a][p] - base.scores[a]).mean()) / stds[a] for p in parts[: len(gammas)]]
+            for a in FACTORS
+        }
+        random_abs = {
+            a: float(np.abs(edited.scores[a][parts[-2].start :] - np.tile(base.scores[a], 2)).mean()) / stds[a]
+            for a in FACTORS
+        }
         faces_kept = float((edited.scores["face"][: len(gammas) * n] > FACE_THRESHOLD).mean())
-        rows.append({"direction": j, "change": change, "random_abs": random_abs, "face_rate": faces_kept,
-                     "base_face_rate": float((base.scores["face"] > FACE_THRESHOLD).mean())})
+        rows.append(
+            {
+                "direction": j,
+                "change": change,
+                "random_abs": random_abs,
+                "face_rate": faces_kept,
+                "base_face_rate": float((base.scores["face"] > FACE_THRESHOLD).mean()),
+            }
+        )
     return rows
 
 
@@ -108,7 +129,9 @@ def summarise(row: dict, gammas: list[float]) -> dict:
     by_gamma = curve[np.argsort(g)]
     steps = np.diff(by_gamma)
     return {
-        "factor": best, "runner_up": ranked[1], "runner_up_swing": swing(ranked[1]),
+        "factor": best,
+        "runner_up": ranked[1],
+        "runner_up_swing": swing(ranked[1]),
         "curve": dict(zip(np.sort(g).tolist(), by_gamma.tolist(), strict=True)),
         "monotone": bool((steps > 0).all() or (steps < 0).all()),
         "slope": float(np.polyfit(g, curve, 1)[0]),
@@ -117,8 +140,9 @@ def summarise(row: dict, gammas: list[float]) -> dict:
     }
 
 
-def jacobian_locality(model, seeds: list[int], *, steps: int, step: int, eta: float, gamma: float,
-                      k: int = 1) -> list[dict]:
+def jacobian_locality(
+    model, seeds: list[int], *, steps: int, step: int, eta: float, gamma: float, k: int = 1
+) -> list[dict]:
     """Inside/outside mean |pixel change| of the masked and unmasked top Jacobian direction, per sample."""
     mask = mouth_mask(model.image_shape[-1])
     inside = torch.from_numpy(mask)
@@ -126,8 +150,10 @@ def jacobian_locality(model, seeds: list[int], *, steps: int, step: int, eta: fl
     for seed in seeds:
         state = state_at_step(model, seed, steps=steps, step=step, eta=eta)
         size = float(state.h_t.norm())
-        found = {"masked": jacobian_directions(model, state.x_t, state.t, k, mask=mask),
-                 "unmasked": jacobian_directions(model, state.x_t, state.t, k)}
+        found = {
+            "masked": jacobian_directions(model, state.x_t, state.t, k, mask=mask),
+            "unmasked": jacobian_directions(model, state.x_t, state.t, k),
+        }
         deltas, labels = [torch.zeros(steps, *model.h_shape)], []
         for kind, result in found.items():
             v = gamma * size * result.directions[0]
@@ -139,14 +165,28 @@ def jacobian_locality(model, seeds: list[int], *, steps: int, step: int, eta: fl
                     delta[step] = v
                 deltas.append(delta)
                 labels.append((kind, where))
-        images = sample(model, [seed] * len(deltas), steps=steps, eta=eta, delta=torch.stack(deltas),
-                        capture=False, microbatch=len(deltas)).images
+        images = sample(
+            model,
+            [seed] * len(deltas),
+            steps=steps,
+            eta=eta,
+            delta=torch.stack(deltas),
+            capture=False,
+            microbatch=len(deltas),
+        ).images
         change = (images[1:] - images[:1]).abs().mean(1)  # (runs, S, S)
-        row = {"seed": seed, "h_norm": size, "converged": all(r.converged for r in found.values()),
-               "sigma": {kind: float(r.singular_values[0]) for kind, r in found.items()}}
+        row = {
+            "seed": seed,
+            "h_norm": size,
+            "converged": all(r.converged for r in found.values()),
+            "sigma": {kind: float(r.singular_values[0]) for kind, r in found.items()},
+        }
         for (kind, where), c in zip(labels, change, strict=True):
-            row[(kind, where)] = {"inside": float(c[inside].mean()), "outside": float(c[~inside].mean()),
-                                  "ratio": float(c[inside].mean() / c[~inside].mean())}
+            row[(kind, where)] = {
+                "inside": float(c[inside].mean()),
+                "outside": float(c[~inside].mean()),
+                "ratio": float(c[inside].mean() / c[~inside].mean()),
+            }
         rows.append(row)
     return rows
 
@@ -171,54 +211,78 @@ def parse_args() -> argparse.Namespace:
 def report_pca(model, annotator, args: argparse.Namespace, gammas: list[float]) -> None:
     """Fit the PCA directions on a corpus, edit fresh samples with them and print one row per direction."""
     start = time.perf_counter()
-    corpus = generate(model, annotator, derive_seeds(0, 0, args.samples), steps=args.steps, eta=args.eta,
-                      capture=True)
+    corpus = generate(model, annotator, derive_seeds(0, 0, args.samples), steps=args.steps, eta=args.eta, capture=True)
     directions, ratio = pca_directions(corpus.h, args.components)
     scale = h_scale(corpus.h)
-    print(f"\nPCA corpus: {args.samples} samples (face rate "
-          f"{(corpus.scores['face'] > FACE_THRESHOLD).mean():.2f}), {args.components} components per step, "
-          f"{time.perf_counter() - start:.0f} s; mean |h_t| {float(scale.min()):.1f}..{float(scale.max()):.1f}; "
-          f"explained variance ratio of components 1..{args.components} at the first/middle/last step: "
-          + " / ".join(" ".join(f"{x:.3f}" for x in ratio[t]) for t in (0, args.steps // 2, -1)), flush=True)
+    print(
+        f"\nPCA corpus: {args.samples} samples (face rate "
+        f"{(corpus.scores['face'] > FACE_THRESHOLD).mean():.2f}), {args.components} components per step, "
+        f"{time.perf_counter() - start:.0f} s; mean |h_t| {float(scale.min()):.1f}..{float(scale.max()):.1f}; "
+        f"explained variance ratio of components 1..{args.components} at the first/middle/last step: "
+        + " / ".join(" ".join(f"{x:.3f}" for x in ratio[t]) for t in (0, args.steps // 2, -1)),
+        flush=True,
+    )
     start = time.perf_counter()
-    rows = pca_effects(model, annotator, directions, scale, derive_seeds(1, 0, args.eval_samples),
-                       steps=args.steps, eta=args.eta, gammas=gammas)
-    print(f"PCA edits on {args.eval_samples} fresh samples (base seed 1), gamma in units of mean |h_t| "
-          f"per step, {time.perf_counter() - start:.0f} s; change in stds of the unedited samples "
-          f"(base face rate {rows[0]['base_face_rate']:.2f})")
+    rows = pca_effects(
+        model,
+        annotator,
+        directions,
+        scale,
+        derive_seeds(1, 0, args.eval_samples),
+        steps=args.steps,
+        eta=args.eta,
+        gammas=gammas,
+    )
+    print(
+        f"PCA edits on {args.eval_samples} fresh samples (base seed 1), gamma in units of mean |h_t| "
+        f"per step, {time.perf_counter() - start:.0f} s; change in stds of the unedited samples "
+        f"(base face rate {rows[0]['base_face_rate']:.2f})"
+    )
     g_sorted = sorted([0.0] + gammas)
-    print(f"{'dir':>4} {'factor':>11} " + " ".join(f"{'g=' + format(g, 'g'):>7}" for g in g_sorted)
-          + f" {'monotone':>9} {'slope':>7} {'random':>7} {'ratio':>7} {'faces':>6}  runner-up (swing)")
+    print(
+        f"{'dir':>4} {'factor':>11} "
+        + " ".join(f"{'g=' + format(g, 'g'):>7}" for g in g_sorted)
+        + f" {'monotone':>9} {'slope':>7} {'random':>7} {'ratio':>7} {'faces':>6}  runner-up (swing)"
+    )
     for row in rows:
         s = summarise(row, gammas)
-        print(f"{row['direction'] + 1:>4} {s['factor']:>11} "
-              + " ".join(f"{s['curve'][g]:>+7.2f}" for g in g_sorted)
-              + f" {str(s['monotone']):>9} {s['slope']:>+7.3f} {s['random_abs']:>7.3f} {s['ratio']:>7.1f}"
-              f" {row['face_rate']:>6.2f}  {s['runner_up']} ({s['runner_up_swing']:.2f})", flush=True)
+        print(
+            f"{row['direction'] + 1:>4} {s['factor']:>11} "
+            + " ".join(f"{s['curve'][g]:>+7.2f}" for g in g_sorted)
+            + f" {str(s['monotone']):>9} {s['slope']:>+7.3f} {s['random_abs']:>7.3f} {s['ratio']:>7.1f}"
+            f" {row['face_rate']:>6.2f}  {s['runner_up']} ({s['runner_up_swing']:.2f})",
+            flush=True,
+        )
 
 
 def report_jacobian(model, args: argparse.Namespace) -> None:
     """Find the masked and unmasked top Jacobian directions and print how local their edits are."""
     start = time.perf_counter()
     seeds = derive_seeds(7, 0, args.jacobian_seeds)
-    rows = jacobian_locality(model, seeds, steps=args.steps, step=args.jacobian_step, eta=args.eta,
-                             gamma=args.jacobian_gamma)
+    rows = jacobian_locality(
+        model, seeds, steps=args.steps, step=args.jacobian_step, eta=args.eta, gamma=args.jacobian_gamma
+    )
     mask = mouth_mask(model.image_shape[-1])
-    print(f"\nJacobian directions (k = 1, tol 1e-3) at step {args.jacobian_step} of {args.steps}, "
-          f"{len(seeds)} samples (base seed 7), delta = {args.jacobian_gamma:g} |h_t| v, mouth mask rows "
-          f"{np.nonzero(mask.any(1))[0].min()}..{np.nonzero(mask.any(1))[0].max()}, cols "
-          f"{np.nonzero(mask.any(0))[0].min()}..{np.nonzero(mask.any(0))[0].max()} "
-          f"({mask.mean():.1%} of the image), {time.perf_counter() - start:.0f} s; all converged: "
-          f"{all(r['converged'] for r in rows)}")
-    print(f"{'direction':>10} {'applied at':>11} {'inside':>9} {'outside':>9} {'in/out mean':>12} "
-          f"{'min':>6} {'max':>6}")
+    print(
+        f"\nJacobian directions (k = 1, tol 1e-3) at step {args.jacobian_step} of {args.steps}, "
+        f"{len(seeds)} samples (base seed 7), delta = {args.jacobian_gamma:g} |h_t| v, mouth mask rows "
+        f"{np.nonzero(mask.any(1))[0].min()}..{np.nonzero(mask.any(1))[0].max()}, cols "
+        f"{np.nonzero(mask.any(0))[0].min()}..{np.nonzero(mask.any(0))[0].max()} "
+        f"({mask.mean():.1%} of the image), {time.perf_counter() - start:.0f} s; all converged: "
+        f"{all(r['converged'] for r in rows)}"
+    )
+    print(
+        f"{'direction':>10} {'applied at':>11} {'inside':>9} {'outside':>9} {'in/out mean':>12} {'min':>6} {'max':>6}"
+    )
     for kind in ("masked", "unmasked"):
         for where in ("all steps", "that step"):
             cells = [r[(kind, where)] for r in rows]
             ratios = [c["ratio"] for c in cells]
-            print(f"{kind:>10} {where:>11} {np.mean([c['inside'] for c in cells]):>9.4f} "
-                  f"{np.mean([c['outside'] for c in cells]):>9.4f} {np.mean(ratios):>12.2f} "
-                  f"{min(ratios):>6.2f} {max(ratios):>6.2f}")
+            print(
+                f"{kind:>10} {where:>11} {np.mean([c['inside'] for c in cells]):>9.4f} "
+                f"{np.mean([c['outside'] for c in cells]):>9.4f} {np.mean(ratios):>12.2f} "
+                f"{min(ratios):>6.2f} {max(ratios):>6.2f}"
+            )
 
 
 def main() -> None:
@@ -228,12 +292,15 @@ def main() -> None:
     gammas = [float(g) for g in args.gammas.split(",")]
     model = load_model("testbed")
     annotator = load_annotator("testbed")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; testbed, {args.steps} steps, eta {args.eta}",
-          flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; testbed, {args.steps} steps, eta {args.eta}",
+        flush=True,
+    )
     if not args.skip_pca:
         report_pca(model, annotator, args, gammas)
     if not args.skip_jacobian:
         report_jacobian(model, args)
+
 
 if __name__ == "__main__":
     main()

@@ -49,13 +49,24 @@ def annotate(url: str, annotator: str, options: dict[str, Any] | None = None, pr
         start, stop = spec.shard_range(shard)
         return stop - start
 
-    bar = Progress(total=spec.samples, done=spec.samples - sum(map(size, missing)), unit="sample",
-                   desc=f"annotate {annotations.record.name}", show=progress)
-    results = submit_all(annotate_shard, [(url, shard, annotator, key) for shard in missing], bar,
-                         weight=lambda result: 0 if result[1] == CORPUS_NOT_DONE else size(result[0]))
+    bar = Progress(
+        total=spec.samples,
+        done=spec.samples - sum(map(size, missing)),
+        unit="sample",
+        desc=f"annotate {annotations.record.name}",
+        show=progress,
+    )
+    results = submit_all(
+        annotate_shard,
+        [(url, shard, annotator, key) for shard in missing],
+        bar,
+        weight=lambda result: 0 if result[1] == CORPUS_NOT_DONE else size(result[0]),
+    )
     waiting = [shard for shard, status in results if status == CORPUS_NOT_DONE]
     if waiting and progress:
-        print(f"annotate: {len(waiting)} corpus shards are not generated yet and were skipped; finish the corpus "
-              f"(`hspace corpus build`), then rerun `hspace annotate {url} --annotator {annotator}`", file=sys.stderr)
+        print(
+            f"annotate: {len(waiting)} corpus shards are not generated yet and were skipped; finish the corpus "
+            f"(`hspace corpus build`), then rerun `hspace annotate {url} --annotator {annotator}`",
+            file=sys.stderr,
+        )
     return {"url": url, **annotations.info(), "waiting_for_corpus": sorted(waiting)}
-

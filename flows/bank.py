@@ -40,8 +40,11 @@ def disentangle_plan(attributes: Sequence[str], disentangle: dict[str, list[str]
     """The eq. 12 pairs to publish: the given ones (each name must be one of ``attributes``), or by default
     those of :data:`DEFAULT_DISENTANGLE` whose attributes are all built."""
     if disentangle is None:
-        return {a: others for a, others in DEFAULT_DISENTANGLE.items()
-                if a in attributes and all(o in attributes for o in others)}
+        return {
+            a: others
+            for a, others in DEFAULT_DISENTANGLE.items()
+            if a in attributes and all(o in attributes for o in others)
+        }
     unknown = sorted({a for a, others in disentangle.items() for a in [a, *others] if a not in attributes})
     if unknown:
         raise HSpaceError(f"disentangle names {unknown}, which are not among the attributes {list(attributes)}")
@@ -138,20 +141,31 @@ class RebuildSettings:
     def record(self) -> dict[str, Any]:
         """The settings that decide the bank's content, JSON-ready (recorded in the version's notes)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RECORDED} | {
-            "attributes": list(self.attributes)}
+            "attributes": list(self.attributes)
+        }
 
 
 def check_rebuild_bank(parameters: dict[str, Any]) -> None:
     """The corpus settings are checked here (the corpus created if missing)."""
     s: RebuildSettings = parameters["settings"]
-    prepare_corpus(out=s.corpus, model=s.model, samples=s.samples, steps=s.steps, eta=s.eta, batch=s.batch,
-                   seed=s.seed, dtype="float16", device=s.device)
+    prepare_corpus(
+        out=s.corpus,
+        model=s.model,
+        samples=s.samples,
+        steps=s.steps,
+        eta=s.eta,
+        batch=s.batch,
+        seed=s.seed,
+        dtype="float16",
+        device=s.device,
+    )
 
 
 @checked_by(check_rebuild_bank)
 @flow(name="rebuild-bank")
-def rebuild_bank(settings: RebuildSettings, corpus_runner: RunnerChoice | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+def rebuild_bank(
+    settings: RebuildSettings, corpus_runner: RunnerChoice | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Rebuild the direction bank ``settings.bank`` from the corpus ``settings.corpus``; returns the version.
 
     ``corpus_runner``: where the corpus generation runs (threads by default); worker processes need a real
@@ -161,8 +175,16 @@ def rebuild_bank(settings: RebuildSettings, corpus_runner: RunnerChoice | None =
     s = settings
     runner = corpus_runner or RunnerChoice()
     build_corpus.with_options(task_runner=runner.task_runner(s.device))(
-        model=s.model, samples=s.samples, steps=s.steps, out=s.corpus, eta=s.eta, batch=s.batch, seed=s.seed,
-        device=s.device, progress=progress)
+        model=s.model,
+        samples=s.samples,
+        steps=s.steps,
+        out=s.corpus,
+        eta=s.eta,
+        batch=s.batch,
+        seed=s.seed,
+        device=s.device,
+        progress=progress,
+    )
     annotate(s.corpus, s.annotator, s.annotator_options, progress=progress)
     pca_run = None
     if s.pca_components > 0:
@@ -172,19 +194,45 @@ def rebuild_bank(settings: RebuildSettings, corpus_runner: RunnerChoice | None =
     # stored in this corpus under the same name (that is refused before any work).
     assert s.thresholds is not None and s.disentangle is not None  # resolved by __post_init__
     for attribute in s.attributes:
-        supervised(s.corpus, attribute, attribute=attribute, annotator=s.annotator, k=s.k,
-                   threshold=s.thresholds.get(attribute), made_by=MADE_BY)
+        supervised(
+            s.corpus,
+            attribute,
+            attribute=attribute,
+            annotator=s.annotator,
+            k=s.k,
+            threshold=s.thresholds.get(attribute),
+            made_by=MADE_BY,
+        )
     named = list(s.attributes)
     for source, others in s.disentangle.items():
         disentangled(s.corpus, disentangled_name(source), source, others, keep_norm=s.keep_norm, made_by=MADE_BY)
         named.append(disentangled_name(source))
     names = named + [pca_direction_name(j) for j in range(s.pca_directions if pca_run else 0)]
     pca_directions = s.pca_directions if pca_run else 0
-    key = evaluate_bank_directions(s.corpus, names, pca_run=pca_run, pca_directions=pca_directions, supervised=named,
-                                   annotator=s.annotator, annotator_options=s.annotator_options, gamma=s.gamma,
-                                   samples=s.eval_samples, repeats=s.repeats, seed=s.eval_seed, device=s.device,
-                                   report=s.report)
+    key = evaluate_bank_directions(
+        s.corpus,
+        names,
+        pca_run=pca_run,
+        pca_directions=pca_directions,
+        supervised=named,
+        annotator=s.annotator,
+        annotator_options=s.annotator_options,
+        gamma=s.gamma,
+        samples=s.eval_samples,
+        repeats=s.repeats,
+        seed=s.eval_seed,
+        device=s.device,
+        report=s.report,
+    )
     notes = json.dumps({"rebuild_settings": s.record()}, sort_keys=True)
-    version = publish_bank(s.corpus, s.bank, names, pca_run=pca_run, pca_directions=pca_directions, supervised=named,
-                           evaluation_key=key, notes=notes)
+    version = publish_bank(
+        s.corpus,
+        s.bank,
+        names,
+        pca_run=pca_run,
+        pca_directions=pca_directions,
+        supervised=named,
+        evaluation_key=key,
+        notes=notes,
+    )
     return {"bank": s.bank, "version": version, "directions": names, "evaluation": key, "corpus": s.corpus}

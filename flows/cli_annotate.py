@@ -14,8 +14,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     annotate = commands.add_parser("annotate", help="score every sample of a corpus with an annotator (resumable)")
     annotate.add_argument("url", help="the corpus")
     annotate.add_argument("--annotator", required=True, help="annotator name, e.g. testbed")
-    annotate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                          help="a keyword argument of the annotator's loader (JSON value or string); repeatable")
+    annotate.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument of the annotator's loader (JSON value or string); repeatable",
+    )
     add_runner_arguments(annotate, "the shards")
     annotate.add_argument("--json", action="store_true", help="print one JSON object")
     annotate.set_defaults(func=_annotate)
@@ -26,8 +31,14 @@ def _annotate(args: argparse.Namespace) -> None:
     from flows.runner import run_flow
 
     runner = runner_choice(args)
-    info = run_flow(annotate, runner=runner, url=args.url, annotator=args.annotator,
-                    options=_options(args.option) or None, progress=not args.no_progress)
+    info = run_flow(
+        annotate,
+        runner=runner,
+        url=args.url,
+        annotator=args.annotator,
+        options=_options(args.option) or None,
+        progress=not args.no_progress,
+    )
     print_info(info, args.json)
 
 

@@ -29,17 +29,24 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="copy one version out: FILE.safetensors (+ FILE.json) or a new bank")
     export.add_argument("url")
     export.add_argument("--version", default="latest")
-    export.add_argument("--out", required=True,
-                        help="a .safetensors file (all directions, the manifest beside it as .json) or a bank folder")
+    export.add_argument(
+        "--out",
+        required=True,
+        help="a .safetensors file (all directions, the manifest beside it as .json) or a bank folder",
+    )
     export.set_defaults(func=_export)
 
     publish = sub.add_parser("publish", help="publish named tensors with their metadata as a new version")
     publish.add_argument("url")
-    publish.add_argument("--from", dest="tensors", required=True,
-                         help="safetensors file: one (T, C, H, W) tensor per direction name")
-    publish.add_argument("--meta", required=True,
-                         help="JSON: model_fingerprint, sampler {eta, timesteps}, notes, directions {name: {method, "
-                              "parameters, source, evaluation}} (an exported manifest works too)")
+    publish.add_argument(
+        "--from", dest="tensors", required=True, help="safetensors file: one (T, C, H, W) tensor per direction name"
+    )
+    publish.add_argument(
+        "--meta",
+        required=True,
+        help="JSON: model_fingerprint, sampler {eta, timesteps}, notes, directions {name: {method, "
+        "parameters, source, evaluation}} (an exported manifest works too)",
+    )
     publish.add_argument("--version", default=None, help="version name (default: the next vNNNN)")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
     publish.set_defaults(func=_publish)
@@ -73,8 +80,16 @@ def _list(args: argparse.Namespace) -> None:
     if not rows:
         raise HSpaceError(f"no direction bank at {args.url}: publish one with `hspace bank publish`")
     if args.json:
-        print(json.dumps({"url": args.url, "latest": latest, "versions": rows,
-                          **({"latest_damaged": pointer_error} if pointer_error else {})}))
+        print(
+            json.dumps(
+                {
+                    "url": args.url,
+                    "latest": latest,
+                    "versions": rows,
+                    **({"latest_damaged": pointer_error} if pointer_error else {}),
+                }
+            )
+        )
         return
     if pointer_error:
         print(f"latest pointer DAMAGED: {pointer_error}")
@@ -85,8 +100,10 @@ def _list(args: argparse.Namespace) -> None:
             continue
         mark = "  (latest)" if row["latest"] else ""
         count = len(row["directions"])
-        print(f"{row['version']:<{width}}  {row['created']}  {count} direction{'s' * (count != 1)}  model "
-              f"{row['model_fingerprint'][:12]}{mark}")
+        print(
+            f"{row['version']:<{width}}  {row['created']}  {count} direction{'s' * (count != 1)}  model "
+            f"{row['model_fingerprint'][:12]}{mark}"
+        )
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -100,15 +117,19 @@ def _show(args: argparse.Namespace) -> None:
         print(json.dumps(info))
         return
     eta = info["sampler"]["eta"]
-    print(f"bank {bank.url} version {bank.version} ({bank.created}), model {bank.fingerprint[:12]}, "
-          f"T = {bank.steps}, h = {bank.h_shape}, eta = {eta[0] if len(set(eta)) == 1 else eta}")
+    print(
+        f"bank {bank.url} version {bank.version} ({bank.created}), model {bank.fingerprint[:12]}, "
+        f"T = {bank.steps}, h = {bank.h_shape}, eta = {eta[0] if len(set(eta)) == 1 else eta}"
+    )
     if bank.notes:
         print(f"notes: {bank.notes}")
     width = max(map(len, bank.names))
     for name, record in info["directions"].items():
-        print(f"{name:<{width}}  {record['method']:<12}  |v| {record['norm']:.4g}  |v_t| {record['step_norm_min']:.4g}"
-              f"..{record['step_norm_max']:.4g}  source {record['source'] or '-'}  "
-              f"evaluation {_summary(record['evaluation'])}")
+        print(
+            f"{name:<{width}}  {record['method']:<12}  |v| {record['norm']:.4g}  |v_t| {record['step_norm_min']:.4g}"
+            f"..{record['step_norm_max']:.4g}  source {record['source'] or '-'}  "
+            f"evaluation {_summary(record['evaluation'])}"
+        )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -169,8 +190,11 @@ def _norms(tensor: Any) -> dict[str, float]:
     from hspace.directions import per_step_norm
 
     per_step = per_step_norm(tensor.float())
-    return {"norm": float(tensor.float().norm()), "step_norm_min": float(per_step.min()),
-            "step_norm_max": float(per_step.max())}
+    return {
+        "norm": float(tensor.float().norm()),
+        "step_norm_min": float(per_step.min()),
+        "step_norm_max": float(per_step.max()),
+    }
 
 
 def _summary(evaluation: dict[str, Any], limit: int = 4) -> str:
@@ -187,6 +211,7 @@ def _summary(evaluation: dict[str, Any], limit: int = 4) -> str:
     walk("", evaluation)
     if not flat:
         return "-"
-    shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                      for key, value in flat[:limit])
+    shown = ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in flat[:limit]
+    )
     return shown + (f" (+{len(flat) - limit} more)" if len(flat) > limit else "")

@@ -17,8 +17,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--samples", type=int, required=True, help="number of samples N")
     build.add_argument("--steps", type=int, required=True, help="DDIM steps T")
     build.add_argument("--eta", type=eta, default=1.0, help="eta in [0, 1], or one per step (default 1)")
-    build.add_argument("--batch", type=int, required=True,
-                       help="samples per shard and per task; the last shard is short if it does not divide N")
+    build.add_argument(
+        "--batch",
+        type=int,
+        required=True,
+        help="samples per shard and per task; the last shard is short if it does not divide N",
+    )
     build.add_argument("--seed", type=int, required=True, help="base seed; sample i's seed derives from it")
     build.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage dtype of h")
     build.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -35,9 +39,23 @@ def _build(args: argparse.Namespace) -> None:
     from flows.corpus import build_corpus
     from flows.runner import run_flow
 
-    print_info(run_flow(build_corpus, runner=runner_choice(args), model=args.model, samples=args.samples,
-                        steps=args.steps, out=args.url, eta=args.eta, batch=args.batch, seed=args.seed,
-                        dtype=args.dtype, device=args.device, progress=not args.no_progress), as_json=False)
+    print_info(
+        run_flow(
+            build_corpus,
+            runner=runner_choice(args),
+            model=args.model,
+            samples=args.samples,
+            steps=args.steps,
+            out=args.url,
+            eta=args.eta,
+            batch=args.batch,
+            seed=args.seed,
+            dtype=args.dtype,
+            device=args.device,
+            progress=not args.no_progress,
+        ),
+        as_json=False,
+    )
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -38,10 +38,24 @@ def _demo(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     url, bank_url = str(out / "corpus.zarr"), str(out / "bank")
     settings = RebuildSettings(
-        bank=bank_url, corpus=url, model=args.model, samples=args.samples, steps=args.steps, eta=1.0,
-        batch=args.batch, seed=args.seed, annotator="testbed", attributes=DEMO_ATTRIBUTES, k=args.samples // 4,
-        pca_components=4, pca_directions=2, gamma=args.gamma, eval_samples=args.eval_samples, repeats=2,
-        report=str(out))
+        bank=bank_url,
+        corpus=url,
+        model=args.model,
+        samples=args.samples,
+        steps=args.steps,
+        eta=1.0,
+        batch=args.batch,
+        seed=args.seed,
+        annotator="testbed",
+        attributes=DEMO_ATTRIBUTES,
+        k=args.samples // 4,
+        pca_components=4,
+        pca_directions=2,
+        gamma=args.gamma,
+        eval_samples=args.eval_samples,
+        repeats=2,
+        report=str(out),
+    )
     result = run_flow(rebuild_bank, settings=settings, progress=True)
     corpus = Corpus.open(url)
     save_grid(corpus.read_x0(slice(0, 64)), out / "samples.png")
@@ -50,10 +64,21 @@ def _demo(args: argparse.Namespace) -> None:
     gammas = [-2 * args.gamma, -args.gamma, 0.0, args.gamma, 2 * args.gamma]
     seeds = [int(s) for s in corpus.read_seeds(slice(0, 3))]
     bank.check_model(model)
-    rows = edit_grid(model, seeds, {name: bank.tensor(name) for name in bank.names}, gammas, steps=bank.steps,
-                     eta=1.0, microbatch=len(bank.names) * len(seeds) * len(gammas))
-    labeled_grid(rows, list(bank.names), [f"{g:+g}" for _ in seeds for g in gammas],
-                 column_groups=[f"seed {i}" for i in range(len(seeds)) for _ in gammas]).save(out / "edits.png")
+    rows = edit_grid(
+        model,
+        seeds,
+        {name: bank.tensor(name) for name in bank.names},
+        gammas,
+        steps=bank.steps,
+        eta=1.0,
+        microbatch=len(bank.names) * len(seeds) * len(gammas),
+    )
+    labeled_grid(
+        rows,
+        list(bank.names),
+        [f"{g:+g}" for _ in seeds for g in gammas],
+        column_groups=[f"seed {i}" for i in range(len(seeds)) for _ in gammas],
+    ).save(out / "edits.png")
     print_info(corpus.info(), as_json=False)
     print(f"bank {bank_url}: version {result['version']} with {', '.join(result['directions'])}")
     for name in ("samples.png", "edits.png", "evaluation.png", "evaluation.md"):

@@ -15,24 +15,31 @@ from flows.cli_args import ints, names, print_info
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``directions`` and its sub-commands to the ``hspace`` commands."""
     directions = commands.add_parser("directions", help="make and list named directions").add_subparsers(
-        dest="directions_command", required=True)
+        dest="directions_command", required=True
+    )
 
-    supervised = directions.add_parser("supervised", help="eq. 11: top-k vs bottom-k samples by an annotation, "
-                                                          "or explicit sample ids")
+    supervised = directions.add_parser(
+        "supervised", help="eq. 11: top-k vs bottom-k samples by an annotation, or explicit sample ids"
+    )
     supervised.add_argument("url", help="the corpus")
     supervised.add_argument("--name", required=True, help="stored as directions/<name>")
     supervised.add_argument("--attribute", help="rank samples by this annotation")
     supervised.add_argument("--annotator", help="whose annotation (needed when several have the attribute)")
     supervised.add_argument("--k", type=int, default=100, help="top-k positives and bottom-k negatives (default 100)")
-    supervised.add_argument("--threshold", type=float, default=None,
-                            help="a binary attribute (e.g. a probability, 0.5): k drawn at random from each side "
-                                 "of it instead of the k most extreme scores, which follow what the classifier "
-                                 "correlates with (all of the smaller side when it has fewer than k)")
+    supervised.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="a binary attribute (e.g. a probability, 0.5): k drawn at random from each side "
+        "of it instead of the k most extreme scores, which follow what the classifier "
+        "correlates with (all of the smaller side when it has fewer than k)",
+    )
     supervised.add_argument("--space", choices=("h", "xT"), default="h", help="eq. 11 in h_{T:1} (default) or x_T")
     supervised.add_argument("--positives", type=ints, help="explicit positive sample ids, e.g. 1,2,3")
     supervised.add_argument("--negatives", type=ints, help="explicit negative sample ids, e.g. 4,5,6")
-    supervised.add_argument("--overwrite", action="store_true",
-                            help="replace a direction of that name made another way")
+    supervised.add_argument(
+        "--overwrite", action="store_true", help="replace a direction of that name made another way"
+    )
     supervised.add_argument("--json", action="store_true", help="print one JSON object")
     supervised.set_defaults(func=_supervised)
 
@@ -41,11 +48,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     disentangle.add_argument("--name", required=True, help="stored as directions/<name>")
     disentangle.add_argument("--from", dest="source", required=True, help="the direction to disentangle")
     disentangle.add_argument("--against", type=names, required=True, help="directions to leave alone, e.g. B,C")
-    disentangle.add_argument("--keep-norm", action="store_true",
-                             help="rescale the result to the norm of --from, so one gamma edits as far along both "
-                                  "(InterFaceGAN's convention; default: eq. 12 as written, which shortens it)")
-    disentangle.add_argument("--overwrite", action="store_true",
-                            help="replace a direction of that name made another way")
+    disentangle.add_argument(
+        "--keep-norm",
+        action="store_true",
+        help="rescale the result to the norm of --from, so one gamma edits as far along both "
+        "(InterFaceGAN's convention; default: eq. 12 as written, which shortens it)",
+    )
+    disentangle.add_argument(
+        "--overwrite", action="store_true", help="replace a direction of that name made another way"
+    )
     disentangle.add_argument("--json", action="store_true", help="print one JSON object")
     disentangle.set_defaults(func=_disentangle)
 
@@ -54,8 +65,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print one JSON array")
     listing.set_defaults(func=_list)
 
-    invert = directions.add_parser("invert", help="DDIM-invert real images (SM -F): their x_T and h, or eq. 11 on "
-                                                  "positive vs negative folders")
+    invert = directions.add_parser(
+        "invert", help="DDIM-invert real images (SM -F): their x_T and h, or eq. 11 on positive vs negative folders"
+    )
     invert.add_argument("--model", required=True, help="built-in name, model directory or hub id")
     invert.add_argument("--steps", type=int, required=True, help="DDIM steps T (those the direction is used with)")
     invert.add_argument("--images", help="a folder of PNG/JPEG images: write their x_T and h_{T:1} to --out")
@@ -74,9 +86,17 @@ def _supervised(args: argparse.Namespace) -> None:
     from flows.directions import supervised
     from tasks.directions import plan_supervised
 
-    arguments = dict(name=args.name, attribute=args.attribute, annotator=args.annotator, k=args.k,
-                     threshold=args.threshold, positives=args.positives, negatives=args.negatives, space=args.space,
-                     overwrite=args.overwrite)
+    arguments = dict(
+        name=args.name,
+        attribute=args.attribute,
+        annotator=args.annotator,
+        k=args.k,
+        threshold=args.threshold,
+        positives=args.positives,
+        negatives=args.negatives,
+        space=args.space,
+        overwrite=args.overwrite,
+    )
     plan_supervised(args.url, **arguments)  # fail before Prefect starts
     print_info(supervised(args.url, **arguments), args.json)
 
@@ -85,10 +105,20 @@ def _disentangle(args: argparse.Namespace) -> None:
     from flows.directions import disentangled
     from tasks.directions import plan_disentangle
 
-    plan_disentangle(args.url, args.name, source=args.source, against=args.against, keep_norm=args.keep_norm,
-                     overwrite=args.overwrite)
-    print_info(disentangled(args.url, args.name, args.source, args.against, keep_norm=args.keep_norm,
-                        overwrite=args.overwrite), args.json)
+    plan_disentangle(
+        args.url,
+        args.name,
+        source=args.source,
+        against=args.against,
+        keep_norm=args.keep_norm,
+        overwrite=args.overwrite,
+    )
+    print_info(
+        disentangled(
+            args.url, args.name, args.source, args.against, keep_norm=args.keep_norm, overwrite=args.overwrite
+        ),
+        args.json,
+    )
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -101,19 +131,33 @@ def _list(args: argparse.Namespace) -> None:
     if not found:
         print(f"no directions in {args.url}")
     for d in found:
-        what = {k: v for k, v in d["parameters"].items() if k not in ("positives", "negatives", "annotator_config",
-                                                                       "positive_files", "negative_files")}
+        what = {
+            k: v
+            for k, v in d["parameters"].items()
+            if k not in ("positives", "negatives", "annotator_config", "positive_files", "negative_files")
+        }
         state = "" if d["complete"] else "  (INCOMPLETE: rerun the command that made it)"
-        print(f"{d['name']:<24} {d['method']:<14} {d['space']:<3} {'x'.join(map(str, d['shape'])):<16} "
-              f"{json.dumps(what)}{state}")
+        print(
+            f"{d['name']:<24} {d['method']:<14} {d['space']:<3} {'x'.join(map(str, d['shape'])):<16} "
+            f"{json.dumps(what)}{state}"
+        )
 
 
 def _invert(args: argparse.Namespace) -> None:
     from flows.directions import inverted
     from tasks.directions import plan_invert
 
-    arguments = dict(model=args.model, steps=args.steps, images=args.images, positives=args.positives,
-                     negatives=args.negatives, out=args.out, corpus=args.corpus, name=args.name, device=args.device,
-                     overwrite=args.overwrite)
+    arguments = dict(
+        model=args.model,
+        steps=args.steps,
+        images=args.images,
+        positives=args.positives,
+        negatives=args.negatives,
+        out=args.out,
+        corpus=args.corpus,
+        name=args.name,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
     plan_invert(**arguments)
     print_info(inverted(**arguments), args.json)

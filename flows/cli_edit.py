@@ -8,30 +8,45 @@ from typing import Any
 
 from flows.cli_args import floats, ints, png_out, save_png
 
-SHOW_HELP = ("corpus sample ids whose edits to show, e.g. 0,1,2: sample i is regenerated from its own seed "
-             "(derived from the corpus base seed), so the gamma = 0 column is exactly the corpus's x0[i]")
+SHOW_HELP = (
+    "corpus sample ids whose edits to show, e.g. 0,1,2: sample i is regenerated from its own seed "
+    "(derived from the corpus base seed), so the gamma = 0 column is exactly the corpus's x0[i]"
+)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``edit`` to the ``hspace`` commands."""
     edit = commands.add_parser(
-        "edit", help="a picture grid of edits along PCA or Jacobian directions: rows = directions, columns = "
-                     "gamma per sample (Fig. 3-5)")
+        "edit",
+        help="a picture grid of edits along PCA or Jacobian directions: rows = directions, columns = "
+        "gamma per sample (Fig. 3-5)",
+    )
     edit.add_argument("url", help="the corpus (path or fsspec URL)")
     source = edit.add_mutually_exclusive_group(required=True)
     source.add_argument("--pca", metavar="RUN", help="a complete PCA run (hspace pca fit)")
     source.add_argument("--jacobian", metavar="RUN", help="a Jacobian run (hspace jacobian)")
-    edit.add_argument("--sample", type=int, default=None,
-                      help="with --jacobian: the sample id whose directions to use")
-    edit.add_argument("--step", type=int, default=None,
-                      help="with --jacobian: the step index they were found at (they are applied at every step)")
+    edit.add_argument("--sample", type=int, default=None, help="with --jacobian: the sample id whose directions to use")
+    edit.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="with --jacobian: the step index they were found at (they are applied at every step)",
+    )
     edit.add_argument("--directions", type=ints, required=True, help="direction indices, e.g. 0,1,2")
-    edit.add_argument("--show", type=ints, default=None,
-                      help=SHOW_HELP + " (default: the --sample with --jacobian, else 0,1,2)")
-    edit.add_argument("--gammas", type=floats, default=[-4.0, -2.0, 0.0, 2.0, 4.0],
-                      help="edit strengths; 0 is always shown (default -4,-2,0,2,4)")
-    edit.add_argument("--random-baseline", action="store_true",
-                      help="add a row along a random direction with the per-step norm of the first one (Fig. 4)")
+    edit.add_argument(
+        "--show", type=ints, default=None, help=SHOW_HELP + " (default: the --sample with --jacobian, else 0,1,2)"
+    )
+    edit.add_argument(
+        "--gammas",
+        type=floats,
+        default=[-4.0, -2.0, 0.0, 2.0, 4.0],
+        help="edit strengths; 0 is always shown (default -4,-2,0,2,4)",
+    )
+    edit.add_argument(
+        "--random-baseline",
+        action="store_true",
+        help="add a row along a random direction with the per-step norm of the first one (Fig. 4)",
+    )
     edit.add_argument("--out", required=True, help="PNG to write")
     edit.add_argument("--device", default="cpu", help="cpu or cuda")
     edit.set_defaults(func=_edit)
@@ -52,8 +67,9 @@ def _directions(args: argparse.Namespace, spec: Any) -> tuple[Any, list[str]]:
         directions = torch.from_numpy(read_pca_directions(args.url, args.pca, args.directions))
         labels = [f"pca {j}" for j in args.directions]
     else:
-        found = torch.from_numpy(read_jacobian_directions(args.url, args.jacobian, args.sample, args.step,
-                                                          args.directions))
+        found = torch.from_numpy(
+            read_jacobian_directions(args.url, args.jacobian, args.sample, args.step, args.directions)
+        )
         # Found at one step, applied at every step (Sec. IV-B).
         directions = found[:, None].expand(len(found), spec.steps, *spec.h_shape).contiguous()
         labels = [f"jac {j}" for j in args.directions]
@@ -88,7 +104,11 @@ def _edit(args: argparse.Namespace) -> None:
     model = corpus_model(corpus, args.device)
     seeds = [sample_seed(corpus, i) for i in shown]
     images = edit_grid(model, seeds, directions, gammas, steps=spec.steps, eta=list(spec.eta))
-    picture = labeled_grid(images, labels, [f"{g:+g}" for g in gammas] * len(seeds),
-                           column_groups=[f"sample {i}" for i in shown for _ in gammas])
+    picture = labeled_grid(
+        images,
+        labels,
+        [f"{g:+g}" for g in gammas] * len(seeds),
+        column_groups=[f"sample {i}" for i in shown for _ in gammas],
+    )
     save_png(picture, out)
     print(f"edit grid written to {out} ({len(labels)} directions x {len(seeds)} samples x {len(gammas)} gammas)")

@@ -12,12 +12,18 @@ from flows.cli_args import check_positive, names
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` to the ``hspace`` commands."""
     evaluate = commands.add_parser(
-        "evaluate", help="Table I: edit fresh samples along directions of a corpus, re-score every attribute, "
-                         "against norm-matched random directions; writes CSV, markdown and a heatmap")
+        "evaluate",
+        help="Table I: edit fresh samples along directions of a corpus, re-score every attribute, "
+        "against norm-matched random directions; writes CSV, markdown and a heatmap",
+    )
     evaluate.add_argument("url", help="the corpus")
-    evaluate.add_argument("--directions", type=names, required=True,
-                          help="comma-separated names: directions of the corpus (`hspace directions list`) and/or "
-                               "pca-<j> for PCA component j of --pca-run")
+    evaluate.add_argument(
+        "--directions",
+        type=names,
+        required=True,
+        help="comma-separated names: directions of the corpus (`hspace directions list`) and/or "
+        "pca-<j> for PCA component j of --pca-run",
+    )
     evaluate.add_argument("--pca-run", default=None, help="PCA run for pca-<j> names")
     evaluate.add_argument("--annotator", default="testbed")
     evaluate.add_argument("--gamma", type=float, default=1.0)
@@ -25,8 +31,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--repeats", type=int, default=10, help="repeats with other samples (paper: 10)")
     evaluate.add_argument("--seed", type=int, default=1)
     evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--report", default="hspace-evaluation",
-                          help="folder for evaluation.csv/.md/.png (as rebuild-bank's --report)")
+    evaluate.add_argument(
+        "--report", default="hspace-evaluation", help="folder for evaluation.csv/.md/.png (as rebuild-bank's --report)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
     evaluate.set_defaults(func=_evaluate)
 
@@ -48,10 +55,21 @@ def _evaluate(args: argparse.Namespace) -> None:
     except ValueError:
         raise HSpaceError(f"PCA directions are named pca-<j>, j an integer; got {pca}") from None
     supervised = [n for n in args.directions if n not in {pca_direction_name(j) for j in range(top)}]
-    key = evaluate_bank_directions.fn(args.url, args.directions, pca_run=args.pca_run, pca_directions=top,
-                                      supervised=supervised, annotator=args.annotator, annotator_options=None,
-                                      gamma=args.gamma, samples=args.samples, repeats=args.repeats, seed=args.seed,
-                                      device=args.device, report=None)
+    key = evaluate_bank_directions.fn(
+        args.url,
+        args.directions,
+        pca_run=args.pca_run,
+        pca_directions=top,
+        supervised=supervised,
+        annotator=args.annotator,
+        annotator_options=None,
+        gamma=args.gamma,
+        samples=args.samples,
+        repeats=args.repeats,
+        seed=args.seed,
+        device=args.device,
+        report=None,
+    )
     result = stored_evaluation(Corpus.open(args.url), key)
     assert result is not None  # the task stores it before returning
     paths = write_report(result, Path(args.report))

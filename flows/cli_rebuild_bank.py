@@ -11,8 +11,10 @@ from flows.cli_args import add_runner_arguments, names, runner_choice
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``rebuild-bank`` to the ``hspace`` commands."""
     rebuild = commands.add_parser(
-        "rebuild-bank", help="corpus -> annotate -> PCA -> supervised -> disentangle -> evaluate -> publish a "
-                             "new bank version; every stage skips work already done")
+        "rebuild-bank",
+        help="corpus -> annotate -> PCA -> supervised -> disentangle -> evaluate -> publish a "
+        "new bank version; every stage skips work already done",
+    )
     rebuild.add_argument("bank", help="the bank's location (path or fsspec URL)")
     rebuild.add_argument("--corpus", required=True, help="the corpus's location (created if missing)")
     rebuild.add_argument("--model", default="testbed")
@@ -22,22 +24,41 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rebuild.add_argument("--batch", type=int, default=32)
     rebuild.add_argument("--seed", type=int, default=0)
     rebuild.add_argument("--annotator", default="testbed")
-    rebuild.add_argument("--attributes", type=names, default=None,
-                         help="comma-separated attributes, one supervised direction each (default: the testbed's)")
+    rebuild.add_argument(
+        "--attributes",
+        type=names,
+        default=None,
+        help="comma-separated attributes, one supervised direction each (default: the testbed's)",
+    )
     rebuild.add_argument("--k", type=int, default=100, help="top-k vs bottom-k examples (eq. 11)")
-    rebuild.add_argument("--thresholds", default=None, metavar="A=T,B=T",
-                         help="binary attributes: draw their k examples from each side of T instead of the "
-                              "extremes (default: those the annotator declares, for testbed eyes_open, glasses, "
-                              "hat at 0.5; 'none': no attribute)")
-    rebuild.add_argument("--disentangle", action="append", default=None, metavar="A:B,C",
-                         help="also publish A-disentangled, A with B, C projected out (eq. 12); repeatable")
-    rebuild.add_argument("--keep-norm", action="store_true",
-                         help="rescale each disentangled direction to its original's norm (see `hspace directions "
-                              "disentangle --keep-norm`)")
+    rebuild.add_argument(
+        "--thresholds",
+        default=None,
+        metavar="A=T,B=T",
+        help="binary attributes: draw their k examples from each side of T instead of the "
+        "extremes (default: those the annotator declares, for testbed eyes_open, glasses, "
+        "hat at 0.5; 'none': no attribute)",
+    )
+    rebuild.add_argument(
+        "--disentangle",
+        action="append",
+        default=None,
+        metavar="A:B,C",
+        help="also publish A-disentangled, A with B, C projected out (eq. 12); repeatable",
+    )
+    rebuild.add_argument(
+        "--keep-norm",
+        action="store_true",
+        help="rescale each disentangled direction to its original's norm (see `hspace directions "
+        "disentangle --keep-norm`)",
+    )
     rebuild.add_argument("--pca-components", type=int, default=8)
     rebuild.add_argument("--pca-directions", type=int, default=3)
-    rebuild.add_argument("--pca-run", default="bank",
-                         help="the corpus's PCA run to fit or resume (another name for other --pca-components)")
+    rebuild.add_argument(
+        "--pca-run",
+        default="bank",
+        help="the corpus's PCA run to fit or resume (another name for other --pca-components)",
+    )
     rebuild.add_argument("--gamma", type=float, default=1.0)
     rebuild.add_argument("--eval-samples", type=int, default=100)
     rebuild.add_argument("--repeats", type=int, default=10)
@@ -89,12 +110,29 @@ def _rebuild(args: argparse.Namespace) -> None:
 
     runner = runner_choice(args)
     settings = RebuildSettings(
-        bank=args.bank, corpus=args.corpus, model=args.model, samples=args.samples, steps=args.steps, eta=args.eta,
-        batch=args.batch, seed=args.seed, annotator=args.annotator, attributes=args.attributes or DEFAULT_ATTRIBUTES,
-        k=args.k, thresholds=_thresholds(args.thresholds), disentangle=_disentangle(args.disentangle),
-        keep_norm=args.keep_norm, pca_components=args.pca_components, pca_directions=args.pca_directions,
-        pca_run_name=args.pca_run, gamma=args.gamma, eval_samples=args.eval_samples, repeats=args.repeats,
-        report=args.report, device=args.device)
+        bank=args.bank,
+        corpus=args.corpus,
+        model=args.model,
+        samples=args.samples,
+        steps=args.steps,
+        eta=args.eta,
+        batch=args.batch,
+        seed=args.seed,
+        annotator=args.annotator,
+        attributes=args.attributes or DEFAULT_ATTRIBUTES,
+        k=args.k,
+        thresholds=_thresholds(args.thresholds),
+        disentangle=_disentangle(args.disentangle),
+        keep_norm=args.keep_norm,
+        pca_components=args.pca_components,
+        pca_directions=args.pca_directions,
+        pca_run_name=args.pca_run,
+        gamma=args.gamma,
+        eval_samples=args.eval_samples,
+        repeats=args.repeats,
+        report=args.report,
+        device=args.device,
+    )
     result = run_flow(rebuild_bank, settings=settings, corpus_runner=runner, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result))

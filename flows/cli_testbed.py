@@ -20,17 +20,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, then cosine to 10%%)")
-    train.add_argument("--init-from", default=None, metavar="MODEL",
-                       help="start from this model folder's weights (or the shipped testbed) with a new optimizer, "
-                            "to train on when a run's checkpoint is gone; the card records it")
+    train.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="start from this model folder's weights (or the shipped testbed) with a new optimizer, "
+        "to train on when a run's checkpoint is gone; the card records it",
+    )
     train.add_argument("--checkpoints", default=".train/testbed-ckpt", help="resumable checkpoint folder")
     train.add_argument("--out", default=None, help="model folder to write (default: the shipped testbed model)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_train)
 
     report = sub.add_parser(
-        "report", help="measure what h controls in a model of the testbed faces: sample quality, supervised "
-                       "directions vs random, h swap (Fig. 2a), per-step R^2; writes report.json/.md and pictures")
+        "report",
+        help="measure what h controls in a model of the testbed faces: sample quality, supervised "
+        "directions vs random, h swap (Fig. 2a), per-step R^2; writes report.json/.md and pictures",
+    )
     report.add_argument("--model", default="testbed")
     report.add_argument("--out", default="hspace-testbed-report", help="folder for report.json, report.md, *.png")
     report.add_argument("--samples", type=int, default=512, help="annotated samples with h (corpus)")
@@ -49,8 +55,16 @@ def _train(args: argparse.Namespace) -> None:
     from hspace.models import SHIPPED
 
     out = args.out or str(SHIPPED["testbed"])
-    sha = train_testbed(steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr, init_from=args.init_from,
-                        checkpoints=args.checkpoints, out=out, progress=not args.no_progress)
+    sha = train_testbed(
+        steps=args.steps,
+        seed=args.seed,
+        batch=args.batch,
+        lr=args.lr,
+        init_from=args.init_from,
+        checkpoints=args.checkpoints,
+        out=out,
+        progress=not args.no_progress,
+    )
     print(f"testbed model written to {out} (sha256 {sha})")
 
 
@@ -60,8 +74,10 @@ def _report(args: argparse.Namespace) -> None:
         print(json.dumps(figures))
     else:
         passing = [f for f, r in figures["supervised"]["factors"].items() if r["passes_at_gamma"] is not None]
-        print(f"testbed report written to {args.out}/report.md (face rate {figures['quality']['face_rate']:.3f}; "
-              f"factors passing: {passing})")
+        print(
+            f"testbed report written to {args.out}/report.md (face rate {figures['quality']['face_rate']:.3f}; "
+            f"factors passing: {passing})"
+        )
 
 
 def _write_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,31 +93,56 @@ def _write_report(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, annotator = load_model(args.model), load_annotator("testbed")
-    result = report(model, annotator, samples=args.samples, eval_samples=args.eval_samples, k=args.k,
-                    steps=args.steps, gammas=args.gammas, seed=args.seed, swap_pairs=args.swap_pairs,
-                    progress=lambda message: print(f"[testbed report] {message}", file=sys.stderr, flush=True))
+    result = report(
+        model,
+        annotator,
+        samples=args.samples,
+        eval_samples=args.eval_samples,
+        k=args.k,
+        steps=args.steps,
+        gammas=args.gammas,
+        seed=args.seed,
+        swap_pairs=args.swap_pairs,
+        progress=lambda message: print(f"[testbed report] {message}", file=sys.stderr, flush=True),
+    )
     figures, corpus = result["figures"], result["corpus"]
     print("[testbed report] pictures", file=sys.stderr, flush=True)
     # Pictures first, the figures last: a report.json on disk means the whole report was written.
     span = max(abs(g) for g in args.gammas)
     gammas = [-2 * span, -span, 0.0, span, 2 * span]
     seeds = corpus.seeds[:3]
-    edits = edit_grid(model, seeds, result["directions"], gammas, steps=args.steps,
-                      microbatch=len(result["directions"]) * len(seeds) * len(gammas))
+    edits = edit_grid(
+        model,
+        seeds,
+        result["directions"],
+        gammas,
+        steps=args.steps,
+        microbatch=len(result["directions"]) * len(seeds) * len(gammas),
+    )
     pictures = {
         "samples.png": image_grid(corpus.images[:64], columns=8),
         "edits.png": image_grid(edits.reshape(-1, *edits.shape[2:]), columns=edits.shape[1]),
         # Triples (noise donor, h donor, result), four per row (Fig. 2a).
-        "swap.png": image_grid(_swap_triples(corpus.images, result["swapped"], pairs=min(16, args.swap_pairs)),
-                               columns=12),
-        "r2.png": heatmap(torch.tensor(list(figures["per_step_r2"]["r2"].values())).numpy(),
-                          list(figures["per_step_r2"]["r2"]), title="held-out R^2 of h_t -> factor, step 1..T"),
+        "swap.png": image_grid(
+            _swap_triples(corpus.images, result["swapped"], pairs=min(16, args.swap_pairs)), columns=12
+        ),
+        "r2.png": heatmap(
+            torch.tensor(list(figures["per_step_r2"]["r2"].values())).numpy(),
+            list(figures["per_step_r2"]["r2"]),
+            title="held-out R^2 of h_t -> factor, step 1..T",
+        ),
     }
-    write_files(out, {
-        **{name: lambda path, picture=picture: picture.save(path, format="PNG") for name, picture in pictures.items()},
-        "report.md": lambda path: path.write_text(to_markdown(figures)),
-        "report.json": lambda path: path.write_text(json.dumps(figures, indent=2) + "\n"),
-    })
+    write_files(
+        out,
+        {
+            **{
+                name: lambda path, picture=picture: picture.save(path, format="PNG")
+                for name, picture in pictures.items()
+            },
+            "report.md": lambda path: path.write_text(to_markdown(figures)),
+            "report.json": lambda path: path.write_text(json.dumps(figures, indent=2) + "\n"),
+        },
+    )
     return figures
 
 

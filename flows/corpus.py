@@ -31,8 +31,9 @@ def build_corpus(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate every missing shard of the corpus at ``out`` and return its info."""
-    corpus = prepare_corpus(out=out, model=model, samples=samples, steps=steps, eta=eta, batch=batch, seed=seed,
-                            dtype=dtype, device=device)
+    corpus = prepare_corpus(
+        out=out, model=model, samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype, device=device
+    )
     missing = corpus.missing_shards()
 
     def size(shard: int) -> int:

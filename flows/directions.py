@@ -27,42 +27,88 @@ from tasks.directions import (
 
 
 @flow(name="supervised-direction")
-def supervised(url: str, name: str, attribute: str | None = None, annotator: str | None = None, k: int = DEFAULT_K,
-               threshold: float | None = None, positives: list[int] | None = None,
-               negatives: list[int] | None = None, space: str = "h", overwrite: bool = False,
-               made_by: str | None = None) -> dict[str, Any]:
+def supervised(
+    url: str,
+    name: str,
+    attribute: str | None = None,
+    annotator: str | None = None,
+    k: int = DEFAULT_K,
+    threshold: float | None = None,
+    positives: list[int] | None = None,
+    negatives: list[int] | None = None,
+    space: str = "h",
+    overwrite: bool = False,
+    made_by: str | None = None,
+) -> dict[str, Any]:
     """eq. 11 from the corpus at ``url``: top-k vs bottom-k samples by ``attribute`` (k from each side of
     ``threshold`` for a binary one), or explicit sample ids.
 
     Stored as ``directions/<name>`` (method ``supervised``, ``supervised-xT`` or ``examples``); returns a
     summary (name, method, space, shape, norms, parameters). See :func:`tasks.directions.plan_supervised`.
     """
-    plan = plan_supervised(url, name, attribute=attribute, annotator=annotator, k=k, threshold=threshold,
-                           positives=positives, negatives=negatives, space=space, overwrite=overwrite,
-                           made_by=made_by)
+    plan = plan_supervised(
+        url,
+        name,
+        attribute=attribute,
+        annotator=annotator,
+        k=k,
+        threshold=threshold,
+        positives=positives,
+        negatives=negatives,
+        space=space,
+        overwrite=overwrite,
+        made_by=made_by,
+    )
     return supervised_direction_task(plan)
 
 
 @flow(name="disentangle-direction")
-def disentangled(url: str, name: str, source: str, against: Sequence[str], keep_norm: bool = False,
-                 overwrite: bool = False, made_by: str | None = None) -> dict[str, Any]:
+def disentangled(
+    url: str,
+    name: str,
+    source: str,
+    against: Sequence[str],
+    keep_norm: bool = False,
+    overwrite: bool = False,
+    made_by: str | None = None,
+) -> dict[str, Any]:
     """eq. 12: ``directions/<name>`` = ``directions/<source>`` with its projection on the ``against`` span removed
     (then rescaled to the norm of ``<source>`` with ``keep_norm``)."""
-    plan = plan_disentangle(url, name, source=source, against=list(against), keep_norm=keep_norm, overwrite=overwrite,
-                            made_by=made_by)
+    plan = plan_disentangle(
+        url, name, source=source, against=list(against), keep_norm=keep_norm, overwrite=overwrite, made_by=made_by
+    )
     return disentangle_direction_task(plan)
 
 
 @flow(name="invert-direction")
-def inverted(model: str, steps: int, images: str | None = None, positives: str | None = None,
-             negatives: str | None = None, out: str | None = None, corpus: str | None = None,
-             name: str | None = None, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+def inverted(
+    model: str,
+    steps: int,
+    images: str | None = None,
+    positives: str | None = None,
+    negatives: str | None = None,
+    out: str | None = None,
+    corpus: str | None = None,
+    name: str | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """DDIM-invert real images (SM -F): their x_T and h to ``out``, or eq. 11 on positives vs negatives.
 
     See :func:`tasks.directions.plan_invert` for the argument combinations.
     """
-    plan = plan_invert(model=model, steps=steps, images=images, positives=positives, negatives=negatives, out=out,
-                       corpus=corpus, name=name, device=device, overwrite=overwrite)
+    plan = plan_invert(
+        model=model,
+        steps=steps,
+        images=images,
+        positives=positives,
+        negatives=negatives,
+        out=out,
+        corpus=corpus,
+        name=name,
+        device=device,
+        overwrite=overwrite,
+    )
     return invert_task(plan)
 
 

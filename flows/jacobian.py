@@ -22,9 +22,11 @@ def _prepare(url: str, mask_png: str | None, **arguments: Any) -> JacobianRun:
 
 def check_jacobian_directions(parameters: dict[str, Any]) -> None:
     """The arguments and the corpus are checked here (and the run created)."""
-    _prepare(parameters["url"], parameters["mask_png"],
-             **{k: parameters[k] for k in ("sample_ids", "steps", "k", "run", "algorithm", "block", "tol",
-                                           "max_iter")})
+    _prepare(
+        parameters["url"],
+        parameters["mask_png"],
+        **{k: parameters[k] for k in ("sample_ids", "steps", "k", "run", "algorithm", "block", "tol", "max_iter")},
+    )
 
 
 @checked_by(check_jacobian_directions)
@@ -48,11 +50,22 @@ def jacobian_directions(
     ``mask_png``: a PNG of the image region for the masked Jacobian (eq. 9-10): white = region, resized to
     the image size by nearest neighbour, binarised at 128 (:func:`hspace.images.read_mask_png`).
     """
-    jacobian = _prepare(url, mask_png, sample_ids=sample_ids, steps=steps, k=k, run=run, algorithm=algorithm,
-                        block=block, tol=tol, max_iter=max_iter)
+    jacobian = _prepare(
+        url,
+        mask_png,
+        sample_ids=sample_ids,
+        steps=steps,
+        k=k,
+        run=run,
+        algorithm=algorithm,
+        block=block,
+        tol=tol,
+        max_iter=max_iter,
+    )
     missing = jacobian.missing()
     total = len(jacobian.spec.sample_ids) * len(jacobian.spec.steps)
     bar = Progress(total=total, done=total - len(missing), desc=f"jacobian {run}", show=progress)
-    submit_all(compute_jacobian, [(url, run, sample_id, step, device) for sample_id, step in missing], bar,
-               device=device)
+    submit_all(
+        compute_jacobian, [(url, run, sample_id, step, device) for sample_id, step in missing], bar, device=device
+    )
     return JacobianRun.open(url, run).info()

@@ -14,8 +14,7 @@ from tasks.pca import align_pca_run, fit_pca_step, prepare_pca
 
 def check_fit_pca(parameters: dict[str, Any]) -> None:
     """The arguments, the corpus and the run are checked here (and the run created)."""
-    prepare_pca(parameters["url"], **{k: parameters[k] for k in ("components", "run", "steps", "method",
-                                                                  "batch_size")})
+    prepare_pca(parameters["url"], **{k: parameters[k] for k in ("components", "run", "steps", "method", "batch_size")})
 
 
 @checked_by(check_fit_pca)

@@ -42,8 +42,9 @@ class RunnerChoice:
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.dask_address is not None:
-            raise HSpaceError("give either --workers (a local Dask cluster) or --dask-address (an existing one), "
-                              "not both")
+            raise HSpaceError(
+                "give either --workers (a local Dask cluster) or --dask-address (an existing one), not both"
+            )
         if self.workers is not None and self.workers <= 0:
             raise HSpaceError(f"--workers must be a positive integer; got {self.workers}")
         if self.threads <= 0:
@@ -63,8 +64,12 @@ class RunnerChoice:
         if self.workers is not None:
             from prefect_dask import DaskTaskRunner
 
-            cluster_kwargs: dict[str, Any] = {"n_workers": self.workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None}
+            cluster_kwargs: dict[str, Any] = {
+                "n_workers": self.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
             if device.startswith("cuda"):
                 cluster_kwargs["resources"] = {"GPU": 1}
             return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
@@ -127,8 +132,14 @@ class Progress:
     show: bool = True
 
 
-def submit_all(task: Task[..., R], arguments: Iterable[tuple[Any, ...]], progress: Progress, *,
-               device: str = "cpu", weight: Callable[[R], int] = lambda _: 1) -> list[R]:
+def submit_all(
+    task: Task[..., R],
+    arguments: Iterable[tuple[Any, ...]],
+    progress: Progress,
+    *,
+    device: str = "cpu",
+    weight: Callable[[R], int] = lambda _: 1,
+) -> list[R]:
     """Submit ``task(*a)`` for every ``a`` in ``arguments`` and wait for all; results in completion order.
 
     Each finished task advances the bar by ``weight(result)``; ``device`` cuda sends the tasks to GPU workers
@@ -139,8 +150,9 @@ def submit_all(task: Task[..., R], arguments: Iterable[tuple[Any, ...]], progres
         with gpu_annotation(device):
             futures.append(task.submit(*args))
     results = []
-    with tqdm(total=progress.total, initial=progress.done, unit=progress.unit, desc=progress.desc,
-              disable=not progress.show) as bar:
+    with tqdm(
+        total=progress.total, initial=progress.done, unit=progress.unit, desc=progress.desc, disable=not progress.show
+    ) as bar:
         for future in as_completed(futures):
             result = future.result()
             bar.update(weight(result))

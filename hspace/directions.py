@@ -15,8 +15,9 @@ import torch
 from hspace.errors import HSpaceError
 
 
-def top_bottom(scores: np.ndarray, k: int, *, threshold: float | None = None,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def top_bottom(
+    scores: np.ndarray, k: int, *, threshold: float | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The examples of eq. 11 (Sec. V: classifier annotation): indices of positives and negatives.
 
     Without ``threshold``: the k highest and the k lowest scores. With it (a binary attribute, e.g. a
@@ -47,13 +48,17 @@ def top_bottom(scores: np.ndarray, k: int, *, threshold: float | None = None,
     above, below = np.flatnonzero(scores > threshold), np.flatnonzero(scores <= threshold)
     if len(above) == 0 or len(below) == 0:
         side = "above" if len(above) == 0 else "at or below"
-        raise HSpaceError(f"no sample scores {side} the threshold {threshold} (scores range "
-                          f"{scores.min():.4g}..{scores.max():.4g}): choose a threshold between the classes")
+        raise HSpaceError(
+            f"no sample scores {side} the threshold {threshold} (scores range "
+            f"{scores.min():.4g}..{scores.max():.4g}): choose a threshold between the classes"
+        )
     n = min(int(k), len(above), len(below))
     rng = np.random.default_rng(seed)
     positives, negatives = rng.choice(above, n, replace=False), rng.choice(below, n, replace=False)
-    return (positives[np.argsort(-scores[positives], kind="stable")].astype(np.int64),
-            negatives[np.argsort(scores[negatives], kind="stable")].astype(np.int64))
+    return (
+        positives[np.argsort(-scores[positives], kind="stable")].astype(np.int64),
+        negatives[np.argsort(scores[negatives], kind="stable")].astype(np.int64),
+    )
 
 
 def supervised_direction(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -66,8 +71,10 @@ def supervised_direction(positives: torch.Tensor, negatives: torch.Tensor) -> to
         difference of the means).
     """
     if positives.shape[1:] != negatives.shape[1:]:
-        raise HSpaceError(f"positive and negative examples differ in shape: {tuple(positives.shape[1:])} vs "
-                          f"{tuple(negatives.shape[1:])}")
+        raise HSpaceError(
+            f"positive and negative examples differ in shape: {tuple(positives.shape[1:])} vs "
+            f"{tuple(negatives.shape[1:])}"
+        )
     if len(positives) == 0 or len(negatives) == 0:
         raise HSpaceError("eq. 11 needs at least one positive and one negative example")
     return positives.float().mean(0) - negatives.float().mean(0)
@@ -85,8 +92,14 @@ def random_direction_like(direction: torch.Tensor, generator: torch.Generator) -
     return noise * scale.view(-1, *([1] * (direction.ndim - 1)))
 
 
-def disentangle(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor], *, per_step: bool = False,
-                keep_norm: bool = False, rtol: float = 1e-6) -> torch.Tensor:
+def disentangle(
+    v0: torch.Tensor,
+    others: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    per_step: bool = False,
+    keep_norm: bool = False,
+    rtol: float = 1e-6,
+) -> torch.Tensor:
     """eq. 12: remove from ``v0`` its projection onto the span of the ``others``.
 
     ``v = [I - V (V^T V)^-1 V^T] v_0`` with ``V = [v_1 ... v_k]``, every direction flattened over all steps
@@ -125,8 +138,12 @@ def disentangle(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor],
     if per_step:
         if v0.ndim < 1:
             raise HSpaceError("per-step disentanglement needs directions with a leading step dimension")
-        projected = torch.stack([_project_out(v0[t].reshape(-1), stacked[:, t].reshape(len(stacked), -1), rtol, step=t)
-                                 for t in range(v0.shape[0])])
+        projected = torch.stack(
+            [
+                _project_out(v0[t].reshape(-1), stacked[:, t].reshape(len(stacked), -1), rtol, step=t)
+                for t in range(v0.shape[0])
+            ]
+        )
         if keep_norm:
             scale = per_step_norm(v0.double()) / per_step_norm(projected).clamp_min(1e-300)
             projected = projected * scale[:, None]
@@ -143,14 +160,18 @@ def _stack_others(v0: torch.Tensor, others: torch.Tensor | Sequence[torch.Tensor
     if isinstance(others, torch.Tensor):
         stacked = others
         if tuple(stacked.shape[1:]) != tuple(v0.shape):
-            raise HSpaceError(f"others must have shape (k, *v0.shape) = (k, {', '.join(map(str, v0.shape))}); "
-                              f"got {tuple(stacked.shape)}")
+            raise HSpaceError(
+                f"others must have shape (k, *v0.shape) = (k, {', '.join(map(str, v0.shape))}); "
+                f"got {tuple(stacked.shape)}"
+            )
         return stacked
     others = list(others)
     for j, other in enumerate(others):
         if tuple(other.shape) != tuple(v0.shape):
-            raise HSpaceError(f"direction {j} to disentangle against has shape {tuple(other.shape)}; v0 has "
-                              f"{tuple(v0.shape)}: directions must share one shape (same model and steps)")
+            raise HSpaceError(
+                f"direction {j} to disentangle against has shape {tuple(other.shape)}; v0 has "
+                f"{tuple(v0.shape)}: directions must share one shape (same model and steps)"
+            )
     return torch.stack(others) if others else v0.new_zeros((0, *v0.shape))
 
 
@@ -161,8 +182,10 @@ def _project_out(v0: torch.Tensor, others: torch.Tensor, rtol: float, step: int 
     if not torch.isfinite(v).all() or not torch.isfinite(v0).all():
         raise HSpaceError(f"directions to disentangle contain NaN or inf{where}")
     if v.shape[1] > v.shape[0]:
-        raise HSpaceError(f"cannot disentangle against {v.shape[1]} directions in a space of dimension "
-                          f"{v.shape[0]}{where}: V^T V is singular")
+        raise HSpaceError(
+            f"cannot disentangle against {v.shape[1]} directions in a space of dimension "
+            f"{v.shape[0]}{where}: V^T V is singular"
+        )
     q, r = torch.linalg.qr(v, mode="reduced")
     # R[j, j] is the distance of v_j from the span of v_1 .. v_{j-1} (Gram-Schmidt), so a tiny one names the
     # direction that makes V rank deficient.
@@ -170,15 +193,22 @@ def _project_out(v0: torch.Tensor, others: torch.Tensor, rtol: float, step: int 
     bad = (distance <= rtol * norms) | (norms == 0)
     if bad.any():
         j = int(bad.nonzero()[0])
-        raise HSpaceError(f"directions to disentangle against are linearly dependent{where}: direction {j} is "
-                          f"zero or lies in the span of the ones before it (eq. 12 needs V^T V invertible); "
-                          f"drop it or merge the duplicates")
+        raise HSpaceError(
+            f"directions to disentangle against are linearly dependent{where}: direction {j} is "
+            f"zero or lies in the span of the ones before it (eq. 12 needs V^T V invertible); "
+            f"drop it or merge the duplicates"
+        )
     x = v0.double()
     return x - q @ (q.T @ x)
 
 
-def disentangled_set(directions: Mapping[str, torch.Tensor], against: Mapping[str, Sequence[str]], *,
-                     per_step: bool = False, keep_norm: bool = False) -> dict[str, torch.Tensor]:
+def disentangled_set(
+    directions: Mapping[str, torch.Tensor],
+    against: Mapping[str, Sequence[str]],
+    *,
+    per_step: bool = False,
+    keep_norm: bool = False,
+) -> dict[str, torch.Tensor]:
     """The directions plus, for each ``name -> others`` of ``against``, ``name`` disentangled from the
     others by eq. 12, named ``"<name>-perp-<other>[-<other>...]"`` (Table I: original vs disentangled).
 
@@ -191,13 +221,16 @@ def disentangled_set(directions: Mapping[str, torch.Tensor], against: Mapping[st
     for name, others in against.items():
         missing = [o for o in (name, *others) if o not in directions]
         if missing:
-            raise HSpaceError(f"cannot disentangle {name!r}: no direction named {', '.join(map(repr, missing))}; "
-                              f"have {', '.join(directions)}")
+            raise HSpaceError(
+                f"cannot disentangle {name!r}: no direction named {', '.join(map(repr, missing))}; "
+                f"have {', '.join(directions)}"
+            )
         if name in others:
             raise HSpaceError(f"cannot disentangle {name!r} against itself")
         label = f"{name}-perp-{'-'.join(others)}"
-        result[label] = disentangle(directions[name], [directions[o] for o in others], per_step=per_step,
-                                    keep_norm=keep_norm)
+        result[label] = disentangle(
+            directions[name], [directions[o] for o in others], per_step=per_step, keep_norm=keep_norm
+        )
     return result
 
 
@@ -220,8 +253,10 @@ def norm_preserving_noise_delta(noise: torch.Tensor, delta: torch.Tensor) -> tor
     Tensor of shape (B, C, S, S): ``(x_T + delta) |x_T| / |x_T + delta| - x_T``.
     """
     if tuple(delta.shape) not in (tuple(noise.shape), tuple(noise.shape[1:])):
-        raise HSpaceError(f"delta has shape {tuple(delta.shape)}; expected {tuple(noise.shape[1:])} or "
-                          f"{tuple(noise.shape)} to match the noise")
+        raise HSpaceError(
+            f"delta has shape {tuple(delta.shape)}; expected {tuple(noise.shape[1:])} or "
+            f"{tuple(noise.shape)} to match the noise"
+        )
     edited = noise + delta
     scale = noise.flatten(1).norm(dim=1) / edited.flatten(1).norm(dim=1).clamp_min(1e-12)
     return edited * scale.view(-1, *([1] * (noise.ndim - 1))) - noise

@@ -55,18 +55,30 @@ def edit(
     """
     bank.check_model(model)
     if steps is not None and steps != bank.steps:
-        raise HSpaceError(f"the directions of bank {bank.url} version {bank.version} have T = {bank.steps} steps, so "
-                          f"they are applied with steps={bank.steps}, not {steps}")
+        raise HSpaceError(
+            f"the directions of bank {bank.url} version {bank.version} have T = {bank.steps} steps, so "
+            f"they are applied with steps={bank.steps}, not {steps}"
+        )
     if bank.timesteps is not None:
         timesteps = tuple(int(t) for t in make_scheduler(model.scheduler_config, bank.steps).timesteps)
         if timesteps != bank.timesteps:
-            raise HSpaceError(f"bank {bank.url} version {bank.version} was built with timesteps "
-                              f"{list(bank.timesteps)[:4]}..., but this model's scheduler gives "
-                              f"{list(timesteps)[:4]}...")
+            raise HSpaceError(
+                f"bank {bank.url} version {bank.version} was built with timesteps "
+                f"{list(bank.timesteps)[:4]}..., but this model's scheduler gives "
+                f"{list(timesteps)[:4]}..."
+            )
     seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else list(seeds)
     delta = bank.delta(gammas) if gammas else None
-    result = sample(model, seeds, steps=bank.steps, eta=bank.eta if eta is None else eta, delta=delta,
-                    capture=False, asyrp=asyrp, microbatch=microbatch)
+    result = sample(
+        model,
+        seeds,
+        steps=bank.steps,
+        eta=bank.eta if eta is None else eta,
+        delta=delta,
+        capture=False,
+        asyrp=asyrp,
+        microbatch=microbatch,
+    )
     return to_uint8(result.images).numpy()
 
 

@@ -63,11 +63,15 @@ class EfficiencyCurve:
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"attribute": self.attribute, "counts": list(self.counts), "scale": self.scale,
-                "random_h": list(self.random_h), "random_x": list(self.random_x),
-                **{k: getattr(self, k).tolist() for k in ("effect_h", "effect_x", "se_h", "se_x",
-                                                          "cosine_h", "cosine_x")},
-                "settings": dict(self.settings)}
+        return {
+            "attribute": self.attribute,
+            "counts": list(self.counts),
+            "scale": self.scale,
+            "random_h": list(self.random_h),
+            "random_x": list(self.random_x),
+            **{k: getattr(self, k).tolist() for k in ("effect_h", "effect_x", "se_h", "se_x", "cosine_h", "cosine_x")},
+            "settings": dict(self.settings),
+        }
 
     def to_markdown(self) -> str:
         s = self.settings
@@ -82,20 +86,27 @@ class EfficiencyCurve:
             "|---|---|---|---|---|",
         ]
         for i, n in enumerate(self.counts):
-            lines.append(f"| {n} | {self.effect_h[i]:+.3f} ± {self.se_h[i]:.3f} | {self.effect_x[i]:+.3f} ± "
-                         f"{self.se_x[i]:.3f} | {self.cosine_h[i]:.3f} | {self.cosine_x[i]:.3f} |")
-        lines.append(f"| random, norm of n = {self.counts[-1]} | {self.random_h[0]:+.3f} ± {self.random_h[1]:.3f} | "
-                     f"{self.random_x[0]:+.3f} ± {self.random_x[1]:.3f} | | |")
+            lines.append(
+                f"| {n} | {self.effect_h[i]:+.3f} ± {self.se_h[i]:.3f} | {self.effect_x[i]:+.3f} ± "
+                f"{self.se_x[i]:.3f} | {self.cosine_h[i]:.3f} | {self.cosine_x[i]:.3f} |"
+            )
+        lines.append(
+            f"| random, norm of n = {self.counts[-1]} | {self.random_h[0]:+.3f} ± {self.random_h[1]:.3f} | "
+            f"{self.random_x[0]:+.3f} ± {self.random_x[1]:.3f} | | |"
+        )
         return "\n".join(lines) + "\n"
 
     def plot(self, width: int = 480, height: int = 300) -> Image.Image:
         """A line plot (PIL): effect vs n (log axis), h in red, x_T in blue, ± 1 standard error bars."""
-        return line_plot(np.asarray(self.counts, dtype=np.float64),
-                         {"h": (self.effect_h, self.se_h, (200, 30, 30)),
-                          "x_T": (self.effect_x, self.se_x, (30, 60, 200))},
-                         title=f"Fig. 8a: change of {self.attribute} vs number of examples",
-                         x_label="examples n (top n vs bottom n, log scale)", y_label=f"change of {self.attribute}",
-                         width=width, height=height)
+        return line_plot(
+            np.asarray(self.counts, dtype=np.float64),
+            {"h": (self.effect_h, self.se_h, (200, 30, 30)), "x_T": (self.effect_x, self.se_x, (30, 60, 200))},
+            title=f"Fig. 8a: change of {self.attribute} vs number of examples",
+            x_label="examples n (top n vs bottom n, log scale)",
+            y_label=f"change of {self.attribute}",
+            width=width,
+            height=height,
+        )
 
 
 def sample_efficiency(
@@ -144,11 +155,14 @@ def sample_efficiency(
     say = progress or (lambda message: None)
     counts = tuple(sorted({int(n) for n in example_counts}))
     if attribute not in annotator.attributes:
-        raise HSpaceError(f"annotator {annotator.name!r} has no attribute {attribute!r}; it scores "
-                          f"{', '.join(annotator.attributes)}")
+        raise HSpaceError(
+            f"annotator {annotator.name!r} has no attribute {attribute!r}; it scores {', '.join(annotator.attributes)}"
+        )
     if not counts or counts[0] < 1 or counts[-1] > pool_samples // 2:
-        raise HSpaceError(f"example counts must lie in 1..{pool_samples // 2} (half of the {pool_samples} pool "
-                          f"samples: top n and bottom n must not overlap); got {list(counts)}")
+        raise HSpaceError(
+            f"example counts must lie in 1..{pool_samples // 2} (half of the {pool_samples} pool "
+            f"samples: top n and bottom n must not overlap); got {list(counts)}"
+        )
     if eval_samples < 1:
         raise HSpaceError(f"eval_samples must be positive; got {eval_samples}")
     pool_seeds = derive_seeds(seed, 0, pool_samples)
@@ -156,8 +170,10 @@ def sample_efficiency(
     pool = generate(model, annotator, pool_seeds, steps=steps, eta=eta, capture=True, batch=batch)
     usable = np.arange(pool_samples) if keep is None else np.flatnonzero(np.asarray(keep(pool.scores), dtype=bool))
     if counts[-1] > len(usable) // 2:
-        raise HSpaceError(f"only {len(usable)} of the {pool_samples} pool samples pass `keep`; the largest example "
-                          f"count ({counts[-1]}) needs {2 * counts[-1]}: enlarge the pool or lower the counts")
+        raise HSpaceError(
+            f"only {len(usable)} of the {pool_samples} pool samples pass `keep`; the largest example "
+            f"count ({counts[-1]}) needs {2 * counts[-1]}: enlarge the pool or lower the counts"
+        )
     x_T = initial_noise(model, pool_seeds)[usable]
     assert pool.h is not None  # generated with capture=True
     h, scores = pool.h[usable], pool.scores[attribute][usable]
@@ -175,22 +191,47 @@ def sample_efficiency(
     generator = torch.Generator().manual_seed(seed)
     random_h = random_direction_like(v_h[-1], generator)
     random_x = random_direction_like(v_x[-1].unsqueeze(0), generator)[0]
-    edits = ([Edit()] + [Edit(h=gamma_h * v) for v in v_h] + [Edit(x_T=gamma_x * v) for v in v_x]
-             + [Edit(h=gamma_h * random_h), Edit(x_T=gamma_x * random_x)])
+    edits = (
+        [Edit()]
+        + [Edit(h=gamma_h * v) for v in v_h]
+        + [Edit(x_T=gamma_x * v) for v in v_x]
+        + [Edit(h=gamma_h * random_h), Edit(x_T=gamma_x * random_x)]
+    )
     eval_seeds = derive_seeds(seed, pool_samples, pool_samples + eval_samples)
-    measured = scores_of_edits(model, annotator, eval_seeds, edits, steps=steps, eta=eta, batch=batch, say=say,
-                                label="edits")[attribute]
+    measured = scores_of_edits(
+        model, annotator, eval_seeds, edits, steps=steps, eta=eta, batch=batch, say=say, label="edits"
+    )[attribute]
     change = measured[1:] - measured[0]  # (2 * len(counts) + 2, eval_samples)
     mean, se = change.mean(1), change.std(1, ddof=1 if eval_samples > 1 else 0) / math.sqrt(eval_samples)
     k = len(counts)
-    settings = {"model": model.name, "fingerprint": model.fingerprint, "annotator": annotator.name,
-                "pool_samples": pool_samples, "usable_pool_samples": int(len(usable)), "eval_samples": eval_samples,
-                "gamma_h": gamma_h, "gamma_x": gamma_x,
-                "steps": steps, "eta": eta, "seed": seed, "normalize": normalize}
-    return EfficiencyCurve(attribute=attribute, counts=counts, effect_h=mean[:k], effect_x=mean[k:2 * k], se_h=se[:k],
-                           se_x=se[k:2 * k], cosine_h=cos_h, cosine_x=cos_x, scale=float(measured[0].std()),
-                           random_h=(float(mean[2 * k]), float(se[2 * k])),
-                           random_x=(float(mean[2 * k + 1]), float(se[2 * k + 1])), settings=settings)
+    settings = {
+        "model": model.name,
+        "fingerprint": model.fingerprint,
+        "annotator": annotator.name,
+        "pool_samples": pool_samples,
+        "usable_pool_samples": int(len(usable)),
+        "eval_samples": eval_samples,
+        "gamma_h": gamma_h,
+        "gamma_x": gamma_x,
+        "steps": steps,
+        "eta": eta,
+        "seed": seed,
+        "normalize": normalize,
+    }
+    return EfficiencyCurve(
+        attribute=attribute,
+        counts=counts,
+        effect_h=mean[:k],
+        effect_x=mean[k : 2 * k],
+        se_h=se[:k],
+        se_x=se[k : 2 * k],
+        cosine_h=cos_h,
+        cosine_x=cos_x,
+        scale=float(measured[0].std()),
+        random_h=(float(mean[2 * k]), float(se[2 * k])),
+        random_x=(float(mean[2 * k + 1]), float(se[2 * k + 1])),
+        settings=settings,
+    )
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -66,9 +66,19 @@ class Samples:
     scores: dict[str, np.ndarray]
 
 
-def generate(model: LoadedModel, annotator: Annotator, seeds: Sequence[int], *, steps: int, eta: float = 1.0,
-             delta: torch.Tensor | None = None, noise_delta: torch.Tensor | None = None,
-             replace_h: torch.Tensor | None = None, capture: bool = False, batch: int = 128) -> Samples:
+def generate(
+    model: LoadedModel,
+    annotator: Annotator,
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    eta: float = 1.0,
+    delta: torch.Tensor | None = None,
+    noise_delta: torch.Tensor | None = None,
+    replace_h: torch.Tensor | None = None,
+    capture: bool = False,
+    batch: int = 128,
+) -> Samples:
     """Sample (whole batches per U-Net pass: evaluation needs no bitwise batch independence) and score.
 
     ``delta``, ``noise_delta`` and ``replace_h`` are as in :func:`hspace.sampler.sample`; per-sample ones
@@ -82,15 +92,28 @@ def generate(model: LoadedModel, annotator: Annotator, seeds: Sequence[int], *, 
         d = delta if delta is None or delta.ndim == 4 else delta[part]
         x = noise_delta if noise_delta is None or noise_delta.ndim == 3 else noise_delta[part]
         r = None if replace_h is None else replace_h[part]
-        result = sample(model, seeds[part], steps=steps, eta=eta, delta=d, noise_delta=x, replace_h=r,
-                        capture=capture, microbatch=batch)
+        result = sample(
+            model,
+            seeds[part],
+            steps=steps,
+            eta=eta,
+            delta=d,
+            noise_delta=x,
+            replace_h=r,
+            capture=capture,
+            microbatch=batch,
+        )
         images.append(to_uint8(result.images).numpy())
         if capture:
             assert result.h is not None  # sample returns h whenever capture is on
             hs.append(result.h)
     images_all = np.concatenate(images)
-    return Samples(seeds=seeds, images=images_all, h=torch.cat(hs) if capture else None,
-                   scores=annotator.scores_by_attribute(images_all))
+    return Samples(
+        seeds=seeds,
+        images=images_all,
+        h=torch.cat(hs) if capture else None,
+        scores=annotator.scores_by_attribute(images_all),
+    )
 
 
 @dataclass(frozen=True)
@@ -106,9 +129,11 @@ def _direction_kind(name: str, direction: torch.Tensor, model: LoadedModel, step
         return "h"
     if tuple(direction.shape) == tuple(model.image_shape):
         return "x_T"
-    raise HSpaceError(f"direction {name!r} has shape {tuple(direction.shape)}; expected an h direction "
-                      f"(T, C, H, W) = {(steps, *model.h_shape)} or an x_T direction (C, S, S) = "
-                      f"{tuple(model.image_shape)} (is it from another model or number of steps?)")
+    raise HSpaceError(
+        f"direction {name!r} has shape {tuple(direction.shape)}; expected an h direction "
+        f"(T, C, H, W) = {(steps, *model.h_shape)} or an x_T direction (C, S, S) = "
+        f"{tuple(model.image_shape)} (is it from another model or number of steps?)"
+    )
 
 
 def _edit(direction: torch.Tensor, kind: str, gamma: float) -> Edit:
@@ -116,8 +141,18 @@ def _edit(direction: torch.Tensor, kind: str, gamma: float) -> Edit:
     return Edit(h=scaled) if kind == "h" else Edit(x_T=scaled)
 
 
-def scores_of_edits(model: LoadedModel, annotator: Annotator, seeds: Sequence[int], edits: Sequence[Edit], *,
-                     steps: int, eta: float, batch: int, say: Progress, label: str) -> dict[str, np.ndarray]:
+def scores_of_edits(
+    model: LoadedModel,
+    annotator: Annotator,
+    seeds: Sequence[int],
+    edits: Sequence[Edit],
+    *,
+    steps: int,
+    eta: float,
+    batch: int,
+    say: Progress,
+    label: str,
+) -> dict[str, np.ndarray]:
     """Every edit applied to every seed, in shared passes of ``batch`` samples.
 
     Returns attribute -> scores of shape (len(edits), len(seeds)).
@@ -130,15 +165,27 @@ def scores_of_edits(model: LoadedModel, annotator: Annotator, seeds: Sequence[in
     chunks = math.ceil(len(items) / batch)
     for c, start in enumerate(range(0, len(items), batch)):
         say(f"{label}: pass {c + 1}/{chunks} ({len(items)} edited and unedited samples, {steps} steps)")
-        part = items[start:start + batch]
+        part = items[start : start + batch]
         rows = [edits[e] for e, _ in part]
         # Rows without an edit of a kind get exact zeros: adding 0.0 leaves h_t and x_T bitwise unchanged.
-        delta = (torch.stack([h_zero if r.h is None else r.h for r in rows])
-                 if any(r.h is not None for r in rows) else None)
-        noise = (torch.stack([x_zero if r.x_T is None else r.x_T for r in rows])
-                 if any(r.x_T is not None for r in rows) else None)
-        result = sample(model, [seeds[i] for _, i in part], steps=steps, eta=eta, delta=delta, noise_delta=noise,
-                        capture=False, microbatch=batch)
+        delta = (
+            torch.stack([h_zero if r.h is None else r.h for r in rows]) if any(r.h is not None for r in rows) else None
+        )
+        noise = (
+            torch.stack([x_zero if r.x_T is None else r.x_T for r in rows])
+            if any(r.x_T is not None for r in rows)
+            else None
+        )
+        result = sample(
+            model,
+            [seeds[i] for _, i in part],
+            steps=steps,
+            eta=eta,
+            delta=delta,
+            noise_delta=noise,
+            capture=False,
+            microbatch=batch,
+        )
         images.append(to_uint8(result.images).numpy())
     scores = annotator.scores_by_attribute(np.concatenate(images))
     return {a: s.reshape(len(edits), n) for a, s in scores.items()}
@@ -198,21 +245,30 @@ class EvaluationResult:
     def to_dict(self) -> dict:
         """JSON-able: labels, mean and std in both units, the per-repeat effects, the scale and the settings."""
         return {
-            "rows": list(self.rows), "attributes": list(self.attributes),
-            "mean": self.mean().tolist(), "std": self.std().tolist(),
-            "mean_in_std": self.mean("std").tolist(), "std_in_std": self.std("std").tolist(),
+            "rows": list(self.rows),
+            "attributes": list(self.attributes),
+            "mean": self.mean().tolist(),
+            "std": self.std().tolist(),
+            "mean_in_std": self.mean("std").tolist(),
+            "std_in_std": self.std("std").tolist(),
             "abs_mean": self.abs_effects.mean(0).tolist(),
-            "effects": self.effects.tolist(), "abs_effects": self.abs_effects.tolist(),
-            "scale": self.scale.tolist(), "settings": dict(self.settings),
+            "effects": self.effects.tolist(),
+            "abs_effects": self.abs_effects.tolist(),
+            "scale": self.scale.tolist(),
+            "settings": dict(self.settings),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> EvaluationResult:
         """Inverse of :meth:`to_dict`."""
-        return cls(rows=tuple(data["rows"]), attributes=tuple(data["attributes"]),
-                   effects=np.asarray(data["effects"], dtype=np.float64),
-                   abs_effects=np.asarray(data["abs_effects"], dtype=np.float64),
-                   scale=np.asarray(data["scale"], dtype=np.float64), settings=dict(data.get("settings", {})))
+        return cls(
+            rows=tuple(data["rows"]),
+            attributes=tuple(data["attributes"]),
+            effects=np.asarray(data["effects"], dtype=np.float64),
+            abs_effects=np.asarray(data["abs_effects"], dtype=np.float64),
+            scale=np.asarray(data["scale"], dtype=np.float64),
+            settings=dict(data.get("settings", {})),
+        )
 
     def to_csv(self) -> str:
         """One line per (direction, attribute): mean and std over repeats in score units and in stds."""
@@ -309,8 +365,10 @@ def evaluate_directions(
     columns = tuple(annotator.attributes if attributes is None else attributes)
     unknown = [a for a in columns if a not in annotator.attributes]
     if unknown or not columns:
-        raise HSpaceError(f"annotator {annotator.name!r} has no attribute {', '.join(map(repr, unknown))}; it scores "
-                          f"{', '.join(annotator.attributes)}")
+        raise HSpaceError(
+            f"annotator {annotator.name!r} has no attribute {', '.join(map(repr, unknown))}; it scores "
+            f"{', '.join(annotator.attributes)}"
+        )
     gammas = _gammas(gamma, directions)
     kinds = {name: _direction_kind(name, v, model, steps) for name, v in directions.items()}
     rows = list(directions)
@@ -322,8 +380,11 @@ def evaluate_directions(
             if twin in directions:
                 raise HSpaceError(f"a direction is named {twin!r}, the name of {name!r}'s random baseline; rename it")
             # x_T directions are matched in their whole norm: treat them as a single "step".
-            random = (random_direction_like(v.float(), generator) if kinds[name] == "h"
-                      else random_direction_like(v.float().unsqueeze(0), generator)[0])
+            random = (
+                random_direction_like(v.float(), generator)
+                if kinds[name] == "h"
+                else random_direction_like(v.float().unsqueeze(0), generator)[0]
+            )
             rows.append(twin)
             edits.append(_edit(random, kinds[name], gammas[name]))
     effects = np.zeros((repeats, len(rows), len(columns)))
@@ -331,20 +392,39 @@ def evaluate_directions(
     unedited = []
     for r in range(repeats):
         seeds = derive_seeds(seed, r * samples, (r + 1) * samples)
-        scores = scores_of_edits(model, annotator, seeds, [Edit()] + edits, steps=steps, eta=eta, batch=batch,
-                                  say=say, label=f"repeat {r + 1}/{repeats}")
+        scores = scores_of_edits(
+            model,
+            annotator,
+            seeds,
+            [Edit()] + edits,
+            steps=steps,
+            eta=eta,
+            batch=batch,
+            say=say,
+            label=f"repeat {r + 1}/{repeats}",
+        )
         for j, a in enumerate(columns):
             change = scores[a][1:] - scores[a][0]  # (D, samples)
             effects[r, :, j] = change.mean(1)
             abs_effects[r, :, j] = np.abs(change).mean(1)
         unedited.append(np.stack([scores[a][0] for a in columns], axis=1))
     scale = np.concatenate(unedited).std(0)
-    settings = {"model": model.name, "fingerprint": model.fingerprint, "annotator": annotator.name,
-                "gamma": gamma if isinstance(gamma, (int, float)) else dict(gammas), "samples": samples,
-                "repeats": repeats, "steps": steps, "eta": eta, "seed": seed, "random_baseline": random_baseline,
-                "kinds": kinds}
-    return EvaluationResult(rows=tuple(rows), attributes=columns, effects=effects, abs_effects=abs_effects,
-                            scale=scale, settings=settings)
+    settings = {
+        "model": model.name,
+        "fingerprint": model.fingerprint,
+        "annotator": annotator.name,
+        "gamma": gamma if isinstance(gamma, (int, float)) else dict(gammas),
+        "samples": samples,
+        "repeats": repeats,
+        "steps": steps,
+        "eta": eta,
+        "seed": seed,
+        "random_baseline": random_baseline,
+        "kinds": kinds,
+    }
+    return EvaluationResult(
+        rows=tuple(rows), attributes=columns, effects=effects, abs_effects=abs_effects, scale=scale, settings=settings
+    )
 
 
 def _gammas(gamma: float | Mapping[str, float], directions: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -352,6 +432,8 @@ def _gammas(gamma: float | Mapping[str, float], directions: Mapping[str, torch.T
         return {name: float(gamma) for name in directions}
     missing = [name for name in directions if name not in gamma]
     if missing:
-        raise HSpaceError(f"gamma has no value for direction(s) {', '.join(map(repr, missing))}; give one per "
-                          f"direction or a single number")
+        raise HSpaceError(
+            f"gamma has no value for direction(s) {', '.join(map(repr, missing))}; give one per "
+            f"direction or a single number"
+        )
     return {name: float(gamma[name]) for name in directions}

@@ -115,8 +115,10 @@ def read_mask_png(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:
         raise HSpaceError(f"the mask {path} is a {picture.format} file; give a PNG (white = region)")
     height, width = image_size
     if picture.width * height != picture.height * width:
-        raise HSpaceError(f"the mask {path} is {picture.width}x{picture.height} but the images are {width}x{height}: "
-                          "give a mask of the same aspect ratio (it is resized by nearest neighbour)")
+        raise HSpaceError(
+            f"the mask {path} is {picture.width}x{picture.height} but the images are {width}x{height}: "
+            "give a mask of the same aspect ratio (it is resized by nearest neighbour)"
+        )
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
         picture = picture.convert("RGBA").convert("L")  # alpha dropped: the grey level is what counts
     grey = np.asarray(picture.convert("L").resize((width, height), Image.Resampling.NEAREST))

@@ -57,7 +57,6 @@ class Fitted:
     noise_variance: float
 
 
-
 def merge_block(state: Moments | None, block: torch.Tensor, rank: int) -> Moments:
     """Merge b rows into the state (module docstring): exact moments, then the rank-r scatter factor.
 
@@ -93,7 +92,7 @@ def merge_block(state: Moments | None, block: torch.Tensor, rank: int) -> Moment
     gram[r0:, r0:] = centred @ centred.T
     _, vectors = eigh(gram)
     # 3. B' = U_r^T A, the top r rows of S' V'^T (eigh sorts ascending).
-    top = vectors[:, -min(rank, len(gram)):].flip(1).to(torch.float32)
+    top = vectors[:, -min(rank, len(gram)) :].flip(1).to(torch.float32)
     new_basis = top[r0:].T @ centred
     if r0:
         new_basis += top[:r0].T @ basis
@@ -122,7 +121,7 @@ def top_k_attributes(state: Moments, k: int) -> Fitted:
     norms = state.basis.double().norm(dim=1)
     order = torch.argsort(norms, descending=True)  # eigh's order, up to round-off among near-equal rows
     norms, basis = norms[order], state.basis[order]
-    components = (basis[:k].double() / norms[:k, None].clamp_min(torch.finfo(torch.float64).tiny))
+    components = basis[:k].double() / norms[:k, None].clamp_min(torch.finfo(torch.float64).tiny)
     components = components * flip_signs(components)[:, None]
     variance = norms**2 / (state.n - 1)
     total = state.m2.sum()
@@ -153,4 +152,3 @@ def flip_signs(rows: torch.Tensor) -> torch.Tensor:
     pick = rows.abs().argmax(dim=1)
     signs = torch.sign(rows[torch.arange(len(rows), device=rows.device), pick])
     return torch.where(signs == 0, torch.ones_like(signs), signs)
-

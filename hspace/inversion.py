@@ -70,9 +70,11 @@ def make_inverse_scheduler(scheduler_config: dict, steps: int) -> DDIMInverseSch
     forward, backward = [int(t) for t in sampler.timesteps], [int(t) for t in inverse.timesteps.flip(0)]
     if forward != backward:
         # Without this the h of inversion step i has no sampling step to belong to.
-        raise HSpaceError(f"DDIM inversion of this model's scheduler visits timesteps {backward[::-1][:4]}... which "
-                          f"are not the sampler's {forward[:4]}... reversed (timestep_spacing "
-                          f"{sampler.config.timestep_spacing!r}); use a 'leading' or 'trailing' scheduler config")
+        raise HSpaceError(
+            f"DDIM inversion of this model's scheduler visits timesteps {backward[::-1][:4]}... which "
+            f"are not the sampler's {forward[:4]}... reversed (timestep_spacing "
+            f"{sampler.config.timestep_spacing!r}); use a 'leading' or 'trailing' scheduler config"
+        )
     return inverse
 
 
@@ -81,15 +83,18 @@ def to_model_input(images: np.ndarray | torch.Tensor, image_shape: tuple[int, in
     :func:`to_uint8`."""
     images = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise HSpaceError(f"inversion takes uint8 images of shape (n, {', '.join(map(str, image_shape))}); got "
-                          f"{images.dtype} {tuple(images.shape)}")
+        raise HSpaceError(
+            f"inversion takes uint8 images of shape (n, {', '.join(map(str, image_shape))}); got "
+            f"{images.dtype} {tuple(images.shape)}"
+        )
     if len(images) == 0:
         raise HSpaceError("inversion needs at least one image")
     return images.float() / 127.5 - 1.0
 
 
-def invert(model: LoadedModel, images: np.ndarray | torch.Tensor, *, steps: int,
-           microbatch: int | None = None) -> Inversion:
+def invert(
+    model: LoadedModel, images: np.ndarray | torch.Tensor, *, steps: int, microbatch: int | None = None
+) -> Inversion:
     """DDIM-invert real images (eta = 0), recording h_{T:1} on the way (SM -F).
 
     Parameters
@@ -123,8 +128,9 @@ def invert(model: LoadedModel, images: np.ndarray | torch.Tensor, *, steps: int,
     return Inversion(x_T=x.float().cpu(), h=torch.stack(h, dim=1).float().cpu())  # type: ignore[arg-type]
 
 
-def direction_from_images(model: LoadedModel, positives: np.ndarray, negatives: np.ndarray, *, steps: int,
-                          batch: int = 16) -> torch.Tensor:
+def direction_from_images(
+    model: LoadedModel, positives: np.ndarray, negatives: np.ndarray, *, steps: int, batch: int = 16
+) -> torch.Tensor:
     """eq. 11 on h_{T:1} recorded while inverting real images: mean h of positives minus mean h of negatives.
 
     Parameters
@@ -146,7 +152,6 @@ def direction_from_images(model: LoadedModel, positives: np.ndarray, negatives: 
             raise HSpaceError(f"eq. 11 needs at least one {side} image")
         total = torch.zeros((steps, *model.h_shape), dtype=torch.float64)
         for start in range(0, len(images), batch):
-            total += invert(model, images[start:start + batch], steps=steps).h.double().sum(0)
+            total += invert(model, images[start : start + batch], steps=steps).h.double().sum(0)
         means.append(total / len(images))
     return (means[0] - means[1]).float()
-

@@ -111,8 +111,7 @@ class JacobianResult:
     converged: bool
 
 
-def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int,
-                  eta: float | list[float] = 1.0) -> StepState:
+def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int, eta: float | list[float] = 1.0) -> StepState:
     """x_t, h_t and t of the sample with this seed at step index ``step`` of a ``steps``-step run.
 
     Replays :func:`hspace.sampler.sample` for one seed (same scheduler, same per-sample stream: x_T, then
@@ -209,8 +208,10 @@ def jacobian_directions(
     if chunk is not None and chunk < 1:
         raise HSpaceError(f"chunk (columns per U-Net pass) must be at least 1; got {chunk}")
     if theta is not None and tuple(theta.shape) != (k, *model.h_shape):
-        raise HSpaceError(f"theta has shape {tuple(theta.shape)}; expected (k, C, H, W) = {(k, *model.h_shape)}, "
-                          "one initial direction per singular vector")
+        raise HSpaceError(
+            f"theta has shape {tuple(theta.shape)}; expected (k, C, H, W) = {(k, *model.h_shape)}, "
+            "one initial direction per singular vector"
+        )
     generator = torch.Generator().manual_seed(0) if generator is None else generator
 
     with jacobian_products(model, x_t, t, mask_t, chunk or k) as (jvp, vjp):
@@ -219,8 +220,11 @@ def jacobian_directions(
         sigmas, lefts, residuals, iterations, column_iterations, converged = [], [], [], 0, 0, True
         for start in range(0, k, block):
             size = min(block, k - start)
-            phi = (torch.randn(size, d_in, generator=generator, dtype=torch.float64) if theta is None
-                   else theta[start:start + size].reshape(size, d_in).double().cpu())
+            phi = (
+                torch.randn(size, d_in, generator=generator, dtype=torch.float64)
+                if theta is None
+                else theta[start : start + size].reshape(size, d_in).double().cpu()
+            )
             out = _subspace_iteration(jvp, vjp, phi, found, tol=tol, max_iter=max_iter, lock=lock)
             found = torch.cat([found, out.v])  # V <- [V; Phi]
             sigmas.append(out.sigma)  # Sigma <- diag(Sigma, S^{1/2})
@@ -310,8 +314,15 @@ def _subspace_iteration(
         if bool(done.all()) or iteration == max_iter:  # step 5
             kept.append((sigma, phi, p, residual))
             sigma, phi, p, residual = (torch.cat(parts) for parts in zip(*kept, strict=True))
-            return _Iterated(sigma=sigma, v=phi, u=p, residual=residual, iterations=iteration,
-                             column_iterations=column_iterations, converged=bool((residual <= tol).all()))
+            return _Iterated(
+                sigma=sigma,
+                v=phi,
+                u=p,
+                residual=residual,
+                iterations=iteration,
+                column_iterations=column_iterations,
+                converged=bool((residual <= tol).all()),
+            )
         leading = int(torch.cumprod(done.int(), 0).sum()) if lock else 0
         if leading:
             # Locking: the leading converged pairs are final; the rest iterate on J (I - F^T F) with them
@@ -328,8 +339,10 @@ def _orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
     q, r = torch.linalg.qr(rows.T)
     diagonal = r.diagonal().abs()
     if bool((diagonal <= 1e-10 * diagonal.max().clamp_min(1e-300)).any()):
-        raise HSpaceError("the initial directions (theta) are linearly dependent, or lie in the span of "
-                          "vectors already found: give k linearly independent directions, or none")
+        raise HSpaceError(
+            "the initial directions (theta) are linearly dependent, or lie in the span of "
+            "vectors already found: give k linearly independent directions, or none"
+        )
     return q.T
 
 
@@ -341,8 +354,10 @@ def _parse_x_t(x_t: torch.Tensor, model: LoadedModel) -> torch.Tensor:
     if tuple(x_t.shape) == model.image_shape:
         x_t = x_t.unsqueeze(0)
     if tuple(x_t.shape) != (1, *model.image_shape):
-        raise HSpaceError(f"x_t has shape {tuple(x_t.shape)}; expected one image, {model.image_shape} or "
-                          f"{(1, *model.image_shape)} (e.g. StepState.x_t from state_at_step)")
+        raise HSpaceError(
+            f"x_t has shape {tuple(x_t.shape)}; expected one image, {model.image_shape} or "
+            f"{(1, *model.image_shape)} (e.g. StepState.x_t from state_at_step)"
+        )
     return x_t
 
 
@@ -355,12 +370,16 @@ def _parse_mask(mask: torch.Tensor | np.ndarray | None, model: LoadedModel) -> t
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3 or tuple(mask.shape[1:]) != (height, width) or mask.shape[0] not in (1, channels):
-        raise HSpaceError(f"mask has shape {tuple(mask.shape)}; expected ({height}, {width}), (1, {height}, {width}) "
-                          f"or ({channels}, {height}, {width}): one value per pixel of the image")
+        raise HSpaceError(
+            f"mask has shape {tuple(mask.shape)}; expected ({height}, {width}), (1, {height}, {width}) "
+            f"or ({channels}, {height}, {width}): one value per pixel of the image"
+        )
     mask = mask.float()
     if not bool(((mask == 0) | (mask == 1)).all()):
-        raise HSpaceError("mask must be binary (eq. 10): 1 inside the region of interest, 0 outside; "
-                          "threshold it first, e.g. mask > 0.5")
+        raise HSpaceError(
+            "mask must be binary (eq. 10): 1 inside the region of interest, 0 outside; "
+            "threshold it first, e.g. mask > 0.5"
+        )
     if not bool(mask.any()):
         raise HSpaceError("mask is all zeros: the masked Jacobian is zero; mark the region of interest with ones")
     return mask
@@ -372,16 +391,20 @@ def check_k(k: int, d_in: int, d_out: int, *, masked: bool) -> None:
         raise HSpaceError(f"k must lie in 1..{d_in} (dim h = C * H * W of the mid-block output); got {k}")
     if k > d_out:
         what = "pixels x channels inside the mask" if masked else "outputs of the U-Net"
-        raise HSpaceError(f"k ({k}) exceeds the rank bound of the Jacobian, {d_out} {what}: "
-                          f"ask for at most {d_out} directions" + (" or enlarge the mask" if masked else ""))
+        raise HSpaceError(
+            f"k ({k}) exceeds the rank bound of the Jacobian, {d_out} {what}: "
+            f"ask for at most {d_out} directions" + (" or enlarge the mask" if masked else "")
+        )
 
 
 def parse_block(algorithm: str, block: int | None, k: int) -> int:
     """b of Alg. 2; Alg. 1 is the single mini-batch b = k."""
     if algorithm == "batched":
         if block is not None:
-            raise HSpaceError("block (b of Alg. 2) applies only to algorithm='sequential'; "
-                              "use chunk to limit the columns per U-Net pass of the batched algorithm")
+            raise HSpaceError(
+                "block (b of Alg. 2) applies only to algorithm='sequential'; "
+                "use chunk to limit the columns per U-Net pass of the batched algorithm"
+            )
         return k
     if algorithm == "sequential":
         block = 1 if block is None else block

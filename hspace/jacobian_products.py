@@ -125,7 +125,8 @@ def _broadcast_skips(unet: torch.nn.Module) -> Iterator[None]:
             positional[1] = tuple(s.expand(batch, *s.shape[1:]) for s in positional[1])
         else:
             keywords["res_hidden_states_tuple"] = tuple(
-                s.expand(batch, *s.shape[1:]) for s in keywords["res_hidden_states_tuple"])
+                s.expand(batch, *s.shape[1:]) for s in keywords["res_hidden_states_tuple"]
+            )
         return tuple(positional), keywords
 
     up_blocks = cast(torch.nn.ModuleList, unet.up_blocks)
@@ -135,4 +136,3 @@ def _broadcast_skips(unet: torch.nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-

@@ -16,6 +16,8 @@ def check_name(name: object, what: str) -> str:
     climb out of its folder, name a hidden file or hold a separator.
     """
     if not isinstance(name, str) or not NAME.match(name) or ".." in name:
-        raise HSpaceError(f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a "
-                          "letter or digit, without '..' or slashes (it becomes a path)")
+        raise HSpaceError(
+            f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit, without '..' or slashes (it becomes a path)"
+        )
     return name

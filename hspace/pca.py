@@ -123,13 +123,14 @@ class StreamingPCA:
             raise HSpaceError(
                 f"X has {X.shape[1]} features, but StreamingPCA is expecting {self.n_features_in_} features as "
                 "input (from earlier partial_fit calls): pass rows of the same shape at every call (h_t of one "
-                "step), or start a new estimator")
+                "step), or start a new estimator"
+            )
         b = self._batch_size
         start = 0
         while start < len(X):
             take = min(b - self._pending_rows, len(X) - start)
             # A copy: the caller may reuse its array, and the pending rows must not change with it.
-            rows = _to_float32(X[start:start + take], self._device, copy=True)
+            rows = _to_float32(X[start : start + take], self._device, copy=True)
             _check_finite(rows, start)
             start += take
             self._pending.append(rows)
@@ -151,7 +152,7 @@ class StreamingPCA:
             if len(X.shape) != 2:
                 raise HSpaceError(f"X must be 2-D (n_samples, n_features); got shape {tuple(X.shape)}")
             step = self._resolved_batch_size(X.shape[1])
-            batches: Iterable[Any] = (X[i:i + step] for i in range(0, X.shape[0], step))
+            batches: Iterable[Any] = (X[i : i + step] for i in range(0, X.shape[0], step))
         else:
             batches = X
         for batch in batches:
@@ -168,15 +169,17 @@ class StreamingPCA:
         fitted = self._fitted_attributes()
         rows = _parse_rows(X)
         if rows.shape[1] != self.n_features_in_:
-            raise HSpaceError(f"X has {rows.shape[1]} features, but StreamingPCA was fitted with "
-                              f"{self.n_features_in_}: pass rows of the same shape as the fitted ones")
+            raise HSpaceError(
+                f"X has {rows.shape[1]} features, but StreamingPCA was fitted with "
+                f"{self.n_features_in_}: pass rows of the same shape as the fitted ones"
+            )
         device = self._device
         mean = torch.from_numpy(fitted.mean).to(device, torch.float32)
         components = torch.from_numpy(fitted.components).to(device)
         out = torch.empty(len(rows), self.n_components, dtype=torch.float32, device=device)
         for i in range(0, len(rows), self._batch_size):
-            block = _to_float32(rows[i:i + self._batch_size], device)
-            out[i:i + len(block)] = (block - mean) @ components.T
+            block = _to_float32(rows[i : i + self._batch_size], device)
+            out[i : i + len(block)] = (block - mean) @ components.T
         if isinstance(X, torch.Tensor):
             return out.to(X.device)
         return out.cpu().numpy()
@@ -228,8 +231,9 @@ class StreamingPCA:
         }
         if not hasattr(self, "_moments"):
             return state
-        state["pending"] = (torch.cat(self._pending).cpu().numpy() if self._pending
-                            else np.zeros((0, self.n_features_in_), np.float32))
+        state["pending"] = (
+            torch.cat(self._pending).cpu().numpy() if self._pending else np.zeros((0, self.n_features_in_), np.float32)
+        )
         if self.method == "sklearn":
             ipca = self._moments
             if ipca is not None:
@@ -249,9 +253,13 @@ class StreamingPCA:
         """Rebuild an estimator from :meth:`state_dict` output; it can keep fitting where it stopped."""
         try:
             oversampling, batch_size = int(state["oversampling"]), int(state["batch_size"])
-            pca = cls(int(state["n_components"]), method=str(state["method"]),  # type: ignore[arg-type]
-                      oversampling=None if oversampling < 0 else oversampling,
-                      batch_size=None if batch_size < 0 else batch_size, device=device)
+            pca = cls(
+                int(state["n_components"]),
+                method=str(state["method"]),  # type: ignore[arg-type]
+                oversampling=None if oversampling < 0 else oversampling,
+                batch_size=None if batch_size < 0 else batch_size,
+                device=device,
+            )
             if "pending" not in state:
                 return pca
             pending = np.asarray(state["pending"], dtype=np.float32)
@@ -269,7 +277,8 @@ class StreamingPCA:
                     n=int(state["n_merged"]),
                     mean=torch.from_numpy(np.asarray(state["mean"], dtype=np.float64)).to(device_),
                     m2=torch.from_numpy(np.asarray(state["m2"], dtype=np.float64)).to(device_),
-                    basis=torch.from_numpy(np.asarray(state["basis"], dtype=np.float32)).to(device_))
+                    basis=torch.from_numpy(np.asarray(state["basis"], dtype=np.float32)).to(device_),
+                )
         except KeyError as missing:
             raise HSpaceError(f"StreamingPCA state lacks {missing}: pass the dict that state_dict() returned") from None
         if len(pending):
@@ -284,12 +293,15 @@ class StreamingPCA:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise HSpaceError(f"n_components must be a positive integer; got {k!r}")
         if k > n_features:
-            raise HSpaceError(f"n_components={k} must be <= n_features={n_features} (there are at most that many "
-                              "principal axes): lower n_components")
+            raise HSpaceError(
+                f"n_components={k} must be <= n_features={n_features} (there are at most that many "
+                "principal axes): lower n_components"
+            )
         if self.method not in METHODS:
             raise HSpaceError(f"method must be one of {METHODS}; got {self.method!r}")
-        if self.oversampling is not None and (not isinstance(self.oversampling, (int, np.integer))
-                                              or self.oversampling < 0):
+        if self.oversampling is not None and (
+            not isinstance(self.oversampling, (int, np.integer)) or self.oversampling < 0
+        ):
             raise HSpaceError(f"oversampling must be a non-negative integer or None; got {self.oversampling!r}")
         self._batch_size = self._resolved_batch_size(n_features)
         self._rank = min(k + self._resolved_oversampling(), n_features)
@@ -309,12 +321,17 @@ class StreamingPCA:
     def _resolved_batch_size(self, n_features: int) -> int:
         if self.batch_size is None:
             return default_batch_size(self.n_components, self._resolved_oversampling())
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
-                or self.batch_size < 1:
+        if (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, (int, np.integer))
+            or self.batch_size < 1
+        ):
             raise HSpaceError(f"batch_size must be a positive integer or None; got {self.batch_size!r}")
         if self.method == "sklearn" and self.batch_size < self.n_components:
-            raise HSpaceError(f"method='sklearn' needs batch_size >= n_components ({self.n_components}); got "
-                              f"{self.batch_size}: raise batch_size")
+            raise HSpaceError(
+                f"method='sklearn' needs batch_size >= n_components ({self.n_components}); got "
+                f"{self.batch_size}: raise batch_size"
+            )
         return int(self.batch_size)
 
     def _rows_merged(self) -> int:
@@ -341,8 +358,10 @@ class StreamingPCA:
         n = int(self.n_samples_seen_)
         k = self.n_components
         if n <= k:
-            raise HSpaceError(f"n_components={k} needs more than {k} samples (the centred rows span at most n - 1 "
-                              f"directions) and {n} were seen: call partial_fit with more rows or lower n_components")
+            raise HSpaceError(
+                f"n_components={k} needs more than {k} samples (the centred rows span at most n - 1 "
+                f"directions) and {n} were seen: call partial_fit with more rows or lower n_components"
+            )
         state = self._moments
         if self._pending:
             state = self._merge(state, torch.cat(self._pending), commit=False)
@@ -350,8 +369,18 @@ class StreamingPCA:
         return self._fitted
 
 
-_SKLEARN_STATE = ("components_", "singular_values_", "mean_", "var_", "n_samples_seen_", "explained_variance_",
-                  "explained_variance_ratio_", "noise_variance_", "n_components_", "n_features_in_")
+_SKLEARN_STATE = (
+    "components_",
+    "singular_values_",
+    "mean_",
+    "var_",
+    "n_samples_seen_",
+    "explained_variance_",
+    "explained_variance_ratio_",
+    "noise_variance_",
+    "n_components_",
+    "n_features_in_",
+)
 
 
 def default_oversampling(n_components: int) -> int:
@@ -364,7 +393,6 @@ def default_batch_size(n_components: int, oversampling: int) -> int:
     return max(1024, 2 * (n_components + oversampling))
 
 
-
 # ------------------------------------------------------------------------------------ input parsing
 def _parse_rows(X: Any) -> np.ndarray | torch.Tensor:
     """A 2-D numpy array or torch tensor of real numbers (not copied)."""
@@ -375,8 +403,10 @@ def _parse_rows(X: Any) -> np.ndarray | torch.Tensor:
     elif X.is_complex() or X.dtype == torch.bool:
         raise HSpaceError(f"X must hold real numbers; got dtype {X.dtype}")
     if X.ndim != 2:
-        raise HSpaceError(f"X must be 2-D (n_samples, n_features); got shape {tuple(X.shape)}: flatten each "
-                          "sample, e.g. h_t.reshape(n, -1)")
+        raise HSpaceError(
+            f"X must be 2-D (n_samples, n_features); got shape {tuple(X.shape)}: flatten each "
+            "sample, e.g. h_t.reshape(n, -1)"
+        )
     if X.shape[0] == 0:
         raise HSpaceError("X has no rows: pass at least one sample")
     return X
@@ -391,12 +421,13 @@ def _to_float32(rows: np.ndarray | torch.Tensor, device: torch.device, *, copy: 
 def _check_finite(rows: torch.Tensor, offset: int) -> None:
     if not bool(torch.isfinite(rows).all()):
         bad = int(torch.nonzero(~torch.isfinite(rows).all(dim=1))[0, 0]) + offset
-        raise HSpaceError(f"X contains NaN or infinity (first in row {bad} of this batch): check the data source "
-                          "(e.g. the corpus shard) and drop or regenerate those samples")
+        raise HSpaceError(
+            f"X contains NaN or infinity (first in row {bad} of this batch): check the data source "
+            "(e.g. the corpus shard) and drop or regenerate those samples"
+        )
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-

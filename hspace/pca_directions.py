@@ -89,11 +89,14 @@ def pca_direction(components: np.ndarray | torch.Tensor, j: int, h_shape: tuple[
     if isinstance(j, bool) or not isinstance(j, (int, np.integer)) or not 0 <= j < k:
         raise HSpaceError(f"component index j must lie in 0..{k - 1}; got {j!r}")
     if math.prod(h_shape) != D:
-        raise HSpaceError(f"h_shape {tuple(h_shape)} has {math.prod(h_shape)} numbers but a component has {D}: "
-                          "pass the model's h_shape (C, H, W)")
+        raise HSpaceError(
+            f"h_shape {tuple(h_shape)} has {math.prod(h_shape)} numbers but a component has {D}: "
+            "pass the model's h_shape (C, H, W)"
+        )
     direction = rows[:, j, :].to(torch.float32)
     norms = direction.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
-        raise HSpaceError(f"component {j} is zero at step {int(torch.nonzero(norms[:, 0] == 0)[0, 0])}: "
-                          "refit PCA at that step")
+        raise HSpaceError(
+            f"component {j} is zero at step {int(torch.nonzero(norms[:, 0] == 0)[0, 0])}: refit PCA at that step"
+        )
     return (direction / norms).reshape(T, *h_shape)

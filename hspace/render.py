@@ -26,7 +26,7 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, scale: int | N
     for i, image in enumerate(images):
         row, col = divmod(i, columns)
         top, left = pad + row * (height + pad), pad + col * (width + pad)
-        canvas[top:top + height, left:left + width] = image.transpose(1, 2, 0)
+        canvas[top : top + height, left : left + width] = image.transpose(1, 2, 0)
     picture = Image.fromarray(canvas)
     if scale <= 1:
         return picture
@@ -54,15 +54,17 @@ def save_grid(images: np.ndarray, path: Path, **grid_options: int) -> Path:
     return atomic_write(path, lambda staging: picture.save(staging, format="PNG"))
 
 
-def heatmap(values: np.ndarray, rows: list[str], *, low: float = 0.0, high: float = 1.0, cell: int = 10,
-            title: str = "") -> Image.Image:
+def heatmap(
+    values: np.ndarray, rows: list[str], *, low: float = 0.0, high: float = 1.0, cell: int = 10, title: str = ""
+) -> Image.Image:
     """A matrix as coloured cells (blue at ``low`` to red at ``high``), row labels on the left."""
     from PIL import ImageDraw
 
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] != len(rows):
-        raise HSpaceError(f"heatmap needs a (rows, columns) matrix with one label per row; got {values.shape}, "
-                          f"{len(rows)} labels")
+        raise HSpaceError(
+            f"heatmap needs a (rows, columns) matrix with one label per row; got {values.shape}, {len(rows)} labels"
+        )
     label_width, top = 8 + 7 * max(map(len, rows)), 20 if title else 4
     height, width = values.shape
     picture = Image.new("RGB", (label_width + width * cell + 4, top + height * cell + 4), "white")
@@ -83,8 +85,15 @@ def heatmap(values: np.ndarray, rows: list[str], *, low: float = 0.0, high: floa
 _CHAR_WIDTH, _LINE_HEIGHT = 6, 12
 
 
-def labeled_grid(images: np.ndarray, row_labels: list[str], column_labels: list[str], *,
-                 column_groups: list[str] | None = None, scale: int | None = None, pad: int = 2) -> Image.Image:
+def labeled_grid(
+    images: np.ndarray,
+    row_labels: list[str],
+    column_labels: list[str],
+    *,
+    column_groups: list[str] | None = None,
+    scale: int | None = None,
+    pad: int = 2,
+) -> Image.Image:
     """A grid of uint8 images (rows, columns, 3, S, S) with row labels on the left and column labels on top.
 
     ``column_groups`` (optional, one label per run of equal consecutive entries) is a second header line
@@ -97,12 +106,15 @@ def labeled_grid(images: np.ndarray, row_labels: list[str], column_labels: list[
     from PIL import ImageDraw
 
     if images.ndim != 5 or images.shape[2] != 3 or images.dtype != np.uint8:
-        raise HSpaceError(f"labeled_grid expects uint8 images of shape (rows, columns, 3, S, S); got "
-                          f"{images.dtype} {images.shape}")
+        raise HSpaceError(
+            f"labeled_grid expects uint8 images of shape (rows, columns, 3, S, S); got {images.dtype} {images.shape}"
+        )
     rows, columns, _, height, width = images.shape
     if len(row_labels) != rows or len(column_labels) != columns:
-        raise HSpaceError(f"labeled_grid needs one label per row and per column: {rows} x {columns} images, "
-                          f"{len(row_labels)} row and {len(column_labels)} column labels")
+        raise HSpaceError(
+            f"labeled_grid needs one label per row and per column: {rows} x {columns} images, "
+            f"{len(row_labels)} row and {len(column_labels)} column labels"
+        )
     if column_groups is not None and len(column_groups) != columns:
         raise HSpaceError(f"column_groups needs one entry per column ({columns}); got {len(column_groups)}")
     scale = scale or max(1, 64 // max(height, width))
@@ -127,8 +139,9 @@ def labeled_grid(images: np.ndarray, row_labels: list[str], column_labels: list[
     return picture
 
 
-def explained_variance_plot(ratios: np.ndarray, step_labels: list[str], *, title: str = "",
-                            size: tuple[int, int] = (480, 320)) -> Image.Image:
+def explained_variance_plot(
+    ratios: np.ndarray, step_labels: list[str], *, title: str = "", size: tuple[int, int] = (480, 320)
+) -> Image.Image:
     """Cumulative explained-variance ratio against the number of components, one curve per step.
 
     ``ratios`` is (steps, k): the explained variance ratio of each component at each step (rows with NaN
@@ -139,8 +152,10 @@ def explained_variance_plot(ratios: np.ndarray, step_labels: list[str], *, title
 
     ratios = np.asarray(ratios, dtype=np.float64)
     if ratios.ndim != 2 or ratios.shape[0] != len(step_labels):
-        raise HSpaceError(f"explained_variance_plot needs a (steps, components) matrix with one label per step; "
-                          f"got {ratios.shape}, {len(step_labels)} labels")
+        raise HSpaceError(
+            f"explained_variance_plot needs a (steps, components) matrix with one label per step; "
+            f"got {ratios.shape}, {len(step_labels)} labels"
+        )
     width, height = size
     margin_left, margin_right, margin_top, margin_bottom = 44, 12, 22 if title else 10, 30
     picture = Image.new("RGB", size, "white")
@@ -193,8 +208,16 @@ def _diverging(share: float) -> tuple[int, int, int]:
     return (255, fade, fade) if share >= 0 else (fade, fade, 255)
 
 
-def labelled_heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], *, low: float, high: float,
-                     title: str = "", digits: int = 2) -> Image.Image:
+def labelled_heatmap(
+    values: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    *,
+    low: float,
+    high: float,
+    title: str = "",
+    digits: int = 2,
+) -> Image.Image:
     """A matrix as coloured cells with row and column labels and each value written in its cell
     (:func:`heatmap` has neither column labels nor values).
 
@@ -204,8 +227,10 @@ def labelled_heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[
 
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(rows), len(columns)):
-        raise HSpaceError(f"heatmap needs a (rows, columns) matrix with one label each; got {values.shape}, "
-                          f"{len(rows)} row and {len(columns)} column labels")
+        raise HSpaceError(
+            f"heatmap needs a (rows, columns) matrix with one label each; got {values.shape}, "
+            f"{len(rows)} row and {len(columns)} column labels"
+        )
     char_w, line_h = 6, 11  # PIL's default bitmap font
     cell_w = max(8 + char_w * (digits + 3), 8 + char_w * max(map(len, columns)))
     cell_h = 18
@@ -230,9 +255,16 @@ def labelled_heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[
     return picture
 
 
-def line_plot(x: np.ndarray, series: Mapping[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int]]], *,
-              title: str = "", x_label: str = "", y_label: str = "", width: int = 480,
-              height: int = 300) -> Image.Image:
+def line_plot(
+    x: np.ndarray,
+    series: Mapping[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int]]],
+    *,
+    title: str = "",
+    x_label: str = "",
+    y_label: str = "",
+    width: int = 480,
+    height: int = 300,
+) -> Image.Image:
     """Lines over a log x axis: ``series`` maps a label to (values, error bars, RGB colour)."""
     from PIL import ImageDraw
 

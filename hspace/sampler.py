@@ -63,8 +63,9 @@ def make_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
         raise HSpaceError(f"steps must be a positive integer; got {steps}")
     scheduler = DDIMScheduler.from_config(scheduler_config)
     if steps > scheduler.config.num_train_timesteps:
-        raise HSpaceError(f"steps ({steps}) exceeds the model's {scheduler.config.num_train_timesteps} "
-                          "training timesteps")
+        raise HSpaceError(
+            f"steps ({steps}) exceeds the model's {scheduler.config.num_train_timesteps} training timesteps"
+        )
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -177,14 +178,17 @@ def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> tor
     return torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
 
 
-def _noise_delta(noise_delta: torch.Tensor, batch: int, image_shape: tuple[int, ...],
-                 device: torch.device) -> torch.Tensor:
+def _noise_delta(
+    noise_delta: torch.Tensor, batch: int, image_shape: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
     """delta x_T as (B, C, S, S); one (C, S, S) delta is used for every sample."""
     if tuple(noise_delta.shape) == tuple(image_shape):
         noise_delta = noise_delta.unsqueeze(0).expand(batch, *image_shape)
     if tuple(noise_delta.shape) != (batch, *image_shape):
-        raise HSpaceError(f"noise_delta has shape {tuple(noise_delta.shape)}; expected (C, S, S) = "
-                          f"{tuple(image_shape)} or (B, C, S, S) = {(batch, *image_shape)}")
+        raise HSpaceError(
+            f"noise_delta has shape {tuple(noise_delta.shape)}; expected (C, S, S) = "
+            f"{tuple(image_shape)} or (B, C, S, S) = {(batch, *image_shape)}"
+        )
     return noise_delta.to(device=device, dtype=torch.float32)
 
 

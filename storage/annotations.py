@@ -65,8 +65,10 @@ class AnnotatorRecord:
         for attribute in self.attributes:
             check_name(attribute, "attribute")
             if attribute == DONE:
-                raise HSpaceError(f"annotator {self.name!r} has an attribute named {DONE!r}, which is the name of "
-                                  "the progress flags: rename the attribute")
+                raise HSpaceError(
+                    f"annotator {self.name!r} has an attribute named {DONE!r}, which is the name of "
+                    "the progress flags: rename the attribute"
+                )
         if len(set(self.attributes)) != len(self.attributes):
             raise HSpaceError(f"annotator {self.name!r} names an attribute twice: {list(self.attributes)}")
         try:
@@ -76,8 +78,16 @@ class AnnotatorRecord:
 
     def to_attrs(self) -> dict[str, Any]:
         # JSON round trip so that tuples and lists compare equal after reading back.
-        return json.loads(json.dumps({"schema_version": SCHEMA_VERSION, "name": self.name,
-                                      "attributes": list(self.attributes), "config": self.config}))
+        return json.loads(
+            json.dumps(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "name": self.name,
+                    "attributes": list(self.attributes),
+                    "config": self.config,
+                }
+            )
+        )
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> AnnotatorRecord:
@@ -148,16 +158,21 @@ class Annotations:
         """
         start, stop = self.corpus.spec.shard_range(shard)
         if set(scores) != set(self.record.attributes):
-            raise HSpaceError(f"shard {shard}: scores for {sorted(scores)} but annotator {self.record.name!r} has "
-                              f"attributes {list(self.record.attributes)}")
+            raise HSpaceError(
+                f"shard {shard}: scores for {sorted(scores)} but annotator {self.record.name!r} has "
+                f"attributes {list(self.record.attributes)}"
+            )
         for attribute in self.record.attributes:
             values = np.asarray(scores[attribute], dtype=np.float32)
             if values.shape != (stop - start,):
-                raise HSpaceError(f"shard {shard}: {attribute} scores have shape {values.shape}, expected "
-                                  f"({stop - start},)")
+                raise HSpaceError(
+                    f"shard {shard}: {attribute} scores have shape {values.shape}, expected ({stop - start},)"
+                )
             if not np.isfinite(values).all():
-                raise HSpaceError(f"shard {shard}: annotator {self.record.name!r} gave non-finite {attribute} scores; "
-                                  "fix the annotator (nothing was written for this shard)")
+                raise HSpaceError(
+                    f"shard {shard}: annotator {self.record.name!r} gave non-finite {attribute} scores; "
+                    "fix the annotator (nothing was written for this shard)"
+                )
         for attribute in self.record.attributes:
             array_at(self.group, attribute)[start:stop] = np.asarray(scores[attribute], dtype=np.float32)
         array_at(self.group, DONE)[shard] = True
@@ -173,13 +188,19 @@ class Annotations:
             says what to run).
         """
         if attribute not in self.record.attributes:
-            raise HSpaceError(f"annotator {self.record.name!r} has no attribute {attribute!r}; it has "
-                              f"{', '.join(self.record.attributes)}")
+            raise HSpaceError(
+                f"annotator {self.record.name!r} has no attribute {attribute!r}; it has "
+                f"{', '.join(self.record.attributes)}"
+            )
         missing = self.missing_shards()
         if missing:
             corpus_missing = self.corpus.missing_shards()
-            what = (f"finish the corpus (`hspace corpus info {self.corpus.url}` lists "
-                    f"{len(corpus_missing)} missing shards), then run" if corpus_missing else "run")
+            what = (
+                f"finish the corpus (`hspace corpus info {self.corpus.url}` lists "
+                f"{len(corpus_missing)} missing shards), then run"
+                if corpus_missing
+                else "run"
+            )
             raise HSpaceError(
                 f"annotations {self.record.name!r} of {self.corpus.url} are incomplete: shards "
                 f"{_list(missing)} of {self.corpus.spec.n_shards} are not annotated; {what} "
@@ -213,21 +234,32 @@ def find_annotator(corpus: Corpus, attribute: str, annotator: str | None = None)
     """The annotations holding ``attribute``: the named annotator's, or the only one that has it."""
     if annotator is not None:
         return Annotations.open(corpus, annotator)
-    holders = [name for name in list_annotators(corpus)
-               if attribute in (_read_record_attrs(corpus, name) or {}).get("attributes", [])]
+    holders = [
+        name
+        for name in list_annotators(corpus)
+        if attribute in (_read_record_attrs(corpus, name) or {}).get("attributes", [])
+    ]
     if len(holders) == 1:
         return Annotations.open(corpus, holders[0])
     if not holders:
-        raise HSpaceError(f"no annotator of the corpus at {corpus.url} has an attribute {attribute!r} "
-                          f"(annotators: {', '.join(list_annotators(corpus)) or 'none'}): run `hspace annotate`")
-    raise HSpaceError(f"several annotators have an attribute {attribute!r} ({', '.join(holders)}): choose one "
-                      "with --annotator")
+        raise HSpaceError(
+            f"no annotator of the corpus at {corpus.url} has an attribute {attribute!r} "
+            f"(annotators: {', '.join(list_annotators(corpus)) or 'none'}): run `hspace annotate`"
+        )
+    raise HSpaceError(
+        f"several annotators have an attribute {attribute!r} ({', '.join(holders)}): choose one with --annotator"
+    )
 
 
 # ----- private helpers ---------------------------------------------------------------------------
 def _read_record_attrs(corpus: Corpus, name: str) -> dict[str, Any] | None:
-    return corpus.read_member_attrs(f"{GROUP}/{name}", node_type=zarr.Group, key=ATTRS_KEY, version=SCHEMA_VERSION,
-                                    what="an hspace annotation group")
+    return corpus.read_member_attrs(
+        f"{GROUP}/{name}",
+        node_type=zarr.Group,
+        key=ATTRS_KEY,
+        version=SCHEMA_VERSION,
+        what="an hspace annotation group",
+    )
 
 
 def _check_same(corpus: Corpus, attrs: dict[str, Any], record: AnnotatorRecord) -> None:
@@ -244,10 +276,24 @@ def _create_arrays(group: zarr.Group, corpus: Corpus, record: AnnotatorRecord) -
     """Create (or recreate, after a crash during creation) every array, then mark the group ready."""
     spec = corpus.spec
     for attribute in record.attributes:
-        group.create_array(attribute, shape=(spec.samples,), dtype="float32", chunks=(spec.shard_size,),
-                           fill_value=np.nan, dimension_names=("sample",), overwrite=True)
-    group.create_array(DONE, shape=(spec.n_shards,), dtype="bool", chunks=(1,), fill_value=False,
-                       dimension_names=("shard",), overwrite=True)
+        group.create_array(
+            attribute,
+            shape=(spec.samples,),
+            dtype="float32",
+            chunks=(spec.shard_size,),
+            fill_value=np.nan,
+            dimension_names=("sample",),
+            overwrite=True,
+        )
+    group.create_array(
+        DONE,
+        shape=(spec.n_shards,),
+        dtype="bool",
+        chunks=(1,),
+        fill_value=False,
+        dimension_names=("shard",),
+        overwrite=True,
+    )
     group.attrs.update({ATTRS_KEY: {**record.to_attrs(), "initialized": True}})
 
 

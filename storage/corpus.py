@@ -166,8 +166,9 @@ class Corpus:
     def read_seeds(self, samples: slice = slice(None)) -> np.ndarray:
         return read_array(self.group, "seed", samples)
 
-    def read_member_attrs(self, path: str, *, node_type: type, key: str, version: int,
-                          what: str) -> dict[str, Any] | None:
+    def read_member_attrs(
+        self, path: str, *, node_type: type, key: str, version: int, what: str
+    ) -> dict[str, Any] | None:
         """The hspace attributes (under ``key``) of the member at ``path`` (an annotation group, a direction
         array, ...), or None where there is none; refuses a member of another kind or schema version."""
         try:
@@ -178,8 +179,10 @@ class Corpus:
         if not isinstance(attrs, dict):
             raise HSpaceError(f"{self.url}/{path} is not {what}; remove it")
         if attrs.get("schema_version") != version:
-            raise HSpaceError(f"{path} of {self.url} has schema version {attrs.get('schema_version')}; this hspace "
-                              f"reads version {version}")
+            raise HSpaceError(
+                f"{path} of {self.url} has schema version {attrs.get('schema_version')}; this hspace "
+                f"reads version {version}"
+            )
         return attrs
 
     def bytes_on_disk(self) -> int:
@@ -248,8 +251,7 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
         raise HSpaceError(f"{url} is a Zarr group but not an hspace corpus; choose another --out")
     if attrs.get("schema_version") != SCHEMA_VERSION:
         raise HSpaceError(
-            f"{url} has corpus schema version {attrs.get('schema_version')}; this hspace reads version "
-            f"{SCHEMA_VERSION}"
+            f"{url} has corpus schema version {attrs.get('schema_version')}; this hspace reads version {SCHEMA_VERSION}"
         )
     return attrs
 
@@ -265,8 +267,9 @@ def _refuse_non_empty(url: str) -> None:
 
 def _check_same(url: str, attrs: dict[str, Any], spec: CorpusSpec) -> None:
     wanted = spec.to_attrs()
-    differing = describe_differences(attrs, wanted, labels=("corpus", "requested"),
-                                     keys=[key for key in wanted if key not in NOT_COMPARED])
+    differing = describe_differences(
+        attrs, wanted, labels=("corpus", "requested"), keys=[key for key in wanted if key not in NOT_COMPARED]
+    )
     if differing:
         raise HSpaceError(
             f"the corpus at {url} was built with other settings: {'; '.join(differing)}. "
@@ -307,11 +310,20 @@ def _create_arrays(group: zarr.Group, spec: CorpusSpec) -> None:
     )
     group.create_array("seed", shape=(n,), dtype="int64", chunks=(b,), dimension_names=("sample",), overwrite=True)
     group.create_array(
-        "done", shape=(spec.n_shards,), dtype="bool", chunks=(1,), fill_value=False,
-        dimension_names=("shard",), overwrite=True,
+        "done",
+        shape=(spec.n_shards,),
+        dtype="bool",
+        chunks=(1,),
+        fill_value=False,
+        dimension_names=("shard",),
+        overwrite=True,
     )
     timestep = group.create_array(
-        "timestep", shape=(spec.steps,), dtype="int64", chunks=(spec.steps,), dimension_names=("step",),
+        "timestep",
+        shape=(spec.steps,),
+        dtype="int64",
+        chunks=(spec.steps,),
+        dimension_names=("step",),
         overwrite=True,
     )
     timestep[:] = np.asarray(spec.timesteps, dtype=np.int64)

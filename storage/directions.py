@@ -89,8 +89,9 @@ class DirectionRecord:
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> DirectionRecord:
-        values = {k: attrs[k] for k in ("name", "method", "space", "parameters", "source", "model", "fingerprint",
-                                        "steps")}
+        values = {
+            k: attrs[k] for k in ("name", "method", "space", "parameters", "source", "model", "fingerprint", "steps")
+        }
         return cls(**values, shape=tuple(attrs["shape"]), timesteps=tuple(attrs["timesteps"]))
 
 
@@ -101,22 +102,33 @@ def direction_shape(corpus: Corpus, space: str) -> tuple[int, ...]:
     return (corpus.spec.steps, *corpus.spec.h_shape) if space == "h" else tuple(corpus.spec.image_shape)
 
 
-def new_record(corpus: Corpus, name: str, *, method: str, space: str, parameters: dict[str, Any],
-               source: str | None = None) -> DirectionRecord:
+def new_record(
+    corpus: Corpus, name: str, *, method: str, space: str, parameters: dict[str, Any], source: str | None = None
+) -> DirectionRecord:
     """A record for a direction of this corpus's model and steps."""
     spec = corpus.spec
-    return DirectionRecord(name=name, method=method, space=space, parameters=parameters,
-                           source=corpus.url if source is None else source, model=spec.model,
-                           fingerprint=spec.fingerprint, shape=direction_shape(corpus, space), steps=spec.steps,
-                           timesteps=tuple(spec.timesteps))
+    return DirectionRecord(
+        name=name,
+        method=method,
+        space=space,
+        parameters=parameters,
+        source=corpus.url if source is None else source,
+        model=spec.model,
+        fingerprint=spec.fingerprint,
+        shape=direction_shape(corpus, space),
+        steps=spec.steps,
+        timesteps=tuple(spec.timesteps),
+    )
 
 
 def check_writable(corpus: Corpus, record: DirectionRecord, *, overwrite: bool = False) -> None:
     """Refuse, before any work, a name already holding a complete direction made another way (unless overwrite)."""
     if record.fingerprint != corpus.spec.fingerprint or tuple(record.timesteps) != tuple(corpus.spec.timesteps):
-        raise HSpaceError(f"direction {record.name!r} belongs to model {record.model!r} (sha256 "
-                          f"{record.fingerprint[:12]}, {record.steps} steps) but the corpus at {corpus.url} to "
-                          f"another (sha256 {corpus.spec.fingerprint[:12]}, {corpus.spec.steps} steps)")
+        raise HSpaceError(
+            f"direction {record.name!r} belongs to model {record.model!r} (sha256 "
+            f"{record.fingerprint[:12]}, {record.steps} steps) but the corpus at {corpus.url} to "
+            f"another (sha256 {corpus.spec.fingerprint[:12]}, {corpus.spec.steps} steps)"
+        )
     if overwrite:
         return
     existing = _read_attrs(corpus, record.name)
@@ -130,15 +142,21 @@ def check_writable(corpus: Corpus, record: DirectionRecord, *, overwrite: bool =
         return
     differing = describe_differences(existing, wanted, labels=("stored", "requested"))
     if differing:
-        remedy = ("Choose another --name, or pass --overwrite" if made_by is None else
-                  f"{made_by} replaces only the directions it made itself: rename or delete the stored one, or "
-                  "use another corpus")
-        raise HSpaceError(f"the corpus at {corpus.url} already has a direction {record.name!r} made another way: "
-                          f"{'; '.join(differing)}. {remedy}")
+        remedy = (
+            "Choose another --name, or pass --overwrite"
+            if made_by is None
+            else f"{made_by} replaces only the directions it made itself: rename or delete the stored one, or "
+            "use another corpus"
+        )
+        raise HSpaceError(
+            f"the corpus at {corpus.url} already has a direction {record.name!r} made another way: "
+            f"{'; '.join(differing)}. {remedy}"
+        )
 
 
-def write_direction(corpus: Corpus, record: DirectionRecord, direction: np.ndarray, *,
-                    overwrite: bool = False) -> DirectionRecord:
+def write_direction(
+    corpus: Corpus, record: DirectionRecord, direction: np.ndarray, *, overwrite: bool = False
+) -> DirectionRecord:
     """Store ``direction`` as ``directions/<record.name>``: data first, ``complete`` last.
 
     Parameters
@@ -155,18 +173,28 @@ def write_direction(corpus: Corpus, record: DirectionRecord, direction: np.ndarr
     """
     direction = np.asarray(direction)
     if tuple(direction.shape) != tuple(record.shape):
-        raise HSpaceError(f"direction {record.name!r} has shape {tuple(direction.shape)}, expected "
-                          f"{tuple(record.shape)}")
+        raise HSpaceError(
+            f"direction {record.name!r} has shape {tuple(direction.shape)}, expected {tuple(record.shape)}"
+        )
     if not np.isfinite(direction).all():
         raise HSpaceError(f"direction {record.name!r} has non-finite values; nothing was written")
     check_writable(corpus, record, overwrite=overwrite)
     parent = corpus.group.require_group(GROUP)
-    dims = (("step", "h_channel", "h_height", "h_width") if record.space == "h"
-            else ("image_channel", "image_height", "image_width"))
+    dims = (
+        ("step", "h_channel", "h_height", "h_width")
+        if record.space == "h"
+        else ("image_channel", "image_height", "image_width")
+    )
     chunks = (1, *record.shape[1:]) if record.space == "h" else tuple(record.shape)
-    array = parent.create_array(record.name, shape=tuple(record.shape), dtype="float32", chunks=chunks,
-                                dimension_names=dims, overwrite=True,
-                                attributes={ATTRS_KEY: {**record.to_attrs(), "complete": False}})
+    array = parent.create_array(
+        record.name,
+        shape=tuple(record.shape),
+        dtype="float32",
+        chunks=chunks,
+        dimension_names=dims,
+        overwrite=True,
+        attributes={ATTRS_KEY: {**record.to_attrs(), "complete": False}},
+    )
     array[...] = direction.astype(np.float32)
     array.attrs.update({ATTRS_KEY: {**record.to_attrs(), "complete": True}})
     return record
@@ -184,11 +212,14 @@ def read_direction(corpus: Corpus, name: str) -> tuple[np.ndarray, DirectionReco
     attrs = _read_attrs(corpus, name)
     if attrs is None:
         have = [d["name"] for d in list_directions(corpus)]
-        raise HSpaceError(f"the corpus at {corpus.url} has no direction {name!r} (it has: "
-                          f"{', '.join(have) if have else 'none'}); `hspace directions list {corpus.url}` shows them")
+        raise HSpaceError(
+            f"the corpus at {corpus.url} has no direction {name!r} (it has: "
+            f"{', '.join(have) if have else 'none'}); `hspace directions list {corpus.url}` shows them"
+        )
     if not attrs.get("complete", False):
-        raise HSpaceError(f"direction {name!r} of {corpus.url} was never completely written: rerun the command "
-                          "that made it")
+        raise HSpaceError(
+            f"direction {name!r} of {corpus.url} was never completely written: rerun the command that made it"
+        )
     return read_array(corpus.group, f"{GROUP}/{name}").astype(np.float32, copy=False), DirectionRecord.from_attrs(attrs)
 
 
@@ -226,8 +257,9 @@ def write_direction_file(path: str | Path, tensors: dict[str, np.ndarray], metad
     if not path.parent.is_dir():
         raise HSpaceError(f"the folder of --out ({path.parent}) does not exist")
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    return atomic_write(path, lambda staging: save_file(arrays, str(staging),
-                                                        metadata={FILE_METADATA_KEY: json.dumps(metadata)}))
+    return atomic_write(
+        path, lambda staging: save_file(arrays, str(staging), metadata={FILE_METADATA_KEY: json.dumps(metadata)})
+    )
 
 
 def read_direction_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -248,5 +280,6 @@ def read_direction_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict[s
 
 # ----- private helpers ---------------------------------------------------------------------------
 def _read_attrs(corpus: Corpus, name: str) -> dict[str, Any] | None:
-    return corpus.read_member_attrs(f"{GROUP}/{name}", node_type=zarr.Array, key=ATTRS_KEY, version=SCHEMA_VERSION,
-                                    what="an hspace direction")
+    return corpus.read_member_attrs(
+        f"{GROUP}/{name}", node_type=zarr.Array, key=ATTRS_KEY, version=SCHEMA_VERSION, what="an hspace direction"
+    )

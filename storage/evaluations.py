@@ -43,4 +43,5 @@ def stored_evaluation(corpus: Corpus, key: str) -> EvaluationResult | None:
 def write_evaluation(corpus: Corpus, key: str, settings: dict[str, Any], result: EvaluationResult) -> None:
     """Store ``result`` under ``key`` in one write of the group's attributes (``corpus`` opened writable)."""
     corpus.group.require_group(EVALUATIONS).create_group(key, overwrite=True).attrs.update(
-        {"settings": settings, "result": result.to_dict()})
+        {"settings": settings, "result": result.to_dict()}
+    )

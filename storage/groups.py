@@ -18,16 +18,19 @@ import zarr
 from hspace.errors import HSpaceError
 
 
-def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any], *, labels: tuple[str, str],
-                         keys: Iterable[str] | None = None) -> list[str]:
+def describe_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, labels: tuple[str, str], keys: Iterable[str] | None = None
+) -> list[str]:
     """``"name (<old label>: value, <new label>: value)"`` for each differing leaf of ``keys`` (default: ``new``'s).
 
     A nested dict is compared key by key, so a config mismatch names the key inside it (``config.scale``).
     """
     old_label, new_label = labels
-    return [f"{name} ({old_label}: {_short(a)}, {new_label}: {_short(b)})"
-            for key in (new.keys() if keys is None else keys)
-            for name, a, b in _differences(key, old.get(key), new.get(key))]
+    return [
+        f"{name} ({old_label}: {_short(a)}, {new_label}: {_short(b)})"
+        for key in (new.keys() if keys is None else keys)
+        for name, a, b in _differences(key, old.get(key), new.get(key))
+    ]
 
 
 def read_flags(array: zarr.Array) -> np.ndarray:
@@ -82,8 +85,11 @@ def json_attrs(node: zarr.Group | zarr.Array, key: str) -> dict[str, Any]:
 def _differences(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
     """(dotted name, old, new) for each differing leaf."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in sorted(old.keys() | new.keys())
-                for d in _differences(f"{name}.{key}", old.get(key), new.get(key))]
+        return [
+            d
+            for key in sorted(old.keys() | new.keys())
+            for d in _differences(f"{name}.{key}", old.get(key), new.get(key))
+        ]
     return [] if old == new else [(name, old, new)]
 
 

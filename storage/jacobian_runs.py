@@ -118,16 +118,18 @@ class JacobianRun:
         self.corpus, self.run, self.group, self.spec = corpus, run, group, spec
 
     @classmethod
-    def create_or_open(cls, corpus: Corpus, run: str, spec: JacobianSpec,
-                       mask: np.ndarray | None = None) -> JacobianRun:
+    def create_or_open(
+        cls, corpus: Corpus, run: str, spec: JacobianSpec, mask: np.ndarray | None = None
+    ) -> JacobianRun:
         """Open the run for writing, creating it if absent; refuses other parameters (naming each one).
 
         ``mask`` (S, S) uint8 0/1 must match ``spec.mask_sha256`` (:func:`mask_sha256`).
         """
         check_run_name(run)
         _check_spec(corpus, spec, mask)
-        group = create_or_open_run(corpus, "jacobian", run, spec.to_attrs(),
-                                   lambda g: _create_arrays(g, corpus, spec, mask))
+        group = create_or_open_run(
+            corpus, "jacobian", run, spec.to_attrs(), lambda g: _create_arrays(g, corpus, spec, mask)
+        )
         return cls(corpus, run, group, spec)
 
     @classmethod
@@ -140,8 +142,9 @@ class JacobianRun:
     def index(self, sample_id: int, step: int) -> tuple[int, int]:
         """Row and column of (sample id, step) in the run's arrays."""
         if sample_id not in self.spec.sample_ids:
-            raise HSpaceError(f"sample {sample_id} is not in Jacobian run {self.run!r} (samples "
-                              f"{list(self.spec.sample_ids)})")
+            raise HSpaceError(
+                f"sample {sample_id} is not in Jacobian run {self.run!r} (samples {list(self.spec.sample_ids)})"
+            )
         if step not in self.spec.steps:
             raise HSpaceError(f"step {step} is not in Jacobian run {self.run!r} (steps {list(self.spec.steps)})")
         return self.spec.sample_ids.index(sample_id), self.spec.steps.index(step)
@@ -153,8 +156,9 @@ class JacobianRun:
     def missing(self) -> list[tuple[int, int]]:
         """(sample id, step) pairs not done, sample-major."""
         done = self.done()
-        return [(s, t) for i, s in enumerate(self.spec.sample_ids) for j, t in enumerate(self.spec.steps)
-                if not done[i, j]]
+        return [
+            (s, t) for i, s in enumerate(self.spec.sample_ids) for j, t in enumerate(self.spec.steps) if not done[i, j]
+        ]
 
     def mask(self) -> np.ndarray | None:
         """M of eq. 10 as uint8 (S, S) with values 0/1, or None."""
@@ -164,8 +168,12 @@ class JacobianRun:
         """Write one (sample id, step): whole chunks of its own, then mark it done."""
         i, j = self.index(sample_id, step)
         spec, k = self.corpus.spec, self.spec.k
-        expected = {"singular_values": (k,), "directions": (k, *spec.h_shape),
-                    "image_changes": (k, *spec.image_shape), "residuals": (k,)}
+        expected = {
+            "singular_values": (k,),
+            "directions": (k, *spec.h_shape),
+            "image_changes": (k, *spec.image_shape),
+            "residuals": (k,),
+        }
         check_shapes(f"Jacobian ({sample_id}, {step})", {name: getattr(cell, name) for name in expected}, expected)
         for name in expected:
             array_at(self.group, name)[i, j] = np.asarray(getattr(cell, name), dtype=np.float32)
@@ -177,13 +185,22 @@ class JacobianRun:
         """One done (sample id, step); refuses one that is not done."""
         i, j = self.index(sample_id, step)
         if not self.done()[i, j]:
-            raise HSpaceError(f"Jacobian run {self.run!r}: sample {sample_id} at step {step} is not done; rerun "
-                              f"`hspace jacobian` with the same settings to finish it")
-        values = {name: read_array(self.group, name, (i, j)) for name in
-                  ("singular_values", "directions", "image_changes", "residuals", "iterations", "converged")}
-        return JacobianCell(singular_values=values["singular_values"], directions=values["directions"],
-                            image_changes=values["image_changes"], residuals=values["residuals"],
-                            iterations=int(values["iterations"]), converged=bool(values["converged"]))
+            raise HSpaceError(
+                f"Jacobian run {self.run!r}: sample {sample_id} at step {step} is not done; rerun "
+                f"`hspace jacobian` with the same settings to finish it"
+            )
+        values = {
+            name: read_array(self.group, name, (i, j))
+            for name in ("singular_values", "directions", "image_changes", "residuals", "iterations", "converged")
+        }
+        return JacobianCell(
+            singular_values=values["singular_values"],
+            directions=values["directions"],
+            image_changes=values["image_changes"],
+            residuals=values["residuals"],
+            iterations=int(values["iterations"]),
+            converged=bool(values["converged"]),
+        )
 
     def info(self) -> dict[str, Any]:
         """Parameters, progress and the singular values found, JSON-ready (``hspace jacobian --json``)."""
@@ -194,19 +211,36 @@ class JacobianRun:
                 entry: dict[str, Any] = {"sample": s, "step": t, "done": bool(done[i, j])}
                 if done[i, j]:
                     cell = self.read(s, t)
-                    entry.update(singular_values=[float(x) for x in cell.singular_values],
-                                 residuals=[float(x) for x in cell.residuals], iterations=cell.iterations,
-                                 converged=cell.converged)
+                    entry.update(
+                        singular_values=[float(x) for x in cell.singular_values],
+                        residuals=[float(x) for x in cell.residuals],
+                        iterations=cell.iterations,
+                        converged=cell.converged,
+                    )
                 cells.append(entry)
         spec = self.spec
-        return {"url": self.corpus.url, "run": self.run, "samples": list(spec.sample_ids), "steps": list(spec.steps),
-                "k": spec.k, "algorithm": spec.algorithm, "block": spec.block, "mask_sha256": spec.mask_sha256,
-                "tol": spec.tol, "max_iter": spec.max_iter, "done": int(done.sum()), "missing": len(self.missing()),
-                "model": spec.corpus["model"], "fingerprint": spec.corpus["fingerprint"], "results": cells}
+        return {
+            "url": self.corpus.url,
+            "run": self.run,
+            "samples": list(spec.sample_ids),
+            "steps": list(spec.steps),
+            "k": spec.k,
+            "algorithm": spec.algorithm,
+            "block": spec.block,
+            "mask_sha256": spec.mask_sha256,
+            "tol": spec.tol,
+            "max_iter": spec.max_iter,
+            "done": int(done.sum()),
+            "missing": len(self.missing()),
+            "model": spec.corpus["model"],
+            "fingerprint": spec.corpus["fingerprint"],
+            "results": cells,
+        }
 
 
-def read_jacobian_directions(url: str, run: str, sample_id: int, step: int,
-                             indices: Sequence[int] | None = None) -> np.ndarray:
+def read_jacobian_directions(
+    url: str, run: str, sample_id: int, step: int, indices: Sequence[int] | None = None
+) -> np.ndarray:
     """Directions found for one (sample id, step): float32 (len(indices), C, H, W), unit norm, largest
     singular value first. Found at one step, they are applied at all steps (Sec. IV-B)."""
     cell = JacobianRun.open(url, run).read(sample_id, step)
@@ -249,8 +283,12 @@ def _create_arrays(group: zarr.Group, corpus: Corpus, spec: JacobianSpec, mask: 
     layout: ArrayLayout = {
         "singular_values": ((n, m, k), "float32", (1, 1, k), (*cell, "direction")),
         "directions": ((n, m, k, *h_shape), "float32", (1, 1, k, *h_shape), (*cell, "direction", *h_dims)),
-        "image_changes": ((n, m, k, *image_shape), "float32", (1, 1, k, *image_shape),
-                          (*cell, "direction", *image_dims)),
+        "image_changes": (
+            (n, m, k, *image_shape),
+            "float32",
+            (1, 1, k, *image_shape),
+            (*cell, "direction", *image_dims),
+        ),
         "residuals": ((n, m, k), "float32", (1, 1, k), (*cell, "direction")),
         "iterations": ((n, m), "int64", (1, 1), cell),
         "converged": ((n, m), "bool", (1, 1), cell),
@@ -258,6 +296,12 @@ def _create_arrays(group: zarr.Group, corpus: Corpus, spec: JacobianSpec, mask: 
     }
     create_arrays(group, layout)
     if mask is not None:
-        stored = group.create_array("mask", shape=mask.shape, dtype="uint8", chunks=mask.shape,
-                                    dimension_names=("image_height", "image_width"), overwrite=True)
+        stored = group.create_array(
+            "mask",
+            shape=mask.shape,
+            dtype="uint8",
+            chunks=mask.shape,
+            dimension_names=("image_height", "image_width"),
+            overwrite=True,
+        )
         stored[...] = mask.astype(np.uint8)

@@ -118,8 +118,9 @@ class PCARun:
         """
         check_run_name(run)
         _check_spec(corpus, spec)
-        group = create_or_open_run(corpus, "pca", run, spec.to_attrs(),
-                                   lambda g: create_arrays(g, _layout(corpus, spec)))
+        group = create_or_open_run(
+            corpus, "pca", run, spec.to_attrs(), lambda g: create_arrays(g, _layout(corpus, spec))
+        )
         return cls(corpus, run, group, spec)
 
     @classmethod
@@ -147,15 +148,26 @@ class PCARun:
         return bool(np.isin(sign, (-1, 1)).all())
 
     # ----- writing -------------------------------------------------------------------------------
-    def write_step(self, step: int, *, components: np.ndarray, mean: np.ndarray, explained_variance: np.ndarray,
-                   explained_variance_ratio: np.ndarray, n_samples: int) -> None:
+    def write_step(
+        self,
+        step: int,
+        *,
+        components: np.ndarray,
+        mean: np.ndarray,
+        explained_variance: np.ndarray,
+        explained_variance_ratio: np.ndarray,
+        n_samples: int,
+    ) -> None:
         """Write one step's arrays (whole chunks of its own), then mark it done."""
         self._check_step(step)
         k, d = self.spec.components, h_dim(self.corpus)
-        expected = {"components": (k, d), "mean": (d,), "explained_variance": (k,),
-                    "explained_variance_ratio": (k,)}
-        given = {"components": components, "mean": mean, "explained_variance": explained_variance,
-                 "explained_variance_ratio": explained_variance_ratio}
+        expected = {"components": (k, d), "mean": (d,), "explained_variance": (k,), "explained_variance_ratio": (k,)}
+        given = {
+            "components": components,
+            "mean": mean,
+            "explained_variance": explained_variance,
+            "explained_variance_ratio": explained_variance_ratio,
+        }
         check_shapes(f"PCA step {step}", given, expected)
         for name, value in given.items():
             array_at(self.group, name)[step] = np.asarray(value, dtype=np.float32)
@@ -167,8 +179,7 @@ class PCARun:
         steps = list(self.spec.steps)
         signs = np.asarray(signs)
         if signs.shape != (len(steps), self.spec.components) or not np.isin(signs, (-1, 1)).all():
-            raise HSpaceError(f"signs must be +1/-1 of shape {(len(steps), self.spec.components)}; got "
-                              f"{signs.shape}")
+            raise HSpaceError(f"signs must be +1/-1 of shape {(len(steps), self.spec.components)}; got {signs.shape}")
         if self.missing_steps():
             raise HSpaceError(f"PCA run {self.run!r}: steps {self.missing_steps()} are not done; align after all are")
         full = np.zeros((self.corpus.spec.steps, self.spec.components), dtype=np.int8)
@@ -182,10 +193,13 @@ class PCARun:
         if not self.done_steps()[step]:
             raise HSpaceError(f"PCA run {self.run!r}: step {step} is not done; rerun `hspace pca fit` to finish it")
         g = self.group
-        return PCAStep(components=read_array(g, "components", step), mean=read_array(g, "mean", step),
-                       explained_variance=read_array(g, "explained_variance", step),
-                       explained_variance_ratio=read_array(g, "explained_variance_ratio", step),
-                       n_samples=int(read_array(g, "n_samples", step)))
+        return PCAStep(
+            components=read_array(g, "components", step),
+            mean=read_array(g, "mean", step),
+            explained_variance=read_array(g, "explained_variance", step),
+            explained_variance_ratio=read_array(g, "explained_variance_ratio", step),
+            n_samples=int(read_array(g, "n_samples", step)),
+        )
 
     def iter_components(self, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
         """Raw components of each fitted step in turn, (k, D) or (len(indices), D), signs as fitted; all steps
@@ -239,14 +253,18 @@ class PCARun:
     def _require_done(self) -> None:
         missing = self.missing_steps()
         if missing:
-            raise HSpaceError(f"PCA run {self.run!r} is not complete: steps {missing} are not done; rerun "
-                              f"`hspace pca fit {self.corpus.url} --run {self.run}` with the same settings")
+            raise HSpaceError(
+                f"PCA run {self.run!r} is not complete: steps {missing} are not done; rerun "
+                f"`hspace pca fit {self.corpus.url} --run {self.run}` with the same settings"
+            )
 
     def _require_complete(self) -> None:
         self._require_done()
         if not self.is_aligned():
-            raise HSpaceError(f"PCA run {self.run!r} has every step but its signs are not aligned yet; rerun "
-                              f"`hspace pca fit {self.corpus.url} --run {self.run}` with the same settings")
+            raise HSpaceError(
+                f"PCA run {self.run!r} has every step but its signs are not aligned yet; rerun "
+                f"`hspace pca fit {self.corpus.url} --run {self.run}` with the same settings"
+            )
 
 
 def read_pca_directions(url: str, run: str, indices: Sequence[int] | None = None) -> np.ndarray:
@@ -276,9 +294,11 @@ def _check_spec(corpus: Corpus, spec: PCASpec) -> None:
     check_steps(corpus, spec.steps)
     limit = min(corpus.spec.samples - 1, h_dim(corpus))
     if not 1 <= spec.components <= limit:
-        raise HSpaceError(f"components must lie in 1..{limit} (fewer than the corpus's {corpus.spec.samples} "
-                          f"samples, whose centred h span at most n - 1 directions, and at most dim h = "
-                          f"{h_dim(corpus)}); got {spec.components}")
+        raise HSpaceError(
+            f"components must lie in 1..{limit} (fewer than the corpus's {corpus.spec.samples} "
+            f"samples, whose centred h span at most n - 1 directions, and at most dim h = "
+            f"{h_dim(corpus)}); got {spec.components}"
+        )
 
 
 def _layout(corpus: Corpus, spec: PCASpec) -> ArrayLayout:

@@ -69,8 +69,9 @@ def list_runs(url: str, kind: str) -> list[str]:
     return sorted(name for name, _ in group_at(corpus.group, kind).groups())
 
 
-def create_or_open_run(corpus: Corpus, kind: str, run: str, attrs: dict[str, Any],
-                       create_arrays: Callable[[zarr.Group], None]) -> zarr.Group:
+def create_or_open_run(
+    corpus: Corpus, kind: str, run: str, attrs: dict[str, Any], create_arrays: Callable[[zarr.Group], None]
+) -> zarr.Group:
     """The run group, created (arrays, then ``initialized``) or checked against ``attrs``."""
     parent = corpus.group.require_group(kind)
     if run in parent:
@@ -94,8 +95,9 @@ def open_run(corpus: Corpus, kind: str, run: str) -> tuple[zarr.Group, dict[str,
     what, command = _WHAT[kind], _COMMAND[kind]
     if kind not in corpus.group or run not in group_at(corpus.group, kind):
         known = list_runs(corpus.url, kind)
-        raise HSpaceError(f"no {what} run {run!r} in {corpus.url} (runs: {', '.join(known) or 'none'}); "
-                          f"create it with `{command}`")
+        raise HSpaceError(
+            f"no {what} run {run!r} in {corpus.url} (runs: {', '.join(known) or 'none'}); create it with `{command}`"
+        )
     group = group_at(corpus.group, f"{kind}/{run}")
     attrs = json_attrs(group, "hspace")
     if attrs.get("kind") != kind or attrs.get("schema_version") != RESULTS_SCHEMA_VERSION:
@@ -108,14 +110,21 @@ def open_run(corpus: Corpus, kind: str, run: str) -> tuple[zarr.Group, dict[str,
 def create_arrays(group: zarr.Group, layout: ArrayLayout) -> None:
     """Create (or recreate, after a crash during creation) the arrays of a run, filled with 0."""
     for name, (shape, dtype, chunks, dims) in layout.items():
-        group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, dimension_names=dims,
-                           overwrite=True)
+        group.create_array(
+            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, dimension_names=dims, overwrite=True
+        )
 
 
 def _check_same_run(url: str, kind: str, run: str, old: dict[str, Any], new: dict[str, Any]) -> None:
     ignored = ("package_version", "initialized")
-    differing = describe_differences(old, new, labels=("run", "requested"),
-                                     keys=[key for key in sorted(old.keys() | new.keys()) if key not in ignored])
+    differing = describe_differences(
+        old,
+        new,
+        labels=("run", "requested"),
+        keys=[key for key in sorted(old.keys() | new.keys()) if key not in ignored],
+    )
     if differing:
-        raise HSpaceError(f"{_WHAT[kind]} run {run!r} in {url} was made with other settings: {'; '.join(differing)}. "
-                          "Use the same settings to resume it, or another run name (--run; --pca-run of rebuild-bank)")
+        raise HSpaceError(
+            f"{_WHAT[kind]} run {run!r} in {url} was made with other settings: {'; '.join(differing)}. "
+            "Use the same settings to resume it, or another run name (--run; --pca-run of rebuild-bank)"
+        )

@@ -33,8 +33,9 @@ def pca_direction_name(j: int) -> str:
     return f"pca-{j}"
 
 
-def gather_directions(url: str, *, supervised: list[str], pca_run: str | None, pca_directions: int
-                      ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+def gather_directions(
+    url: str, *, supervised: list[str], pca_run: str | None, pca_directions: int
+) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """name -> (tensor (T, C, H, W), bank metadata) for the named corpus directions and the top PCA ones.
 
     PCA direction j is component j at every step (Sec. IV-A), scaled at each step by the square root of that
@@ -51,25 +52,48 @@ def gather_directions(url: str, *, supervised: list[str], pca_run: str | None, p
     if pca_run is not None and pca_directions > 0:
         run = PCARun.open(url, pca_run)
         if pca_directions > run.spec.components:
-            raise HSpaceError(f"PCA run {pca_run!r} has {run.spec.components} components; asked for the top "
-                              f"{pca_directions}")
+            raise HSpaceError(
+                f"PCA run {pca_run!r} has {run.spec.components} components; asked for the top {pca_directions}"
+            )
         directions = read_pca_directions(url, pca_run, list(range(pca_directions)))
         for j in range(pca_directions):
             scaled = directions[j].copy()
             for step in run.spec.steps:
                 scaled[step] *= float(np.sqrt(run.read_step(step).explained_variance[j]))
-            out[pca_direction_name(j)] = (scaled, {
-                "method": "pca", "source": url,
-                "parameters": {"run": pca_run, "component": j, "components": run.spec.components,
-                               "method": run.spec.method, "scale": "sqrt(explained variance) per step"}})
+            out[pca_direction_name(j)] = (
+                scaled,
+                {
+                    "method": "pca",
+                    "source": url,
+                    "parameters": {
+                        "run": pca_run,
+                        "component": j,
+                        "components": run.spec.components,
+                        "method": run.spec.method,
+                        "scale": "sqrt(explained variance) per step",
+                    },
+                },
+            )
     return out
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate-directions")
-def evaluate_bank_directions(url: str, names: list[str], *, pca_run: str | None, pca_directions: int,
-                             supervised: list[str], annotator: str, annotator_options: dict[str, Any] | None,
-                             gamma: float, samples: int, repeats: int, seed: int, device: str = "cpu",
-                             report: str | None = None) -> str:
+def evaluate_bank_directions(
+    url: str,
+    names: list[str],
+    *,
+    pca_run: str | None,
+    pca_directions: int,
+    supervised: list[str],
+    annotator: str,
+    annotator_options: dict[str, Any] | None,
+    gamma: float,
+    samples: int,
+    repeats: int,
+    seed: int,
+    device: str = "cpu",
+    report: str | None = None,
+) -> str:
     """Table I for ``names`` (a stored result with the same key is reused); returns the key.
 
     With ``report``, the CSV, the markdown table and the heatmap are also written to that folder, and the
@@ -79,9 +103,17 @@ def evaluate_bank_directions(url: str, names: list[str], *, pca_run: str | None,
     found = gather_directions(url, supervised=supervised, pca_run=pca_run, pca_directions=pca_directions)
     tensors = {name: found[name][0] for name in names}
     spec = corpus.spec
-    settings = {"annotator": annotator, "options": options_key(annotator_options), "gamma": gamma,
-                "samples": samples, "repeats": repeats, "seed": seed, "steps": spec.steps, "eta": list(spec.eta),
-                "fingerprint": spec.fingerprint}
+    settings = {
+        "annotator": annotator,
+        "options": options_key(annotator_options),
+        "gamma": gamma,
+        "samples": samples,
+        "repeats": repeats,
+        "seed": seed,
+        "steps": spec.steps,
+        "eta": list(spec.eta),
+        "fingerprint": spec.fingerprint,
+    }
     key = evaluation_key(tensors, settings)
     result = stored_evaluation(corpus, key)
     if result is None:
@@ -89,24 +121,38 @@ def evaluate_bank_directions(url: str, names: list[str], *, pca_run: str | None,
             raise HSpaceError("the evaluation samples with one eta for every step; this corpus has per-step eta")
         model = corpus_model(corpus, device)
         scorer = cached_annotator(annotator, options_key(annotator_options))
-        result = evaluate_directions(model, scorer, {n: torch.from_numpy(t) for n, t in tensors.items()},
-                                     gamma=gamma, steps=spec.steps, samples=samples, repeats=repeats,
-                                     eta=spec.eta[0], seed=seed)
+        result = evaluate_directions(
+            model,
+            scorer,
+            {n: torch.from_numpy(t) for n, t in tensors.items()},
+            gamma=gamma,
+            steps=spec.steps,
+            samples=samples,
+            repeats=repeats,
+            eta=spec.eta[0],
+            seed=seed,
+        )
         write_evaluation(corpus, key, settings, result)
     if report is not None:
         write_report(result, Path(report))
-        create_markdown_artifact(markdown=result.to_markdown("std"), key="bank-evaluation",
-                                 description="Table I: change of each attribute (stds) per direction")
+        create_markdown_artifact(
+            markdown=result.to_markdown("std"),
+            key="bank-evaluation",
+            description="Table I: change of each attribute (stds) per direction",
+        )
     return key
 
 
 def write_report(result: EvaluationResult, folder: Path) -> list[Path]:
     """evaluation.csv, evaluation.md and evaluation.png (write-then-rename each)."""
-    return write_files(folder, {
-        "evaluation.csv": lambda p: p.write_text(result.to_csv()),
-        "evaluation.md": lambda p: p.write_text(result.to_markdown("std") + "\n" + result.to_markdown("score")),
-        "evaluation.png": lambda p: result.heatmap("std").save(p, format="PNG"),
-    })
+    return write_files(
+        folder,
+        {
+            "evaluation.csv": lambda p: p.write_text(result.to_csv()),
+            "evaluation.md": lambda p: p.write_text(result.to_markdown("std") + "\n" + result.to_markdown("score")),
+            "evaluation.png": lambda p: result.heatmap("std").save(p, format="PNG"),
+        },
+    )
 
 
 def direction_evaluation(result: EvaluationResult, name: str) -> dict[str, Any]:
@@ -116,14 +162,26 @@ def direction_evaluation(result: EvaluationResult, name: str) -> dict[str, Any]:
     for label, row in (("effect", name), ("random", f"random({name})")):
         if row in rows:
             i = rows.index(row)
-            summary[label] = {"mean": result.mean()[i].tolist(), "std": result.std()[i].tolist(),
-                              "mean_in_std": result.mean("std")[i].tolist()}
+            summary[label] = {
+                "mean": result.mean()[i].tolist(),
+                "std": result.std()[i].tolist(),
+                "mean_in_std": result.mean("std")[i].tolist(),
+            }
     return summary
 
 
 @task(cache_policy=NO_CACHE, task_run_name="publish-bank")
-def publish_bank(url: str, bank: str, names: list[str], *, pca_run: str | None, pca_directions: int,
-                 supervised: list[str], evaluation_key: str | None, notes: str | None = None) -> str:
+def publish_bank(
+    url: str,
+    bank: str,
+    names: list[str],
+    *,
+    pca_run: str | None,
+    pca_directions: int,
+    supervised: list[str],
+    evaluation_key: str | None,
+    notes: str | None = None,
+) -> str:
     """Publish ``names`` with their evaluation rows as a new bank version (a no-op if the newest version
     already holds exactly this content); returns the version."""
     corpus = Corpus.open(url)
@@ -133,11 +191,22 @@ def publish_bank(url: str, bank: str, names: list[str], *, pca_run: str | None, 
     if evaluation_key is not None and result is None:
         raise HSpaceError(f"evaluation {evaluation_key} is not in the corpus at {url}; rerun the evaluation")
     directions = [
-        Direction(name=name, tensor=torch.from_numpy(np.ascontiguousarray(found[name][0], dtype=np.float32)),
-                  method=found[name][1]["method"], parameters=found[name][1]["parameters"],
-                  source=found[name][1]["source"], fingerprint=spec.fingerprint,
-                  evaluation={} if result is None else direction_evaluation(result, name))
+        Direction(
+            name=name,
+            tensor=torch.from_numpy(np.ascontiguousarray(found[name][0], dtype=np.float32)),
+            method=found[name][1]["method"],
+            parameters=found[name][1]["parameters"],
+            source=found[name][1]["source"],
+            fingerprint=spec.fingerprint,
+            evaluation={} if result is None else direction_evaluation(result, name),
+        )
         for name in names
     ]
-    return publish(bank, directions, model_fingerprint=spec.fingerprint, eta=list(spec.eta),
-                   timesteps=list(spec.timesteps), notes=notes)
+    return publish(
+        bank,
+        directions,
+        model_fingerprint=spec.fingerprint,
+        eta=list(spec.eta),
+        timesteps=list(spec.timesteps),
+        notes=notes,
+    )

@@ -22,8 +22,9 @@ def cached_model(name: str, device: str) -> LoadedModel:
     return load_model(name, device=device)
 
 
-def check_build_arguments(*, samples: int, steps: int, eta: float | list[float], batch: int, seed: int,
-                          dtype: str, device: str) -> tuple[float, ...]:
+def check_build_arguments(
+    *, samples: int, steps: int, eta: float | list[float], batch: int, seed: int, dtype: str, device: str
+) -> tuple[float, ...]:
     """Reject bad arguments before anything is loaded or created; returns eta per step."""
     for name, value in (("samples", samples), ("batch", batch), ("steps", steps)):
         if not isinstance(value, int) or value <= 0:
@@ -37,8 +38,9 @@ def check_build_arguments(*, samples: int, steps: int, eta: float | list[float],
     return parse_eta(eta, steps)
 
 
-def corpus_spec(model: LoadedModel, *, samples: int, steps: int, eta: tuple[float, ...], batch: int,
-                seed: int, dtype: str) -> CorpusSpec:
+def corpus_spec(
+    model: LoadedModel, *, samples: int, steps: int, eta: tuple[float, ...], batch: int, seed: int, dtype: str
+) -> CorpusSpec:
     """The settings that fix a corpus's content, from the model and the sampler arguments."""
     scheduler = make_scheduler(model.scheduler_config, steps)
     return CorpusSpec(
@@ -60,11 +62,22 @@ def corpus_spec(model: LoadedModel, *, samples: int, steps: int, eta: tuple[floa
     )
 
 
-def prepare_corpus(*, out: str, model: str, samples: int, steps: int, eta: float | list[float], batch: int,
-                   seed: int, dtype: str, device: str) -> Corpus:
+def prepare_corpus(
+    *,
+    out: str,
+    model: str,
+    samples: int,
+    steps: int,
+    eta: float | list[float],
+    batch: int,
+    seed: int,
+    dtype: str,
+    device: str,
+) -> Corpus:
     """Check the arguments, load the model, and create or reopen the corpus (refusing other settings)."""
-    etas = check_build_arguments(samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype,
-                                 device=device)
+    etas = check_build_arguments(
+        samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype, device=device
+    )
     loaded = cached_model(model, device)
     spec = corpus_spec(loaded, samples=samples, steps=steps, eta=etas, batch=batch, seed=seed, dtype=dtype)
     return Corpus.create_or_open(out, spec)
@@ -87,8 +100,12 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
 def corpus_model(corpus: Corpus, device: str = "cpu") -> LoadedModel:
     """The model the corpus names, loaded once per process, refused if its weights differ from the corpus's."""
     loaded = cached_model(corpus.spec.model, device)
-    check_same_weights(loaded, corpus.spec.fingerprint, owner="the corpus",
-                       advice="use the same model files (every worker must see the same ones)")
+    check_same_weights(
+        loaded,
+        corpus.spec.fingerprint,
+        owner="the corpus",
+        advice="use the same model files (every worker must see the same ones)",
+    )
     return loaded
 
 

@@ -51,10 +51,20 @@ class SupervisedPlan:
     overwrite: bool
 
 
-def plan_supervised(url: str, name: str, *, attribute: str | None = None, annotator: str | None = None,
-                    k: int = DEFAULT_K, threshold: float | None = None, positives: Sequence[int] | None = None,
-                    negatives: Sequence[int] | None = None, space: str = "h",
-                    overwrite: bool = False, made_by: str | None = None) -> SupervisedPlan:
+def plan_supervised(
+    url: str,
+    name: str,
+    *,
+    attribute: str | None = None,
+    annotator: str | None = None,
+    k: int = DEFAULT_K,
+    threshold: float | None = None,
+    positives: Sequence[int] | None = None,
+    negatives: Sequence[int] | None = None,
+    space: str = "h",
+    overwrite: bool = False,
+    made_by: str | None = None,
+) -> SupervisedPlan:
     """Choose the examples of eq. 11: top-k vs bottom-k by an annotation, or explicit sample ids.
 
     Parameters
@@ -85,8 +95,10 @@ def plan_supervised(url: str, name: str, *, attribute: str | None = None, annota
         if positives is None or negatives is None:
             raise HSpaceError("give both --positives and --negatives (sample ids), or neither")
         if attribute is not None or threshold is not None:
-            raise HSpaceError("give either --attribute (top-k vs bottom-k, optionally --threshold) or "
-                              "--positives/--negatives, not both")
+            raise HSpaceError(
+                "give either --attribute (top-k vs bottom-k, optionally --threshold) or "
+                "--positives/--negatives, not both"
+            )
         pos, neg = _sample_ids(corpus, positives, "positives"), _sample_ids(corpus, negatives, "negatives")
         both = sorted(set(pos.tolist()) & set(neg.tolist()))
         if both:
@@ -101,16 +113,26 @@ def plan_supervised(url: str, name: str, *, attribute: str | None = None, annota
         if not isinstance(k, int) or k <= 0:
             raise HSpaceError(f"--k must be a positive integer; got {k!r}")
         if threshold is None and k > samples // 2:
-            raise HSpaceError(f"--k {k} is more than half of the corpus's {samples} samples, so the top-k and "
-                              f"bottom-k examples would overlap: use --k {samples // 2} or less, or a larger corpus")
+            raise HSpaceError(
+                f"--k {k} is more than half of the corpus's {samples} samples, so the top-k and "
+                f"bottom-k examples would overlap: use --k {samples // 2} or less, or a larger corpus"
+            )
         pos, neg = top_bottom(annotations.scores(attribute), k, threshold=threshold)
         method = "supervised" if space == "h" else "supervised-xT"
-        parameters = {"annotator": annotations.record.name, "attribute": attribute, "k": k,
-                      **({"threshold": float(threshold)} if threshold is not None else {}),
-                      "annotator_config": annotations.record.config}
+        parameters = {
+            "annotator": annotations.record.name,
+            "attribute": attribute,
+            "k": k,
+            **({"threshold": float(threshold)} if threshold is not None else {}),
+            "annotator_config": annotations.record.config,
+        }
     # Row ids (and their order: best score first) make the choice reproducible and auditable.
-    parameters = {**parameters, "positives": pos.tolist(), "negatives": neg.tolist(),
-                  **({"made_by": made_by} if made_by else {})}
+    parameters = {
+        **parameters,
+        "positives": pos.tolist(),
+        "negatives": neg.tolist(),
+        **({"made_by": made_by} if made_by else {}),
+    }
     _require_done(corpus, np.concatenate([pos, neg]))
     record = new_record(corpus, name, method=method, space=space, parameters=parameters)
     check_writable(corpus, record, overwrite=overwrite)
@@ -164,8 +186,16 @@ class DisentanglePlan:
     overwrite: bool
 
 
-def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str], keep_norm: bool = False,
-                     overwrite: bool = False, made_by: str | None = None) -> DisentanglePlan:
+def plan_disentangle(
+    url: str,
+    name: str,
+    *,
+    source: str,
+    against: Sequence[str],
+    keep_norm: bool = False,
+    overwrite: bool = False,
+    made_by: str | None = None,
+) -> DisentanglePlan:
     """Check that ``source`` and every ``against`` direction exist, are complete and share one space
     (``overwrite``, ``made_by``: as for :func:`plan_supervised`)."""
     check_name(name, "direction")
@@ -182,14 +212,26 @@ def plan_disentangle(url: str, name: str, *, source: str, against: Sequence[str]
     records = [read_direction(corpus, other)[1] for other in (source, *against)]
     spaces = {r.space for r in records}
     if len(spaces) != 1:
-        raise HSpaceError(f"directions {', '.join(r.name + ' (' + r.space + ')' for r in records)} live in different "
-                          "spaces; disentangle h directions against h directions only")
-    record = new_record(corpus, name, method="disentangled", space=records[0].space,
-                        parameters={"from": source, "against": list(against), "keep_norm": bool(keep_norm),
-                                    **({"made_by": made_by} if made_by else {})})
+        raise HSpaceError(
+            f"directions {', '.join(r.name + ' (' + r.space + ')' for r in records)} live in different "
+            "spaces; disentangle h directions against h directions only"
+        )
+    record = new_record(
+        corpus,
+        name,
+        method="disentangled",
+        space=records[0].space,
+        parameters={
+            "from": source,
+            "against": list(against),
+            "keep_norm": bool(keep_norm),
+            **({"made_by": made_by} if made_by else {}),
+        },
+    )
     check_writable(corpus, record, overwrite=overwrite)
-    return DisentanglePlan(url=url, record=record, source=source, against=against, keep_norm=bool(keep_norm),
-                           overwrite=overwrite)
+    return DisentanglePlan(
+        url=url, record=record, source=source, against=against, keep_norm=bool(keep_norm), overwrite=overwrite
+    )
 
 
 @task(cache_policy=NO_CACHE, task_run_name="disentangle-direction-{plan.record.name}")
@@ -218,9 +260,19 @@ class InvertPlan:
     overwrite: bool
 
 
-def plan_invert(*, model: str, steps: int, images: str | None = None, positives: str | None = None,
-                negatives: str | None = None, out: str | None = None, corpus: str | None = None,
-                name: str | None = None, device: str = "cpu", overwrite: bool = False) -> InvertPlan:
+def plan_invert(
+    *,
+    model: str,
+    steps: int,
+    images: str | None = None,
+    positives: str | None = None,
+    negatives: str | None = None,
+    out: str | None = None,
+    corpus: str | None = None,
+    name: str | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> InvertPlan:
     """Check folders, model, steps and outputs before any image is inverted.
 
     Either ``images`` (write their x_T and h_{T:1} to ``out``), or ``positives`` and ``negatives`` (eq. 11 on
@@ -242,8 +294,16 @@ def plan_invert(*, model: str, steps: int, images: str | None = None, positives:
         if corpus is not None or name is not None:
             raise HSpaceError("--corpus and --name store directions; with --images nothing but --out is written")
         files = {"images": _image_files(images, loaded.image_shape)}
-        return InvertPlan(model=model, device=device, steps=steps, images=files, out=out, corpus=None, record=None,
-                          overwrite=overwrite)
+        return InvertPlan(
+            model=model,
+            device=device,
+            steps=steps,
+            images=files,
+            out=out,
+            corpus=None,
+            record=None,
+            overwrite=overwrite,
+        )
     if positives is None or negatives is None:
         raise HSpaceError("give --images FOLDER, or both --positives FOLDER and --negatives FOLDER")
     if out is None and corpus is None:
@@ -252,28 +312,56 @@ def plan_invert(*, model: str, steps: int, images: str | None = None, positives:
         raise HSpaceError("--corpus needs --name: the direction is stored as directions/<name>")
     name = name if name is not None else Path(str(out)).stem
     check_name(name, "direction")
-    files = {"positives": _image_files(positives, loaded.image_shape),
-             "negatives": _image_files(negatives, loaded.image_shape)}
-    parameters = {"positives": str(positives), "negatives": str(negatives),
-                  "positive_files": [Path(f).name for f in files["positives"]],
-                  "negative_files": [Path(f).name for f in files["negatives"]]}
+    files = {
+        "positives": _image_files(positives, loaded.image_shape),
+        "negatives": _image_files(negatives, loaded.image_shape),
+    }
+    parameters = {
+        "positives": str(positives),
+        "negatives": str(negatives),
+        "positive_files": [Path(f).name for f in files["positives"]],
+        "negative_files": [Path(f).name for f in files["negatives"]],
+    }
     source = f"{positives} vs {negatives}"
     if corpus is not None:
         opened = Corpus.open(corpus, writable=True)
-        check_same_weights(loaded, opened.spec.fingerprint, owner=f"the corpus at {corpus}",
-                           advice=f"invert with the corpus's model ({opened.spec.model!r})")
+        check_same_weights(
+            loaded,
+            opened.spec.fingerprint,
+            owner=f"the corpus at {corpus}",
+            advice=f"invert with the corpus's model ({opened.spec.model!r})",
+        )
         if opened.spec.steps != steps:
-            raise HSpaceError(f"the corpus at {corpus} has {opened.spec.steps} steps; invert with --steps "
-                              f"{opened.spec.steps} so the direction applies to its samples")
+            raise HSpaceError(
+                f"the corpus at {corpus} has {opened.spec.steps} steps; invert with --steps "
+                f"{opened.spec.steps} so the direction applies to its samples"
+            )
         record = new_record(opened, name, method="inverted", space="h", parameters=parameters, source=source)
         check_writable(opened, record, overwrite=overwrite)
     else:
         scheduler = make_scheduler(loaded.scheduler_config, steps)
-        record = DirectionRecord(name=name, method="inverted", space="h", parameters=parameters, source=source,
-                                 model=loaded.name, fingerprint=loaded.fingerprint, shape=(steps, *loaded.h_shape),
-                                 steps=steps, timesteps=tuple(int(t) for t in scheduler.timesteps))
-    return InvertPlan(model=model, device=device, steps=steps, images=files, out=out, corpus=corpus, record=record,
-                      overwrite=overwrite)
+        record = DirectionRecord(
+            name=name,
+            method="inverted",
+            space="h",
+            parameters=parameters,
+            source=source,
+            model=loaded.name,
+            fingerprint=loaded.fingerprint,
+            shape=(steps, *loaded.h_shape),
+            steps=steps,
+            timesteps=tuple(int(t) for t in scheduler.timesteps),
+        )
+    return InvertPlan(
+        model=model,
+        device=device,
+        steps=steps,
+        images=files,
+        out=out,
+        corpus=corpus,
+        record=record,
+        overwrite=overwrite,
+    )
 
 
 @task(cache_policy=NO_CACHE, task_run_name="invert-images")
@@ -285,16 +373,28 @@ def invert_task(plan: InvertPlan) -> dict[str, Any]:
         images = load_image_files(plan.images["images"], shape)
         result = invert(loaded, images, steps=plan.steps)
         scheduler = make_scheduler(loaded.scheduler_config, plan.steps)
-        metadata = {"model": loaded.name, "fingerprint": loaded.fingerprint, "steps": plan.steps,
-                    "timesteps": [int(t) for t in scheduler.timesteps],
-                    "files": [Path(f).name for f in plan.images["images"]]}
+        metadata = {
+            "model": loaded.name,
+            "fingerprint": loaded.fingerprint,
+            "steps": plan.steps,
+            "timesteps": [int(t) for t in scheduler.timesteps],
+            "files": [Path(f).name for f in plan.images["images"]],
+        }
         assert plan.out is not None
         write_direction_file(plan.out, {"x_T": result.x_T.numpy(), "h": result.h.numpy()}, metadata)
-        return {"out": plan.out, "images": len(images), "x_T_shape": list(result.x_T.shape),
-                "h_shape": list(result.h.shape)}
+        return {
+            "out": plan.out,
+            "images": len(images),
+            "x_T_shape": list(result.x_T.shape),
+            "h_shape": list(result.h.shape),
+        }
     # The plan carries paths, not pixels, through Prefect: the images are read again here.
-    direction = direction_from_images(loaded, load_image_files(plan.images["positives"], shape),
-                                      load_image_files(plan.images["negatives"], shape), steps=plan.steps).numpy()
+    direction = direction_from_images(
+        loaded,
+        load_image_files(plan.images["positives"], shape),
+        load_image_files(plan.images["negatives"], shape),
+        steps=plan.steps,
+    ).numpy()
     if plan.corpus is not None:
         write_direction(Corpus.open(plan.corpus, writable=True), plan.record, direction, overwrite=plan.overwrite)
     if plan.out is not None:
@@ -320,8 +420,10 @@ def _require_done(corpus: Corpus, rows: np.ndarray) -> None:
     done = corpus.done_shards()
     shards = sorted({int(s) for s in np.unique(rows // corpus.spec.shard_size) if not done[int(s)]})
     if shards:
-        raise HSpaceError(f"examples lie in corpus shards {shards[:10]} that are not generated yet: finish the corpus "
-                          f"with `hspace corpus build {corpus.url} ...` first")
+        raise HSpaceError(
+            f"examples lie in corpus shards {shards[:10]} that are not generated yet: finish the corpus "
+            f"with `hspace corpus build {corpus.url} ...` first"
+        )
 
 
 def _image_files(folder: str, shape: tuple[int, int, int]) -> list[str]:
@@ -346,8 +448,10 @@ def _summary(record: DirectionRecord, direction: np.ndarray) -> dict[str, Any]:
         "norm": float(np.linalg.norm(direction)),
         **({"per_step_norm": [round(float(n), 6) for n in norms]} if norms is not None else {}),
         "parameters": {k: v for k, v in record.parameters.items() if k not in ("positives", "negatives")},
-        "positives": len(record.parameters.get("positives", [])) if record.method != "inverted"
+        "positives": len(record.parameters.get("positives", []))
+        if record.method != "inverted"
         else len(record.parameters["positive_files"]),
-        "negatives": len(record.parameters.get("negatives", [])) if record.method != "inverted"
+        "negatives": len(record.parameters.get("negatives", []))
+        if record.method != "inverted"
         else len(record.parameters["negative_files"]),
     }

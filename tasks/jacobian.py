@@ -25,9 +25,19 @@ def sample_seed(corpus: Corpus, sample_id: int) -> int:
     return derive_seeds(corpus.spec.base_seed, sample_id, sample_id + 1)[0]
 
 
-def prepare_jacobian(url: str, *, sample_ids: Sequence[int], steps: Sequence[int], k: int, run: str = "default",
-                     algorithm: str = "batched", block: int | None = None, mask: np.ndarray | None = None,
-                     tol: float = 1e-3, max_iter: int = 100) -> JacobianRun:
+def prepare_jacobian(
+    url: str,
+    *,
+    sample_ids: Sequence[int],
+    steps: Sequence[int],
+    k: int,
+    run: str = "default",
+    algorithm: str = "batched",
+    block: int | None = None,
+    mask: np.ndarray | None = None,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+) -> JacobianRun:
     """Check the arguments, then create or reopen the run (refusing other parameters).
 
     ``mask`` is M of eq. 10 as (S, S) 0/1 (e.g. from :func:`hspace.images.read_mask_png`).
@@ -46,9 +56,18 @@ def prepare_jacobian(url: str, *, sample_ids: Sequence[int], steps: Sequence[int
         raise HSpaceError(f"tol must be a positive number (relative residual); got {tol}")
     if max_iter < 1:
         raise HSpaceError(f"max_iter must be at least 1; got {max_iter}")
-    spec = JacobianSpec(sample_ids=tuple(int(s) for s in sample_ids), steps=tuple(int(t) for t in steps), k=k,
-                        algorithm=algorithm, block=block, mask_sha256=mask_sha256(mask), tol=float(tol),
-                        max_iter=int(max_iter), corpus=corpus_settings(corpus), package_version=hspace.__version__)
+    spec = JacobianSpec(
+        sample_ids=tuple(int(s) for s in sample_ids),
+        steps=tuple(int(t) for t in steps),
+        k=k,
+        algorithm=algorithm,
+        block=block,
+        mask_sha256=mask_sha256(mask),
+        tol=float(tol),
+        max_iter=int(max_iter),
+        corpus=corpus_settings(corpus),
+        package_version=hspace.__version__,
+    )
     return JacobianRun.create_or_open(corpus, run, spec, mask)
 
 
@@ -56,18 +75,38 @@ def find_cell(jacobian: JacobianRun, sample_id: int, step: int, *, device: str =
     """Replay the sample to step t (x_t), then the top-k singular triplets of J_t there."""
     corpus, spec = jacobian.corpus, jacobian.spec
     model = corpus_model(corpus, device)
-    state = state_at_step(model, sample_seed(corpus, sample_id), steps=corpus.spec.steps, step=step,
-                          eta=list(corpus.spec.eta))
+    state = state_at_step(
+        model, sample_seed(corpus, sample_id), steps=corpus.spec.steps, step=step, eta=list(corpus.spec.eta)
+    )
     mask = jacobian.mask()
-    result = jacobian_directions(model, state.x_t, state.t, spec.k, algorithm=spec.algorithm, block=spec.block,
-                                 mask=mask, tol=spec.tol, max_iter=spec.max_iter)
-    return JacobianCell(singular_values=result.singular_values.numpy(), directions=result.directions.numpy(),
-                        image_changes=result.image_changes.numpy(), residuals=result.residuals.numpy(),
-                        iterations=result.iterations, converged=result.converged)
+    result = jacobian_directions(
+        model,
+        state.x_t,
+        state.t,
+        spec.k,
+        algorithm=spec.algorithm,
+        block=spec.block,
+        mask=mask,
+        tol=spec.tol,
+        max_iter=spec.max_iter,
+    )
+    return JacobianCell(
+        singular_values=result.singular_values.numpy(),
+        directions=result.directions.numpy(),
+        image_changes=result.image_changes.numpy(),
+        residuals=result.residuals.numpy(),
+        iterations=result.iterations,
+        converged=result.converged,
+    )
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error, cache_policy=NO_CACHE,
-      task_run_name="jacobian-{run}-sample-{sample_id}-step-{step}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_io_error,
+    cache_policy=NO_CACHE,
+    task_run_name="jacobian-{run}-sample-{sample_id}-step-{step}",
+)
 def compute_jacobian(url: str, run: str, sample_id: int, step: int, device: str = "cpu") -> tuple[int, int]:
     """Find and write the directions of one (sample id, step); one already done is skipped."""
     jacobian = JacobianRun.open(url, run, writable=True)

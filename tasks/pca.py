@@ -18,8 +18,15 @@ from storage.runs import check_run_name, corpus_settings
 from tasks.corpus import retry_on_io_error
 
 
-def prepare_pca(url: str, *, components: int, run: str = "default", steps: Sequence[int] | None = None,
-                method: str | None = None, batch_size: int | None = None) -> PCARun:
+def prepare_pca(
+    url: str,
+    *,
+    components: int,
+    run: str = "default",
+    steps: Sequence[int] | None = None,
+    method: str | None = None,
+    batch_size: int | None = None,
+) -> PCARun:
     """Check the arguments and the corpus, then create or reopen the run (refusing other parameters).
 
     ``method`` and ``batch_size`` are those of :class:`hspace.pca.StreamingPCA` (None: its defaults, recorded
@@ -41,12 +48,19 @@ def prepare_pca(url: str, *, components: int, run: str = "default", steps: Seque
     corpus = Corpus.open(url, writable=True)
     missing = corpus.missing_shards()
     if missing:
-        raise HSpaceError(f"the corpus at {url} is not complete ({len(missing)} of {corpus.spec.n_shards} shards "
-                          f"missing): finish it with `hspace corpus build` first")
-    spec = PCASpec(components=components, method=method,
-                   steps=tuple(range(corpus.spec.steps)) if steps is None else tuple(int(t) for t in steps),
-                   batch_size=batch_size, oversampling=oversampling, corpus=corpus_settings(corpus),
-                   package_version=hspace.__version__)
+        raise HSpaceError(
+            f"the corpus at {url} is not complete ({len(missing)} of {corpus.spec.n_shards} shards "
+            f"missing): finish it with `hspace corpus build` first"
+        )
+    spec = PCASpec(
+        components=components,
+        method=method,
+        steps=tuple(range(corpus.spec.steps)) if steps is None else tuple(int(t) for t in steps),
+        batch_size=batch_size,
+        oversampling=oversampling,
+        corpus=corpus_settings(corpus),
+        package_version=hspace.__version__,
+    )
     return PCARun.create_or_open(corpus, run, spec)
 
 
@@ -56,8 +70,13 @@ def fit_step(corpus: Corpus, step: int, spec: PCASpec, *, device: str = "cpu") -
     Each read is one shard's inner chunk at that step (docs/design.md); the estimator merges rows in blocks of
     ``spec.batch_size`` whatever the shard size, so the result depends only on the rows.
     """
-    estimator = StreamingPCA(spec.components, method=spec.method, batch_size=spec.batch_size,
-                             oversampling=spec.oversampling if spec.method != "sklearn" else None, device=device)
+    estimator = StreamingPCA(
+        spec.components,
+        method=spec.method,
+        batch_size=spec.batch_size,
+        oversampling=spec.oversampling if spec.method != "sklearn" else None,
+        device=device,
+    )
     for shard in range(corpus.spec.n_shards):
         start, stop = corpus.spec.shard_range(shard)
         h = corpus.read_h(slice(start, stop), step)
@@ -65,8 +84,13 @@ def fit_step(corpus: Corpus, step: int, spec: PCASpec, *, device: str = "cpu") -
     return estimator
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error, cache_policy=NO_CACHE,
-      task_run_name="fit-pca-{run}-step-{step}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_io_error,
+    cache_policy=NO_CACHE,
+    task_run_name="fit-pca-{run}-step-{step}",
+)
 def fit_pca_step(url: str, run: str, step: int, device: str = "cpu") -> int:
     """Fit and write one step of a PCA run; a step already done is skipped. Returns the step."""
     pca = PCARun.open(url, run, writable=True)
@@ -86,12 +110,16 @@ def fit_pca_step(url: str, run: str, step: int, device: str = "cpu") -> int:
     return step
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error, cache_policy=NO_CACHE,
-      task_run_name="align-pca-{run}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_io_error,
+    cache_policy=NO_CACHE,
+    task_run_name="align-pca-{run}",
+)
 def align_pca_run(url: str, run: str) -> str:
     """Align the signs of the components across the run's steps (Sec. IV-A) and write them; returns the run."""
     pca = PCARun.open(url, run, writable=True)
     signs = step_signs(pca.iter_components())  # one step at a time: a run can exceed memory
     pca.write_signs(signs.numpy().astype(np.int8))
     return run
-

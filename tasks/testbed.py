@@ -15,6 +15,7 @@ from hspace.testbed.train import TrainConfig, export_model, train
 def train_testbed_model(checkpoints: str, config: TrainConfig, progress: bool = True) -> int:
     """Train to ``config.steps`` from the last checkpoint in ``checkpoints``; returns the steps done."""
     with tqdm(total=config.steps, desc="train testbed", unit="step", disable=not progress) as bar:
+
         def report(step: int, loss: float) -> None:
             bar.n = step
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

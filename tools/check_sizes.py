@@ -18,8 +18,13 @@ PACKAGES = ("hspace", "storage", "tasks", "flows", "bench", "tools")
 def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     """Lines from the first statement after the docstring to the function's last line."""
     body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-            and isinstance(body[0].value.value, str) and len(body) > 1:
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(getattr(body[0], "value", None), ast.Constant)
+        and isinstance(body[0].value.value, str)
+        and len(body) > 1
+    ):
         body = body[1:]
     return (node.end_lineno or node.lineno) - body[0].lineno + 1
 
@@ -35,8 +40,10 @@ def offenders(root: Path) -> list[str]:
                 found.append(f"{where}:1: module has {lines} lines (limit {MAX_MODULE_LINES})")
             for node in ast.walk(ast.parse(text)):
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > MAX_BODY_LINES:
-                    found.append(f"{where}:{node.lineno}: {node.name} has a body of {body_lines(node)} lines "
-                                 f"(limit {MAX_BODY_LINES})")
+                    found.append(
+                        f"{where}:{node.lineno}: {node.name} has a body of {body_lines(node)} lines "
+                        f"(limit {MAX_BODY_LINES})"
+                    )
     return found
 
 

@@ -56,8 +56,10 @@ def load_annotator(name: str, /, **options: Any) -> Annotator:
     try:
         inspect.signature(loader).bind(*arguments, **options)
     except TypeError as error:  # an option this annotator does not take
-        raise HSpaceError(f"annotator {name!r} does not take these options ({error}); it takes "
-                          f"{_option_names(loader, len(arguments))}") from None
+        raise HSpaceError(
+            f"annotator {name!r} does not take these options ({error}); it takes "
+            f"{_option_names(loader, len(arguments))}"
+        ) from None
     return loader(*arguments, **options)
 
 
@@ -94,8 +96,10 @@ def _resolve(name: str) -> tuple[type[Annotator], Callable[..., Annotator], tupl
         from hspace.annotators.classifier import ClassifierAnnotator, load_classifier
 
         return ClassifierAnnotator, load_classifier, (name.removeprefix(CLASSIFIER_PREFIX),)
-    raise HSpaceError(f"unknown annotator {name!r}; built in: {', '.join(ANNOTATORS)}, or a user classifier "
-                      f"as '{CLASSIFIER_PREFIX}<path>' (TorchScript .ts, or .safetensors with a JSON config)")
+    raise HSpaceError(
+        f"unknown annotator {name!r}; built in: {', '.join(ANNOTATORS)}, or a user classifier "
+        f"as '{CLASSIFIER_PREFIX}<path>' (TorchScript .ts, or .safetensors with a JSON config)"
+    )
 
 
 def _option_names(loader: Any, positional: int) -> str:

@@ -57,9 +57,11 @@ from hspace.files import sha256_of
 from hspace.names import check_name
 
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
-EXPORT_ADVICE = ("export the model as TorchScript (torch.jit.save(torch.jit.script(model), 'model.ts')) or save its "
-                 "weights with safetensors (safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) "
-                 "for a built-in architecture, with a JSON config next to it (see hspace.annotators.classifier)")
+EXPORT_ADVICE = (
+    "export the model as TorchScript (torch.jit.save(torch.jit.script(model), 'model.ts')) or save its "
+    "weights with safetensors (safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) "
+    "for a built-in architecture, with a JSON config next to it (see hspace.annotators.classifier)"
+)
 
 
 class SmallCNN(nn.Module):
@@ -160,9 +162,18 @@ class ClassifierAnnotator(Annotator):
         column per attribute (checked on one blank image).
     """
 
-    def __init__(self, module: nn.Module, config: ClassifierConfig, *, name: str,
-                 select: Sequence[str] | None = None, output: str = "probability", batch: int = 256,
-                 device: str | torch.device = "cpu", source: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        config: ClassifierConfig,
+        *,
+        name: str,
+        select: Sequence[str] | None = None,
+        output: str = "probability",
+        batch: int = 256,
+        device: str | torch.device = "cpu",
+        source: dict[str, Any] | None = None,
+    ) -> None:
         if output not in OUTPUTS:
             raise HSpaceError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
@@ -175,8 +186,9 @@ class ClassifierAnnotator(Annotator):
             raise HSpaceError(f"select must be a non-empty list of distinct attribute names; got {select!r}")
         unknown = [a for a in select if a not in config.attributes]
         if unknown:
-            raise HSpaceError(f"classifier {name!r} has no attributes {unknown}; "
-                              f"it has: {', '.join(config.attributes)}")
+            raise HSpaceError(
+                f"classifier {name!r} has no attributes {unknown}; it has: {', '.join(config.attributes)}"
+            )
         self.attributes = tuple(select)
         self.columns = [config.attributes.index(a) for a in self.attributes]
         self.output = output
@@ -189,21 +201,30 @@ class ClassifierAnnotator(Annotator):
         expected = (1, len(config.attributes))
         if not isinstance(probe, torch.Tensor) or tuple(probe.shape) != expected:
             got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
-            raise HSpaceError(f"classifier {name!r} returns {got} for one {config.size[0]}x{config.size[1]} image, "
-                              f"but its config names {len(config.attributes)} attributes: it must return one logit "
-                              "per attribute, shape (n, A); fix the config's attributes or input size")
+            raise HSpaceError(
+                f"classifier {name!r} returns {got} for one {config.size[0]}x{config.size[1]} image, "
+                f"but its config names {len(config.attributes)} attributes: it must return one logit "
+                "per attribute, shape (n, A); fix the config's attributes or input size"
+            )
 
     @property
     def config(self) -> dict[str, Any]:
         """What fixes the scores (JSON): weights checksum, classifier config, selection and output."""
-        return json.loads(json.dumps({**self.source, "classifier": asdict(self.classifier_config),
-                                      "select": list(self.attributes), "output": self.output}))
+        return json.loads(
+            json.dumps(
+                {
+                    **self.source,
+                    "classifier": asdict(self.classifier_config),
+                    "select": list(self.attributes),
+                    "output": self.output,
+                }
+            )
+        )
 
     def _input(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device=self.device, dtype=torch.float32) / 255.0
         if tuple(x.shape[-2:]) != self.classifier_config.size:
-            x = F.interpolate(x, size=self.classifier_config.size, mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(x, size=self.classifier_config.size, mode="bilinear", antialias=True, align_corners=False)
         mean = torch.tensor(self.classifier_config.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.classifier_config.std, device=self.device).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -225,16 +246,23 @@ class ClassifierAnnotator(Annotator):
         out = np.empty((len(images), len(self.attributes)), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(images), self.batch):
-                part = images[start:start + self.batch]
+                part = images[start : start + self.batch]
                 logits = self.module(self._input(part))[:, self.columns].float()
                 values = torch.sigmoid(logits) if self.output == "probability" else logits
-                out[start:start + len(part)] = values.cpu().numpy()
+                out[start : start + len(part)] = values.cpu().numpy()
         return out
 
 
-def load_classifier(path: str | os.PathLike, *, config: Mapping[str, Any] | str | os.PathLike | None = None,
-                    select: Sequence[str] | None = None, output: str = "probability", name: str | None = None,
-                    batch: int = 256, device: str | torch.device = "cpu") -> ClassifierAnnotator:
+def load_classifier(
+    path: str | os.PathLike,
+    *,
+    config: Mapping[str, Any] | str | os.PathLike | None = None,
+    select: Sequence[str] | None = None,
+    output: str = "probability",
+    name: str | None = None,
+    batch: int = 256,
+    device: str | torch.device = "cpu",
+) -> ClassifierAnnotator:
     """A user classifier from a TorchScript file or safetensors weights, with its JSON config.
 
     Parameters
@@ -268,33 +296,45 @@ def load_classifier(path: str | os.PathLike, *, config: Mapping[str, Any] | str 
         raise HSpaceError(f"classifier file {path} does not exist")
     is_safetensors = path.suffix.lower() == ".safetensors"
     if not is_safetensors and not is_torchscript(path):
-        raise HSpaceError(f"classifier {path} is not TorchScript or safetensors (a pickle, e.g. torch.save): it is "
-                          f"refused because unpickling can run arbitrary code; {EXPORT_ADVICE}")
+        raise HSpaceError(
+            f"classifier {path} is not TorchScript or safetensors (a pickle, e.g. torch.save): it is "
+            f"refused because unpickling can run arbitrary code; {EXPORT_ADVICE}"
+        )
     parsed = ClassifierConfig.parse(*read_config(path, config))
     if is_safetensors:
         module = _load_safetensors(path, parsed)
     else:
         if parsed.architecture is not None or parsed.arguments:
-            raise HSpaceError(f"classifier {path} is TorchScript, which carries its own architecture: remove "
-                              "'architecture' and 'arguments' from its config")
+            raise HSpaceError(
+                f"classifier {path} is TorchScript, which carries its own architecture: remove "
+                "'architecture' and 'arguments' from its config"
+            )
         with warnings.catch_warnings():  # torch 2.x deprecates TorchScript in favour of torch.export
             warnings.simplefilter("ignore", FutureWarning)
             try:
                 module = torch.jit.load(str(path), map_location="cpu")
             except RuntimeError as error:
-                raise HSpaceError(f"TorchScript file {path} could not be loaded ({_first_line(error)}); re-export it "
-                                  "with torch.jit.save(torch.jit.script(model), path)") from None
+                raise HSpaceError(
+                    f"TorchScript file {path} could not be loaded ({_first_line(error)}); re-export it "
+                    "with torch.jit.save(torch.jit.script(model), path)"
+                ) from None
     if name is None:
         name = parsed.name or path.stem
         try:
             check_name(name, "annotator")
         except HSpaceError:
-            raise HSpaceError(f"classifier file name {path.stem!r} is not a valid annotator name: pass name=... "
-                              "(letters, digits, '_', '-', '.') or set 'name' in its config") from None
-    source = {"file": path.name, "format": "safetensors" if is_safetensors else "torchscript",
-              "sha256": sha256_of(path)}
-    return ClassifierAnnotator(module, parsed, name=name, select=select, output=output, batch=batch, device=device,
-                               source=source)
+            raise HSpaceError(
+                f"classifier file name {path.stem!r} is not a valid annotator name: pass name=... "
+                "(letters, digits, '_', '-', '.') or set 'name' in its config"
+            ) from None
+    source = {
+        "file": path.name,
+        "format": "safetensors" if is_safetensors else "torchscript",
+        "sha256": sha256_of(path),
+    }
+    return ClassifierAnnotator(
+        module, parsed, name=name, select=select, output=output, batch=batch, device=device, source=source
+    )
 
 
 def _load_safetensors(path: Path, config: ClassifierConfig) -> nn.Module:
@@ -302,8 +342,10 @@ def _load_safetensors(path: Path, config: ClassifierConfig) -> nn.Module:
     from safetensors.torch import load_file
 
     if config.architecture is None:
-        raise HSpaceError(f"safetensors weights {path} need 'architecture' in their config (one of "
-                          f"{', '.join(ARCHITECTURES)}), since the file holds tensors only")
+        raise HSpaceError(
+            f"safetensors weights {path} need 'architecture' in their config (one of "
+            f"{', '.join(ARCHITECTURES)}), since the file holds tensors only"
+        )
     module = build_architecture(config.architecture, len(config.attributes), config.arguments)
     try:
         state = load_file(path)
@@ -313,8 +355,10 @@ def _load_safetensors(path: Path, config: ClassifierConfig) -> nn.Module:
         module.load_state_dict(state)
     except RuntimeError as error:
         detail = " ".join(str(error).split())[:500]
-        raise HSpaceError(f"weights {path} do not fit architecture {config.architecture!r} with "
-                          f"{len(config.attributes)} attributes and arguments {config.arguments}: {detail}") from None
+        raise HSpaceError(
+            f"weights {path} do not fit architecture {config.architecture!r} with "
+            f"{len(config.attributes)} attributes and arguments {config.arguments}: {detail}"
+        ) from None
     return module
 
 

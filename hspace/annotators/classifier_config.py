@@ -62,22 +62,33 @@ class ClassifierConfig:
         size, mean, std = _parse_input(raw.get("input"), where)
         architecture = raw.get("architecture")
         if architecture is not None and architecture not in ARCHITECTURES:
-            raise HSpaceError(f"classifier config {where}: unknown architecture {architecture!r}; built in: "
-                              f"{', '.join(ARCHITECTURES)}")
+            raise HSpaceError(
+                f"classifier config {where}: unknown architecture {architecture!r}; built in: "
+                f"{', '.join(ARCHITECTURES)}"
+            )
         arguments = raw.get("arguments", {})
         if not isinstance(arguments, Mapping):
             raise HSpaceError(f"classifier config {where}: 'arguments' must be an object; got {arguments!r}")
         name = raw.get("name")
         if name is not None:
             check_name(name, "annotator")
-        return cls(attributes=attributes, size=size, mean=mean, std=std, architecture=architecture,
-                   arguments=dict(arguments), name=name)
+        return cls(
+            attributes=attributes,
+            size=size,
+            mean=mean,
+            std=std,
+            architecture=architecture,
+            arguments=dict(arguments),
+            name=name,
+        )
 
 
 def _parse_attributes(attributes: Any, where: str) -> tuple[str, ...]:
-    if (not isinstance(attributes, Sequence) or isinstance(attributes, str) or not attributes):
-        raise HSpaceError(f"classifier config {where} needs 'attributes': a non-empty list of the network's "
-                          "output names, in column order")
+    if not isinstance(attributes, Sequence) or isinstance(attributes, str) or not attributes:
+        raise HSpaceError(
+            f"classifier config {where} needs 'attributes': a non-empty list of the network's "
+            "output names, in column order"
+        )
     for attribute in attributes:
         check_name(attribute, "attribute")
     duplicates = sorted({a for a in attributes if list(attributes).count(a) > 1})
@@ -86,13 +97,16 @@ def _parse_attributes(attributes: Any, where: str) -> tuple[str, ...]:
     return tuple(attributes)
 
 
-def _parse_input(prep: Any, where: str) -> tuple[tuple[int, int], tuple[float, float, float],
-                                                 tuple[float, float, float]]:
+def _parse_input(
+    prep: Any, where: str
+) -> tuple[tuple[int, int], tuple[float, float, float], tuple[float, float, float]]:
     """(size, mean, std) of the config's ``input``."""
     if not isinstance(prep, Mapping) or not {"size", "mean", "std"} <= set(prep):
-        raise HSpaceError(f"classifier config {where} needs 'input': {{'size': int or [h, w], 'mean': [3 floats], "
-                          "'std': [3 floats]}} (pixels are scaled to [0, 1], then (x - mean) / std); a wrong "
-                          "normalisation gives wrong scores silently, so there is no default")
+        raise HSpaceError(
+            f"classifier config {where} needs 'input': {{'size': int or [h, w], 'mean': [3 floats], "
+            "'std': [3 floats]}} (pixels are scaled to [0, 1], then (x - mean) / std); a wrong "
+            "normalisation gives wrong scores silently, so there is no default"
+        )
     size = _parse_size(prep["size"], where)
     mean, std = _parse_channels(prep["mean"], "mean", where), _parse_channels(prep["std"], "std", where)
     if min(std) <= 0:
@@ -102,10 +116,14 @@ def _parse_input(prep: Any, where: str) -> tuple[tuple[int, int], tuple[float, f
 
 def _parse_size(size: Any, where: str) -> tuple[int, int]:
     values = [size] if isinstance(size, int) else size
-    if (not isinstance(values, Sequence) or len(values) not in (1, 2)
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)):
-        raise HSpaceError(f"classifier config {where}: input size must be a positive int or [height, width]; "
-                          f"got {size!r}")
+    if (
+        not isinstance(values, Sequence)
+        or len(values) not in (1, 2)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    ):
+        raise HSpaceError(
+            f"classifier config {where}: input size must be a positive int or [height, width]; got {size!r}"
+        )
     return (values[0], values[-1])
 
 
@@ -113,8 +131,9 @@ def _parse_channels(values: Any, label: str, where: str) -> tuple[float, float, 
     try:
         array = np.broadcast_to(np.asarray(values, dtype=np.float64), (3,))
     except (ValueError, TypeError):
-        raise HSpaceError(f"classifier config {where}: input {label} must be a number or 3 numbers (R, G, B); "
-                          f"got {values!r}") from None
+        raise HSpaceError(
+            f"classifier config {where}: input {label} must be a number or 3 numbers (R, G, B); got {values!r}"
+        ) from None
     if not np.isfinite(array).all():
         raise HSpaceError(f"classifier config {where}: input {label} must be finite; got {values!r}")
     return (float(array[0]), float(array[1]), float(array[2]))
@@ -127,9 +146,11 @@ def read_config(path: Path, config: Mapping[str, Any] | str | os.PathLike | None
         return config, "(given as a dict)"
     config_path = path.with_suffix(".json") if config is None else Path(config)
     if not config_path.is_file():
-        raise HSpaceError(f"classifier {path} needs a JSON config at {config_path} (or pass config=...): "
-                          "{'attributes': [...], 'input': {'size': ..., 'mean': [...], 'std': [...]}"
-                          + (", 'architecture': ...}" if path.suffix.lower() == ".safetensors" else "}"))
+        raise HSpaceError(
+            f"classifier {path} needs a JSON config at {config_path} (or pass config=...): "
+            "{'attributes': [...], 'input': {'size': ..., 'mean': [...], 'std': [...]}"
+            + (", 'architecture': ...}" if path.suffix.lower() == ".safetensors" else "}")
+        )
     try:
         return json.loads(config_path.read_text()), str(config_path)
     except (ValueError, UnicodeDecodeError) as error:

@@ -90,8 +90,14 @@ class Preprocessing:
         resize_mode = cfg.get("resize_mode") or "shortest"
         if resize_mode not in ("shortest", "longest", "squash"):
             raise HSpaceError(f"unsupported CLIP resize_mode {resize_mode!r}: expected shortest, longest or squash")
-        return cls(size=size, mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode,
-                   fill_color=int(cfg.get("fill_color", 0)))
+        return cls(
+            size=size,
+            mean=mean,
+            std=std,
+            interpolation=interpolation,
+            resize_mode=resize_mode,
+            fill_color=int(cfg.get("fill_color", 0)),
+        )
 
 
 def _per_channel(values: Any) -> tuple[float, float, float]:
@@ -153,11 +159,12 @@ def _center_crop_or_pad(x: torch.Tensor, size: tuple[int, int], fill: float) -> 
         x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=fill)
         height, width = x.shape[-2:]
     top, left = round((height - target_h) / 2.0), round((width - target_w) / 2.0)
-    return x[..., top:top + target_h, left:left + target_w]
+    return x[..., top : top + target_h, left : left + target_w]
 
 
-def pair_probabilities(image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                       logit_scale: float) -> torch.Tensor:
+def pair_probabilities(
+    image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, logit_scale: float
+) -> torch.Tensor:
     """Probability of each positive prompt against its negative one (the module docstring's formula).
 
     Parameters
@@ -190,10 +197,10 @@ def parse_prompts(prompts: Mapping[str, Any] | None) -> dict[str, tuple[str, str
     parsed = {}
     for attribute, pair in prompts.items():
         check_name(attribute, "attribute")
-        if (isinstance(pair, str) or len(pair) != 2
-                or not all(isinstance(p, str) and p.strip() for p in pair)):
-            raise HSpaceError(f"prompts[{attribute!r}] must be two non-empty strings [positive, negative]; "
-                              f"got {pair!r}")
+        if isinstance(pair, str) or len(pair) != 2 or not all(isinstance(p, str) and p.strip() for p in pair):
+            raise HSpaceError(
+                f"prompts[{attribute!r}] must be two non-empty strings [positive, negative]; got {pair!r}"
+            )
         parsed[attribute] = (pair[0], pair[1])
     return parsed
 
@@ -222,9 +229,18 @@ class ClipAnnotator(Annotator):
         What the weights are (model, pretrained, checksum), recorded in :attr:`config`.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, preprocessing: Preprocessing, *,
-                 prompts: Mapping[str, Any] | None = None, name: str = "clip", batch: int = 64,
-                 device: str | torch.device = "cpu", source: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        preprocessing: Preprocessing,
+        *,
+        prompts: Mapping[str, Any] | None = None,
+        name: str = "clip",
+        batch: int = 64,
+        device: str | torch.device = "cpu",
+        source: dict[str, Any] | None = None,
+    ) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
             raise HSpaceError(f"batch must be a positive integer; got {batch!r}")
         self.name = check_name(name, "annotator")
@@ -246,9 +262,17 @@ class ClipAnnotator(Annotator):
         self.logit_scale = float(self.model.logit_scale.detach().float().exp().reshape(-1)[0])
 
     @classmethod
-    def load(cls, model: str = DEFAULT_MODEL, pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED, *,
-             prompts: Mapping[str, Any] | None = None, name: str = "clip", batch: int = 64,
-             device: str | torch.device = "cpu", cache_dir: str | None = None) -> ClipAnnotator:
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED,
+        *,
+        prompts: Mapping[str, Any] | None = None,
+        name: str = "clip",
+        batch: int = 64,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+    ) -> ClipAnnotator:
         """Build the open_clip model with pretrained weights, its tokenizer and its preprocessing.
 
         Parameters
@@ -289,20 +313,32 @@ class ClipAnnotator(Annotator):
         carries_weights = str(model).startswith(("hf-hub:", "local-dir:"))
         if not carries_weights:
             if open_clip.get_model_config(str(model).replace("/", "-")) is None:
-                raise HSpaceError(f"unknown CLIP model {model!r}: use a name from open_clip.list_models() (e.g. "
-                                  f"{DEFAULT_MODEL!r}), 'hf-hub:<org>/<repo>' or 'local-dir:<folder>'")
+                raise HSpaceError(
+                    f"unknown CLIP model {model!r}: use a name from open_clip.list_models() (e.g. "
+                    f"{DEFAULT_MODEL!r}), 'hf-hub:<org>/<repo>' or 'local-dir:<folder>'"
+                )
             tags = open_clip.list_pretrained_tags_by_model(model)
             if not pretrained:
-                raise HSpaceError(f"CLIP model {model!r} needs pretrained weights (random weights score nothing): "
-                                  f"pass pretrained=<tag> (one of {tags}) or pretrained=<path to a checkpoint file>")
+                raise HSpaceError(
+                    f"CLIP model {model!r} needs pretrained weights (random weights score nothing): "
+                    f"pass pretrained=<tag> (one of {tags}) or pretrained=<path to a checkpoint file>"
+                )
             is_tag = bool(open_clip.get_pretrained_cfg(str(model).replace("/", "-"), os.fspath(pretrained)))
             if not is_tag and not os.path.isfile(pretrained):
-                raise HSpaceError(f"pretrained {os.fspath(pretrained)!r} is neither a tag of CLIP model {model!r} "
-                                  f"(tags: {tags}) nor an existing checkpoint file")
+                raise HSpaceError(
+                    f"pretrained {os.fspath(pretrained)!r} is neither a tag of CLIP model {model!r} "
+                    f"(tags: {tags}) nor an existing checkpoint file"
+                )
         pretrained = None if carries_weights or pretrained is None else os.fspath(pretrained)
         try:
-            net = open_clip.create_model(model, pretrained=pretrained, device=device, require_pretrained=True,
-                                         cache_dir=cache_dir, weights_only=True)
+            net = open_clip.create_model(
+                model,
+                pretrained=pretrained,
+                device=device,
+                require_pretrained=True,
+                cache_dir=cache_dir,
+                weights_only=True,
+            )
             tokenizer = open_clip.get_tokenizer(model, cache_dir=cache_dir)
         except (RuntimeError, OSError, ValueError, ImportError) as error:
             raise HSpaceError(_missing_weights_message(model, pretrained, error)) from None
@@ -312,19 +348,27 @@ class ClipAnnotator(Annotator):
             source["sha256"] = sha256_of(pretrained)
         elif str(model).startswith("local-dir:"):
             folder = Path(str(model).removeprefix("local-dir:"))
-            source["sha256"] = {p.name: sha256_of(p) for p in sorted(folder.iterdir())
-                                if p.suffix in (".safetensors", ".bin", ".pth", ".pt")}
+            source["sha256"] = {
+                p.name: sha256_of(p)
+                for p in sorted(folder.iterdir())
+                if p.suffix in (".safetensors", ".bin", ".pth", ".pt")
+            }
         preprocessing = Preprocessing.parse(open_clip.get_model_preprocess_cfg(net))
-        return cls(net, tokenizer, preprocessing, prompts=prompts, name=name, batch=batch, device=device,
-                   source=source)
+        return cls(net, tokenizer, preprocessing, prompts=prompts, name=name, batch=batch, device=device, source=source)
 
     @property
     def config(self) -> dict[str, Any]:
         """What fixes the scores (JSON): weights source, prompts, temperature and preprocessing."""
-        return json.loads(json.dumps({
-            **self.source, "prompts": self.prompts, "logit_scale": self.logit_scale,
-            "preprocessing": asdict(self.preprocessing),
-        }))
+        return json.loads(
+            json.dumps(
+                {
+                    **self.source,
+                    "prompts": self.prompts,
+                    "logit_scale": self.logit_scale,
+                    "preprocessing": asdict(self.preprocessing),
+                }
+            )
+        )
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """Score images.
@@ -344,24 +388,30 @@ class ClipAnnotator(Annotator):
         out = np.empty((len(images), len(self.attributes)), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(images), self.batch):
-                part = images[start:start + self.batch]
+                part = images[start : start + self.batch]
                 features = self.model.encode_image(preprocess(part, self.preprocessing, self.device))
                 probabilities = pair_probabilities(features, self.positive, self.negative, self.logit_scale)
-                out[start:start + len(part)] = probabilities.cpu().numpy()
+                out[start : start + len(part)] = probabilities.cpu().numpy()
         return out
 
 
 def _missing_weights_message(model: str, pretrained: str | None, error: Exception) -> str:
     last = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
     if str(model).startswith("local-dir:"):
-        return (f"CLIP model {model!r} could not be loaded ({last}): the folder needs open_clip_config.json "
-                "(with model_cfg) and a weights file such as open_clip_model.safetensors")
+        return (
+            f"CLIP model {model!r} could not be loaded ({last}): the folder needs open_clip_config.json "
+            "(with model_cfg) and a weights file such as open_clip_model.safetensors"
+        )
     shown = repr(pretrained) if pretrained else "(its hub weights)"
-    download = (f"python -c \"import open_clip; open_clip.create_model({model!r}, pretrained={pretrained!r})\""
-                if pretrained else f"python -c \"import open_clip; open_clip.create_model({model!r})\"")
-    return (f"CLIP weights for model {model!r}, pretrained {shown} could not be loaded ({last}). Machines "
-            "without access to the model hub need them in the local cache: run `" + download + "` once where the "
-            "hub is reachable and make that Hugging Face cache (HF_HOME / HF_HUB_CACHE) available here (with "
-            "HF_HUB_OFFLINE=1 the cache is read without trying the hub first), or pass "
-            "pretrained=<path to a local checkpoint file, e.g. open_clip_model.safetensors>")
-
+    download = (
+        f'python -c "import open_clip; open_clip.create_model({model!r}, pretrained={pretrained!r})"'
+        if pretrained
+        else f'python -c "import open_clip; open_clip.create_model({model!r})"'
+    )
+    return (
+        f"CLIP weights for model {model!r}, pretrained {shown} could not be loaded ({last}). Machines "
+        "without access to the model hub need them in the local cache: run `" + download + "` once where the "
+        "hub is reachable and make that Hugging Face cache (HF_HOME / HF_HUB_CACHE) available here (with "
+        "HF_HUB_OFFLINE=1 the cache is read without trying the hub first), or pass "
+        "pretrained=<path to a local checkpoint file, e.g. open_clip_model.safetensors>"
+    )

@@ -46,8 +46,7 @@ from hspace.files import sha256_of
 LANDMARKS: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # MTCNN's order
 BOX: tuple[str, ...] = ("box_left", "box_top", "box_right", "box_bottom")
 PROXIES: tuple[str, ...] = ("yaw", "roll", "mouth_width")
-ATTRIBUTES: tuple[str, ...] = (("face",) + BOX + tuple(f"{p}_{axis}" for p in LANDMARKS for axis in "xy")
-                               + PROXIES)
+ATTRIBUTES: tuple[str, ...] = ("face",) + BOX + tuple(f"{p}_{axis}" for p in LANDMARKS for axis in "xy") + PROXIES
 MTCNN_WEIGHTS = ("pnet.pt", "rnet.pt", "onet.pt")
 
 
@@ -84,7 +83,7 @@ def landmark_proxies(landmarks: np.ndarray) -> np.ndarray:
     d = np.linalg.norm(v, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         d = np.where(d > 0, d, np.nan)
-        yaw = np.sum((nose - (left_eye + right_eye) / 2) * v, axis=1) / d ** 2
+        yaw = np.sum((nose - (left_eye + right_eye) / 2) * v, axis=1) / d**2
         roll = np.degrees(np.arctan2(v[:, 1], v[:, 0]))
         roll = np.where(np.isnan(d), np.nan, roll)
         mouth_width = np.linalg.norm(mouth_right - mouth_left, axis=1) / d
@@ -123,8 +122,9 @@ def _load_mtcnn(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module,
         import facenet_pytorch
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
     except ImportError:
-        raise HSpaceError("the faces annotator needs facenet-pytorch: pip install facenet-pytorch==2.5.3 "
-                          "(2.6 pins an old torch)") from None
+        raise HSpaceError(
+            "the faces annotator needs facenet-pytorch: pip install facenet-pytorch==2.5.3 (2.6 pins an old torch)"
+        ) from None
     data = Path(facenet_pytorch.__file__).parent / "data"
     nets = []
     for cls, file in zip((PNet, RNet, ONet), MTCNN_WEIGHTS, strict=True):
@@ -132,8 +132,9 @@ def _load_mtcnn(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module,
         try:
             net.load_state_dict(torch.load(data / file, map_location="cpu", weights_only=True))
         except (OSError, RuntimeError) as error:
-            raise HSpaceError(f"MTCNN weights {data / file} are missing or damaged ({error}): reinstall "
-                              "facenet-pytorch==2.5.3") from None
+            raise HSpaceError(
+                f"MTCNN weights {data / file} are missing or damaged ({error}): reinstall facenet-pytorch==2.5.3"
+            ) from None
         nets.append(net.to(device).eval())
     return nets[0], nets[1], nets[2]
 
@@ -159,9 +160,16 @@ class FaceAnnotator(Annotator):
     name = "faces"
     attributes = ATTRIBUTES
 
-    def __init__(self, *, min_side: int = 160, min_face_size: int = 20,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, batch: int = 32,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        *,
+        min_side: int = 160,
+        min_face_size: int = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        batch: int = 32,
+        device: str | torch.device = "cpu",
+    ) -> None:
         for label, value in (("min_side", min_side), ("min_face_size", min_face_size), ("batch", batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise HSpaceError(f"{label} must be a positive integer; got {value!r}")
@@ -180,10 +188,16 @@ class FaceAnnotator(Annotator):
         import facenet_pytorch
 
         data = Path(facenet_pytorch.__file__).parent / "data"
-        return {"detector": "mtcnn", "facenet_pytorch": importlib.metadata.version("facenet-pytorch"),
-                "weights_sha256": {file: sha256_of(data / file) for file in MTCNN_WEIGHTS},
-                "min_side": self.min_side, "min_face_size": self.min_face_size, "thresholds": self.thresholds,
-                "factor": self.factor, "selection": "most probable face"}
+        return {
+            "detector": "mtcnn",
+            "facenet_pytorch": importlib.metadata.version("facenet-pytorch"),
+            "weights_sha256": {file: sha256_of(data / file) for file in MTCNN_WEIGHTS},
+            "min_side": self.min_side,
+            "min_face_size": self.min_face_size,
+            "thresholds": self.thresholds,
+            "factor": self.factor,
+            "selection": "most probable face",
+        }
 
     def detect(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The most probable face of each image.
@@ -211,11 +225,18 @@ class FaceAnnotator(Annotator):
         box = np.full((n, 4), np.nan, dtype=np.float32)
         landmarks = np.full((n, 5, 2), np.nan, dtype=np.float32)
         for start in range(0, n, self.batch):
-            x, (scale_y, scale_x) = upsample(images[start:start + self.batch], self.min_side)
+            x, (scale_y, scale_x) = upsample(images[start : start + self.batch], self.min_side)
             with torch.no_grad():
-                boxes, points = detect_face(x.permute(0, 2, 3, 1).to(self.device), self.min_face_size,
-                                            self.pnet, self.rnet, self.onet, self.thresholds, self.factor,
-                                            self.device)
+                boxes, points = detect_face(
+                    x.permute(0, 2, 3, 1).to(self.device),
+                    self.min_face_size,
+                    self.pnet,
+                    self.rnet,
+                    self.onet,
+                    self.thresholds,
+                    self.factor,
+                    self.device,
+                )
             for i, (found, marks) in enumerate(zip(boxes, points, strict=True)):
                 if len(found) == 0:
                     continue
@@ -231,5 +252,6 @@ class FaceAnnotator(Annotator):
         """:meth:`detect` as scores: float32 (n, 18) for uint8 images (n, 3, H, W), columns in :data:`ATTRIBUTES`
         order (see the module docstring)."""
         probability, box, landmarks = self.detect(images)
-        return np.concatenate([probability[:, None], box, landmarks.reshape(-1, 10), landmark_proxies(landmarks)],
-                              axis=1).astype(np.float32)
+        return np.concatenate(
+            [probability[:, None], box, landmarks.reshape(-1, 10), landmark_proxies(landmarks)], axis=1
+        ).astype(np.float32)

@@ -49,7 +49,8 @@ class Bank:
         self.steps: int = int(sampler["steps"])
         self.eta: tuple[float, ...] = tuple(float(e) for e in sampler["eta"])
         self.timesteps: tuple[int, ...] | None = (
-            None if sampler["timesteps"] is None else tuple(int(t) for t in sampler["timesteps"]))
+            None if sampler["timesteps"] is None else tuple(int(t) for t in sampler["timesteps"])
+        )
         self.h_shape: tuple[int, int, int] = tuple(manifest["h_shape"])
         self.created: str = manifest["created"]
         self.notes: str | None = manifest["notes"]
@@ -66,9 +67,11 @@ class Bank:
 
     def __getitem__(self, name: str) -> Direction:
         record = self._record(name)
-        return Direction(name=name, tensor=self.tensor(name), **{key: record[key] for key in
-                                                                 ("method", "parameters", "source", "fingerprint",
-                                                                  "evaluation")})
+        return Direction(
+            name=name,
+            tensor=self.tensor(name),
+            **{key: record[key] for key in ("method", "parameters", "source", "fingerprint", "evaluation")},
+        )
 
     def tensor(self, name: str) -> torch.Tensor:
         """The direction ``name``, shape (T, C, H, W), after checking its file's sha256."""
@@ -97,8 +100,10 @@ class Bank:
                 "the bank was built for, or rebuild the bank for this model"
             )
         if tuple(model.h_shape) != self.h_shape:
-            raise HSpaceError(f"bank {self.url} version {self.version} holds directions for h of shape "
-                              f"{self.h_shape}, but {model.name!r} has h of shape {model.h_shape}")
+            raise HSpaceError(
+                f"bank {self.url} version {self.version} holds directions for h of shape "
+                f"{self.h_shape}, but {model.name!r} has h of shape {model.h_shape}"
+            )
 
     def verify(self) -> list[str]:
         """Read every tensor file and check it against the manifest; the names checked, or HSpaceError naming
@@ -143,18 +148,31 @@ class Bank:
         if out.endswith(".safetensors"):
             sidecar = out[: -len(".safetensors")] + ".json"
             fs, path = open_fs(out)
-            write_export(fs, {path: safetensors.torch.save(tensors),
-                              open_fs(sidecar)[1]: (json.dumps(self._manifest, indent=2) + "\n").encode()})
+            write_export(
+                fs,
+                {
+                    path: safetensors.torch.save(tensors),
+                    open_fs(sidecar)[1]: (json.dumps(self._manifest, indent=2) + "\n").encode(),
+                },
+            )
             return [out, sidecar]
         directions = [self[name] for name in self.names]
-        version = publish(out, directions, model_fingerprint=self.fingerprint, version=self.version, eta=self.eta,
-                          timesteps=self.timesteps, notes=self.notes)
+        version = publish(
+            out,
+            directions,
+            model_fingerprint=self.fingerprint,
+            version=self.version,
+            eta=self.eta,
+            timesteps=self.timesteps,
+            notes=self.notes,
+        )
         return [f"{out} (version {version})"]
 
     def _record(self, name: str) -> dict[str, Any]:
         if name not in self._manifest["directions"]:
-            raise HSpaceError(f"bank {self.url} version {self.version} has no direction {name!r}; it has "
-                              f"{', '.join(self.names)}")
+            raise HSpaceError(
+                f"bank {self.url} version {self.version} has no direction {name!r}; it has {', '.join(self.names)}"
+            )
         return self._manifest["directions"][name]
 
     def _where(self, name: str) -> str:
@@ -171,8 +189,10 @@ def load_bank(url: str, version: str = "latest", *, fingerprint: str | None = No
         pointer = read_latest(fs, root, url)
         manifest = read_manifest(fs, root, pointer["version"], url)
         if manifest["manifest_sha256"] != pointer["manifest_sha256"]:
-            raise HSpaceError(f"bank {url}: latest names version {pointer['version']}, but that version's manifest "
-                              "is not the one it pointed at; the bank was changed by hand: republish it")
+            raise HSpaceError(
+                f"bank {url}: latest names version {pointer['version']}, but that version's manifest "
+                "is not the one it pointed at; the bank was changed by hand: republish it"
+            )
     else:
         check_name(version, "version")
         if not fs.exists(f"{version_dir(root, version)}/manifest.json"):
@@ -181,6 +201,8 @@ def load_bank(url: str, version: str = "latest", *, fingerprint: str | None = No
         manifest = read_manifest(fs, root, version, url)
     bank = Bank(str(url), fs, root, manifest)
     if fingerprint is not None and fingerprint != bank.fingerprint:
-        raise HSpaceError(f"bank {url} version {bank.version} was built for the model with weight fingerprint "
-                          f"{bank.fingerprint[:12]}..., not {fingerprint[:12]}...: load the bank built for this model")
+        raise HSpaceError(
+            f"bank {url} version {bank.version} was built for the model with weight fingerprint "
+            f"{bank.fingerprint[:12]}..., not {fingerprint[:12]}...: load the bank built for this model"
+        )
     return bank

@@ -70,8 +70,10 @@ class Direction:
         check_name(self.name)
         tensor = torch.as_tensor(self.tensor)
         if tensor.ndim != 4 or not tensor.is_floating_point():
-            raise HSpaceError(f"direction {self.name!r} must be a floating tensor of shape (T, C, H, W); got "
-                              f"{tensor.dtype} {tuple(tensor.shape)}")
+            raise HSpaceError(
+                f"direction {self.name!r} must be a floating tensor of shape (T, C, H, W); got "
+                f"{tensor.dtype} {tuple(tensor.shape)}"
+            )
         if not bool(torch.isfinite(tensor).all()):
             raise HSpaceError(f"direction {self.name!r} holds NaN or infinite values")
         object.__setattr__(self, "tensor", tensor.detach().to("cpu").contiguous())
@@ -89,8 +91,13 @@ class Direction:
 
     def record(self) -> dict[str, Any]:
         """The JSON-able metadata (everything but the tensor)."""
-        return {"method": self.method, "parameters": self.parameters, "source": self.source,
-                "fingerprint": self.fingerprint, "evaluation": self.evaluation}
+        return {
+            "method": self.method,
+            "parameters": self.parameters,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "evaluation": self.evaluation,
+        }
 
 
 def canonical_json(value: Any, what: str = "manifest") -> str:
@@ -98,8 +105,9 @@ def canonical_json(value: Any, what: str = "manifest") -> str:
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as error:
-        raise HSpaceError(f"{what} must be JSON-able (dicts, lists, str, finite numbers, bool, None): "
-                          f"{error}") from error
+        raise HSpaceError(
+            f"{what} must be JSON-able (dicts, lists, str, finite numbers, bool, None): {error}"
+        ) from error
 
 
 def sha256_hex(data: bytes) -> str:
@@ -109,8 +117,9 @@ def sha256_hex(data: bytes) -> str:
 
 def body_sha256(manifest: Mapping[str, Any]) -> str:
     """The ``manifest_sha256`` of ``manifest``: over the canonical JSON of every field but itself."""
-    return sha256_hex(canonical_json({key: value for key, value in manifest.items() if key != "manifest_sha256"})
-                      .encode())
+    return sha256_hex(
+        canonical_json({key: value for key, value in manifest.items() if key != "manifest_sha256"}).encode()
+    )
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -129,21 +138,27 @@ def check_directions(directions: list[Direction], fingerprint: str) -> tuple[int
     given = [d.name for d in directions]
     folded = [n.casefold() for n in given]
     if len(set(folded)) != len(folded):
-        raise HSpaceError(f"direction names must be unique (ignoring case, for case-insensitive filesystems); got "
-                          f"{given}")
+        raise HSpaceError(
+            f"direction names must be unique (ignoring case, for case-insensitive filesystems); got {given}"
+        )
     shapes = {tuple(d.tensor.shape) for d in directions}
     if len(shapes) != 1:
         raise HSpaceError(f"directions of one bank version must share one shape (T, C, H, W); got {sorted(shapes)}")
     others = sorted({d.name for d in directions if d.fingerprint != fingerprint})
     if others:
-        raise HSpaceError(f"directions {others} were made for another model than model_fingerprint "
-                          f"{fingerprint[:12]}...: publish each model's directions in a bank of its own")
+        raise HSpaceError(
+            f"directions {others} were made for another model than model_fingerprint "
+            f"{fingerprint[:12]}...: publish each model's directions in a bank of its own"
+        )
     return shapes.pop()
 
 
 def new_manifest(
-    directions: Iterable[Direction], fingerprint: str, eta: float | Sequence[float],
-    timesteps: Sequence[int] | None, notes: str | None,
+    directions: Iterable[Direction],
+    fingerprint: str,
+    eta: float | Sequence[float],
+    timesteps: Sequence[int] | None,
+    notes: str | None,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The file bytes per direction name, and the manifest without ``version``, ``created`` and its seal."""
     directions = list(directions)
@@ -161,14 +176,26 @@ def new_manifest(
         "h_shape": h_shape,
         "sampler": {"steps": steps, "eta": list(parse_eta(eta, steps)), "timesteps": timesteps},
         "notes": notes,
-        "directions": {d.name: {"file": f"{d.name}.safetensors", "sha256": sha256_hex(files[d.name]),
-                                "dtype": str(d.tensor.dtype).removeprefix("torch."),
-                                "shape": list(d.tensor.shape), **d.record()} for d in directions},
+        "directions": {
+            d.name: {
+                "file": f"{d.name}.safetensors",
+                "sha256": sha256_hex(files[d.name]),
+                "dtype": str(d.tensor.dtype).removeprefix("torch."),
+                "shape": list(d.tensor.shape),
+                **d.record(),
+            }
+            for d in directions
+        },
     }
     content = {key: value for key, value in manifest.items() if key != "directions"}
     # The tensors by their bytes, not their files: the same content stays the same across safetensors versions.
-    content["directions"] = {d.name: {**{k: v for k, v in manifest["directions"][d.name].items() if k != "sha256"},
-                                      "tensor": tensor_digest(d.tensor)} for d in directions}
+    content["directions"] = {
+        d.name: {
+            **{k: v for k, v in manifest["directions"][d.name].items() if k != "sha256"},
+            "tensor": tensor_digest(d.tensor),
+        }
+        for d in directions
+    }
     from hspace import __version__
 
     manifest["package_version"] = __version__
@@ -188,21 +215,24 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
-        raise HSpaceError(f"{where} is damaged (not valid JSON: {error}); restore it or republish the "
-                          "version") from error
+        raise HSpaceError(
+            f"{where} is damaged (not valid JSON: {error}); restore it or republish the version"
+        ) from error
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise HSpaceError(f"{where} has bank schema version {version}; this hspace reads version {SCHEMA_VERSION}")
     if manifest.get("manifest_sha256") != body_sha256(manifest):
-        raise HSpaceError(f"{where} is damaged (its content does not match its manifest_sha256); restore it or "
-                          "republish the version")
+        raise HSpaceError(
+            f"{where} is damaged (its content does not match its manifest_sha256); restore it or republish the version"
+        )
     try:
         for name, record in manifest["directions"].items():
             check_name(name)
             if record["file"] != f"{name}.safetensors":
                 raise HSpaceError(f"{where}: direction {name!r} names file {record['file']!r}")
-        missing = [key for key in (*BOOKKEEPING, "model_fingerprint", "h_shape", "sampler", "notes")
-                   if key not in manifest]
+        missing = [
+            key for key in (*BOOKKEEPING, "model_fingerprint", "h_shape", "sampler", "notes") if key not in manifest
+        ]
     except (AttributeError, KeyError, TypeError) as error:
         raise HSpaceError(f"{where} is not a bank manifest ({error!r})") from error
     if missing:
@@ -213,11 +243,15 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
 def parse_tensor(data: bytes, record: dict[str, Any], *, where: str) -> torch.Tensor:
     """The direction in one tensor file's ``data``, after checking it against its manifest ``record``."""
     if sha256_hex(data) != record["sha256"]:
-        raise HSpaceError(f"{where}: file {record['file']} is damaged (sha256 {sha256_hex(data)[:12]}..., the "
-                          f"manifest records {record['sha256'][:12]}...); restore it or republish the version")
+        raise HSpaceError(
+            f"{where}: file {record['file']} is damaged (sha256 {sha256_hex(data)[:12]}..., the "
+            f"manifest records {record['sha256'][:12]}...); restore it or republish the version"
+        )
     tensors = safetensors.torch.load(data)
     tensor = tensors.get(TENSOR_KEY)
     if tensor is None or list(tensor.shape) != record["shape"] or str(tensor.dtype) != f"torch.{record['dtype']}":
-        raise HSpaceError(f"{where}: file {record['file']} does not hold a {record['dtype']} tensor of shape "
-                          f"{record['shape']} under {TENSOR_KEY!r}")
+        raise HSpaceError(
+            f"{where}: file {record['file']} does not hold a {record['dtype']} tensor of shape "
+            f"{record['shape']} under {TENSOR_KEY!r}"
+        )
     return tensor

@@ -18,8 +18,10 @@ from hspace.bank.store import open_fs, point_latest, read_manifest, scan, write_
 from hspace.errors import HSpaceError
 
 AUTO_VERSION = re.compile(r"^v(\d{4,})$")
-EDITED_EXPORT = ("an exported bank version was changed after export ({what}): export it again from the bank; "
-                 "to publish edited metadata on purpose, delete manifest_sha256 and content_sha256 from the .json")
+EDITED_EXPORT = (
+    "an exported bank version was changed after export ({what}): export it again from the bank; "
+    "to publish edited metadata on purpose, delete manifest_sha256 and content_sha256 from the .json"
+)
 
 
 def publish(
@@ -71,8 +73,10 @@ def publish(
     if any(name == version for name, _ in published):
         existing = read_manifest(fs, root, version, url)
         if existing["content_sha256"] != manifest["content_sha256"]:
-            raise HSpaceError(f"version {version} of bank {url} exists with other content and versions are "
-                              "immutable: publish under another version name (or leave --version out)")
+            raise HSpaceError(
+                f"version {version} of bank {url} exists with other content and versions are "
+                "immutable: publish under another version name (or leave --version out)"
+            )
         point_latest(fs, root, url)
         return version
     created = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -99,8 +103,10 @@ def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]
         raise HSpaceError(f"unknown metadata fields {unknown}; allowed: {sorted(allowed)}")
     records = meta.get("directions")
     if not isinstance(records, dict) or set(records) != set(tensors):
-        raise HSpaceError(f"the metadata's directions {sorted(records) if isinstance(records, dict) else records} "
-                          f"must name exactly the tensors in the file: {sorted(tensors)}")
+        raise HSpaceError(
+            f"the metadata's directions {sorted(records) if isinstance(records, dict) else records} "
+            f"must name exactly the tensors in the file: {sorted(tensors)}"
+        )
     if "manifest_sha256" in meta and meta["manifest_sha256"] != body_sha256(meta):
         raise HSpaceError(EDITED_EXPORT.format(what="the metadata does not match its manifest_sha256"))
     fingerprint = meta["model_fingerprint"]
@@ -119,13 +125,19 @@ def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]
     sampler = meta.get("sampler") or {}
     if not isinstance(sampler, dict):
         raise HSpaceError("the metadata's sampler must be a JSON object with eta and optionally timesteps")
-    arguments = {"directions": directions, "model_fingerprint": fingerprint, "eta": sampler.get("eta", 1.0),
-                 "timesteps": sampler.get("timesteps"), "notes": meta.get("notes")}
+    arguments = {
+        "directions": directions,
+        "model_fingerprint": fingerprint,
+        "eta": sampler.get("eta", 1.0),
+        "timesteps": sampler.get("timesteps"),
+        "notes": meta.get("notes"),
+    }
     if "content_sha256" in meta:
         # An exported manifest seals the tensors too (by content_sha256): a changed byte in the
         # .safetensors beside it must not be republished as the version it claims to copy.
-        _, resealed = new_manifest(directions, fingerprint, arguments["eta"], arguments["timesteps"],
-                                   arguments["notes"])
+        _, resealed = new_manifest(
+            directions, fingerprint, arguments["eta"], arguments["timesteps"], arguments["notes"]
+        )
         if resealed["content_sha256"] != meta["content_sha256"]:
             raise HSpaceError(EDITED_EXPORT.format(what="the tensors or metadata do not match its content_sha256"))
     return arguments

@@ -58,8 +58,9 @@ def write_export(fs: fsspec.AbstractFileSystem, files: dict[str, bytes]) -> None
         _put(fs, path, data)
 
 
-def write_version(fs: fsspec.AbstractFileSystem, root: str, url: str, version: str, files: dict[str, bytes],
-                  manifest: bytes) -> None:
+def write_version(
+    fs: fsspec.AbstractFileSystem, root: str, url: str, version: str, files: dict[str, bytes], manifest: bytes
+) -> None:
     """Write, verify and reveal one version: tensor files first, manifest.json last (see :mod:`hspace.bank`)."""
     target = version_dir(root, version)
     local = isinstance(fs, LocalFileSystem)
@@ -69,16 +70,19 @@ def write_version(fs: fsspec.AbstractFileSystem, root: str, url: str, version: s
             _put(fs, f"{folder}/{name}", data)
         for name, data in files.items():
             if sha256_hex(fs.cat_file(f"{folder}/{name}")) != sha256_hex(data):
-                raise HSpaceError(f"bank {url}: {folder}/{name} did not read back as written; check the storage "
-                                  "and publish again")
+                raise HSpaceError(
+                    f"bank {url}: {folder}/{name} did not read back as written; check the storage and publish again"
+                )
         _put(fs, f"{folder}/manifest.json", manifest)
         if local:
             try:
                 os.rename(folder, target)  # atomic; refuses a non-empty target
             except OSError as error:
-                raise HSpaceError(f"bank {url}: cannot publish version {version}: {target} exists ({error}); another "
-                                  "publish made it (rerun to get the next version) or remove it if it has no "
-                                  "manifest.json") from error
+                raise HSpaceError(
+                    f"bank {url}: cannot publish version {version}: {target} exists ({error}); another "
+                    "publish made it (rerun to get the next version) or remove it if it has no "
+                    "manifest.json"
+                ) from error
     finally:
         if local and os.path.isdir(folder):
             fs.rm(folder, recursive=True)
@@ -116,16 +120,19 @@ def read_latest(fs: fsspec.AbstractFileSystem, root: str, url: str) -> dict[str,
         versions = [name for name, _ in scan(fs, root)]
         if not versions:
             raise HSpaceError(f"no direction bank at {url}: publish one (hspace.bank.publish or `hspace bank publish`)")
-        raise HSpaceError(f"bank {url} has versions {versions} but no latest pointer (a publish was cut short): rerun "
-                          "the publish, or load a version by name")
+        raise HSpaceError(
+            f"bank {url} has versions {versions} but no latest pointer (a publish was cut short): rerun "
+            "the publish, or load a version by name"
+        )
     try:
         pointer = json.loads(read_file(fs, f"{root}/latest", url))
         check_name(pointer["version"], "version")
         if not isinstance(pointer.get("manifest_sha256"), str):
             raise ValueError("no manifest_sha256")
     except (HSpaceError, ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise HSpaceError(f"bank {url}: the latest pointer is damaged ({error}); rerun the last publish to "
-                          "rewrite it") from error
+        raise HSpaceError(
+            f"bank {url}: the latest pointer is damaged ({error}); rerun the last publish to rewrite it"
+        ) from error
     return pointer
 
 

@@ -74,16 +74,18 @@ class FaceAnnotatorNet(nn.Module):
     def __init__(self, widths: Sequence[int] = (32, 64, 128, 128), hidden: int = 64) -> None:
         super().__init__()
         if len(widths) != 4 or min(widths) <= 0 or hidden <= 0:
-            raise HSpaceError(f"FaceAnnotatorNet takes 4 positive widths and a positive hidden size; "
-                              f"got {list(widths)}, {hidden}")
+            raise HSpaceError(
+                f"FaceAnnotatorNet takes 4 positive widths and a positive hidden size; got {list(widths)}, {hidden}"
+            )
         layers: list[nn.Module] = []
         channels = 3
         for i, width in enumerate(widths):
             layers += [nn.Conv2d(channels, width, 3, stride=1 if i == 0 else 2, padding=1), nn.SiLU()]
             channels = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * (SIZE // 8) ** 2, hidden), nn.SiLU(),
-                                  nn.Linear(hidden, len(ATTRIBUTES)))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * (SIZE // 8) ** 2, hidden), nn.SiLU(), nn.Linear(hidden, len(ATTRIBUTES))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw outputs for images in [-1, 1].
@@ -120,8 +122,11 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     height, width = x.shape[-2:]
     if (height, width) != (SIZE, SIZE):
         exact = height % SIZE == 0 and width % SIZE == 0
-        x = F.interpolate(x, size=(SIZE, SIZE), mode="area") if exact else \
-            F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+        x = (
+            F.interpolate(x, size=(SIZE, SIZE), mode="area")
+            if exact
+            else F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+        )
     return x / 127.5 - 1.0
 
 
@@ -185,8 +190,10 @@ class TestbedAnnotator(Annotator):
         card_path = path.with_suffix(".json")
         rebuild = "rebuild them with `python -m hspace.testbed.train_annotator`"
         if not path.is_file() or not card_path.is_file():
-            raise HSpaceError(f"annotator weights {path} or their card {card_path.name} are missing: restore them "
-                              f"from version control or {rebuild}")
+            raise HSpaceError(
+                f"annotator weights {path} or their card {card_path.name} are missing: restore them "
+                f"from version control or {rebuild}"
+            )
         try:
             card = json.loads(card_path.read_text())
             expected, architecture = card["sha256"], card.get("architecture", DEFAULT_ARCHITECTURE)
@@ -194,14 +201,17 @@ class TestbedAnnotator(Annotator):
             raise HSpaceError(f"annotator card {card_path} is unreadable ({error}): restore it or {rebuild}") from None
         actual = sha256_of(path)
         if actual != expected:
-            raise HSpaceError(f"annotator weights {path} are a damaged file: sha256 {actual[:12]}... differs from "
-                              f"{expected[:12]}... in {card_path.name}; restore them from version control or {rebuild}")
+            raise HSpaceError(
+                f"annotator weights {path} are a damaged file: sha256 {actual[:12]}... differs from "
+                f"{expected[:12]}... in {card_path.name}; restore them from version control or {rebuild}"
+            )
         net = FaceAnnotatorNet(architecture["widths"], architecture["hidden"])
         try:
             net.load_state_dict(load_file(path))
         except (RuntimeError, KeyError) as error:
-            raise HSpaceError(f"annotator weights {path} do not fit architecture {architecture} ({error}); "
-                              f"{rebuild}") from None
+            raise HSpaceError(
+                f"annotator weights {path} do not fit architecture {architecture} ({error}); {rebuild}"
+            ) from None
         annotator = cls(net, batch=batch)
         annotator.weights_sha256 = actual
         return annotator
@@ -224,6 +234,6 @@ class TestbedAnnotator(Annotator):
         out = np.empty((len(images), len(ATTRIBUTES)), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(images), self.batch):
-                part = images[start:start + self.batch]
-                out[start:start + len(part)] = to_scores(self.net(to_input(part))).numpy()
+                part = images[start : start + self.batch]
+                out[start : start + len(part)] = to_scores(self.net(to_input(part))).numpy()
         return out

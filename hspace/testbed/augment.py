@@ -86,8 +86,8 @@ def _shifted(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     shift[axis] = rng.choice([-1, 1]) * rng.integers(10, 21)
     out = np.broadcast_to(face[:, :1, :1], face.shape).copy()  # the corner pixel is background
     dy, dx = int(shift[0]), int(shift[1])
-    src = face[:, max(0, -dy):SIZE - max(0, dy), max(0, -dx):SIZE - max(0, dx)]
-    out[:, max(0, dy):max(0, dy) + src.shape[1], max(0, dx):max(0, dx) + src.shape[2]] = src
+    src = face[:, max(0, -dy) : SIZE - max(0, dy), max(0, -dx) : SIZE - max(0, dx)]
+    out[:, max(0, dy) : max(0, dy) + src.shape[1], max(0, dx) : max(0, dx) + src.shape[2]] = src
     return out
 
 
@@ -95,7 +95,7 @@ def _cropped(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Zoom a 10..18 px square of the face to full size: a part of a face is not a face."""
     side = int(rng.integers(10, 19))
     top, left = rng.integers(0, SIZE - side + 1, 2)
-    crop = torch.from_numpy(face[None, :, top:top + side, left:left + side])
+    crop = torch.from_numpy(face[None, :, top : top + side, left : left + side])
     return F.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0].numpy()
 
 
@@ -117,7 +117,7 @@ def _blend(face: np.ndarray, factors: dict[str, np.ndarray], index: int, rng: np
     The partner is re-rendered from this face's neighbour's factors with yaw moved, because two faces with
     similar yaw would blend into something that still looks like one face (a label the net could not learn).
     """
-    partner = {name: factors[name][index + 1:index + 2].copy() for name in FACTORS}
+    partner = {name: factors[name][index + 1 : index + 2].copy() for name in FACTORS}
     yaw = float(factors["yaw"][index])
     # Yaw in [-1, 1]: go to the side with room for a gap of at least 1.
     partner["yaw"][:] = rng.uniform(-1.0, yaw - 1.0) if yaw >= 0 else rng.uniform(yaw + 1.0, 1.0)
@@ -149,14 +149,15 @@ def augment_faces(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if blur.any():
         sigma = 0.3 + 0.5 * torch.rand(int(blur.sum()), generator=generator)
         t = torch.arange(-1, 2, dtype=torch.float32)
-        k1 = torch.exp(-t[None, :] ** 2 / (2 * sigma[:, None] ** 2))
+        k1 = torch.exp(-(t[None, :] ** 2) / (2 * sigma[:, None] ** 2))
         k1 = k1 / k1.sum(1, keepdim=True)
-        kernels = (k1[:, :, None] * k1[:, None, :])  # (m, 3, 3)
+        kernels = k1[:, :, None] * k1[:, None, :]  # (m, 3, 3)
         m = len(kernels)
         # One depthwise convolution for all blurred images: image i's 3 channels use kernel i.
         weight = kernels.repeat_interleave(3, 0)[:, None]  # (3m, 1, 3, 3)
-        blurred = F.conv2d(F.pad(x[blur].reshape(1, 3 * m, SIZE, SIZE), (1, 1, 1, 1), mode="replicate"),
-                           weight, groups=3 * m)
+        blurred = F.conv2d(
+            F.pad(x[blur].reshape(1, 3 * m, SIZE, SIZE), (1, 1, 1, 1), mode="replicate"), weight, groups=3 * m
+        )
         x = x.clone()
         x[blur] = blurred.reshape(m, 3, SIZE, SIZE)
     std = torch.rand(n, 1, 1, 1, generator=generator) * (10 / 127.5)

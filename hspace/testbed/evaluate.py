@@ -52,18 +52,34 @@ def sample_quality(samples: Samples, annotator: Annotator, *, renders: int = 200
         ours, theirs = samples.scores[factor], reference[factor]
         if factor in BINARY_FACTORS:
             ours_rate, theirs_rate = float((ours > 0.5).mean()), float((theirs > 0.5).mean())
-            distances[factor] = {"measure": "|rate gap|", "value": abs(ours_rate - theirs_rate),
-                                 "samples": ours_rate, "data": theirs_rate}
+            distances[factor] = {
+                "measure": "|rate gap|",
+                "value": abs(ours_rate - theirs_rate),
+                "samples": ours_rate,
+                "data": theirs_rate,
+            }
         else:
-            distances[factor] = {"measure": "W1 / data std", "value": _wasserstein1(ours, theirs) / float(theirs.std()),
-                                 "samples": [float(ours.mean()), float(ours.std())],
-                                 "data": [float(theirs.mean()), float(theirs.std())]}
+            distances[factor] = {
+                "measure": "W1 / data std",
+                "value": _wasserstein1(ours, theirs) / float(theirs.std()),
+                "samples": [float(ours.mean()), float(ours.std())],
+                "data": [float(theirs.mean()), float(theirs.std())],
+            }
     return {"face_rate": float(_is_face(samples.scores).mean()), "n": len(samples.seeds), "distances": distances}
 
 
-def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples, *, k: int, eval_seeds: Sequence[int],
-                       steps: int, gammas: Sequence[float], factors: Sequence[str] = FACTORS,
-                       random_seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+def supervised_effects(
+    model: LoadedModel,
+    annotator: Annotator,
+    corpus: Samples,
+    *,
+    k: int,
+    eval_seeds: Sequence[int],
+    steps: int,
+    gammas: Sequence[float],
+    factors: Sequence[str] = FACTORS,
+    random_seed: int = 0,
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """For each factor: the eq. 11 direction from the corpus (top-k minus bottom-k by the factor's score; a
     binary factor's k drawn from each side of 0.5, ``hspace.directions.top_bottom``), applied to fresh
     samples ``eval_seeds`` at each gamma, against a random direction with the same per-step norm (Fig. 4's
@@ -85,8 +101,12 @@ def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples
     n = len(eval_seeds)
     names = list(factors)
     generator = torch.Generator().manual_seed(random_seed)
-    directions = {f: supervised_direction(*(corpus.h[i] for i in top_bottom(
-        corpus.scores[f], k, threshold=annotator.class_thresholds.get(f)))) for f in names}
+    directions = {
+        f: supervised_direction(
+            *(corpus.h[i] for i in top_bottom(corpus.scores[f], k, threshold=annotator.class_thresholds.get(f)))
+        )
+        for f in names
+    }
     randoms = {f: random_direction_like(v, generator) for f, v in directions.items()}
     stds = {a: float(base.scores[a].std()) or 1.0 for a in FACTORS}
     results: dict[str, dict] = {f: {"std": stds[f], "gammas": {}} for f in names}
@@ -101,14 +121,17 @@ def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples
             # Side effects among the pairs where both images are faces: the factor scores of a non-face mean
             # nothing (the annotator was never asked to read factors off one).
             both = faces & _is_face(base.scores)
-            results[f]["gammas"][str(gamma)] = results[f]["gammas"].get(str(gamma), {}) | {kind: {
-                "change_in_std": float(change[f].mean()),
-                "abs_change_in_std": float(np.abs(change[f]).mean()),
-                "face_rate": float(faces.mean()),
-                "others_in_std": {o: float(change[o].mean()) for o in FACTORS if o != f},
-                "others_in_std_faces": ({o: float(change[o][both].mean()) for o in FACTORS if o != f}
-                                        if both.any() else None),
-            }}
+            results[f]["gammas"][str(gamma)] = results[f]["gammas"].get(str(gamma), {}) | {
+                kind: {
+                    "change_in_std": float(change[f].mean()),
+                    "abs_change_in_std": float(np.abs(change[f]).mean()),
+                    "face_rate": float(faces.mean()),
+                    "others_in_std": {o: float(change[o].mean()) for o in FACTORS if o != f},
+                    "others_in_std_faces": (
+                        {o: float(change[o][both].mean()) for o in FACTORS if o != f} if both.any() else None
+                    ),
+                }
+            }
     base_face_rate = float(_is_face(base.scores).mean())
     for result in results.values():
         # Two readings of "the image is still a face": the acceptance's absolute one (>= 90% of edits are
@@ -116,29 +139,40 @@ def supervised_effects(model: LoadedModel, annotator: Annotator, corpus: Samples
         # separates what an edit destroys from what the model never drew.
         result["passes_at_gamma"] = passing_gamma(result, STILL_A_FACE)
         result["passes_at_gamma_vs_base"] = passing_gamma(result, STILL_A_FACE * base_face_rate)
-    return {"k": k, "corpus_samples": len(corpus.seeds), "eval_samples": n,
-            "base_face_rate": base_face_rate, "factors": results}, directions
+    return {
+        "k": k,
+        "corpus_samples": len(corpus.seeds),
+        "eval_samples": n,
+        "base_face_rate": base_face_rate,
+        "factors": results,
+    }, directions
 
 
 def passing_gamma(result: dict, faces_needed: float) -> float | None:
     """The smallest gamma of one factor's :func:`supervised_effects` entry where the direction moves the factor
     by >= 1 std, >= 3x the random direction, with a share ``faces_needed`` of the edits still faces."""
-    passing = [float(g) for g, e in result["gammas"].items()
-               if e["direction"]["change_in_std"] >= 1.0 and e["direction"]["face_rate"] >= faces_needed
-               and e["direction"]["change_in_std"] >= 3 * e["random"]["abs_change_in_std"]]
+    passing = [
+        float(g)
+        for g, e in result["gammas"].items()
+        if e["direction"]["change_in_std"] >= 1.0
+        and e["direction"]["face_rate"] >= faces_needed
+        and e["direction"]["change_in_std"] >= 3 * e["random"]["abs_change_in_std"]
+    ]
     return min(passing) if passing else None
 
 
-def h_swap(model: LoadedModel, annotator: Annotator, corpus: Samples, *, pairs: int,
-           steps: int) -> tuple[dict, np.ndarray]:
+def h_swap(
+    model: LoadedModel, annotator: Annotator, corpus: Samples, *, pairs: int, steps: int
+) -> tuple[dict, np.ndarray]:
     """Fig. 2a on ``pairs`` pairs of corpus samples: sample i (i < pairs) keeps its x_T and z and takes
     h_{T:1} from sample pairs + i. Per factor, among the pairs where the two differ (binary: on opposite
     sides of 0.5; continuous: more than half a std apart), the share of results closer to the h donor.
 
     Returns the figures and the swapped images (uint8, (pairs, 3, S, S))."""
     if corpus.h is None or len(corpus.seeds) < 2 * pairs:
-        raise HSpaceError(f"h_swap needs a corpus with captured h and at least {2 * pairs} samples; "
-                          f"got {len(corpus.seeds)}")
+        raise HSpaceError(
+            f"h_swap needs a corpus with captured h and at least {2 * pairs} samples; got {len(corpus.seeds)}"
+        )
     noise, donor = slice(0, pairs), slice(pairs, 2 * pairs)
     swapped = generate(model, annotator, corpus.seeds[noise], steps=steps, replace_h=corpus.h[donor])
     result = {}
@@ -150,8 +184,10 @@ def h_swap(model: LoadedModel, annotator: Annotator, corpus: Samples, *, pairs: 
         else:
             differ = np.abs(sa - sb) > 0.5 * float(corpus.scores[f].std())
             follows = np.abs(sw - sb) < np.abs(sw - sa)
-        result[f] = {"pairs_that_differ": int(differ.sum()),
-                     "follows_h_donor": float(follows[differ].mean()) if differ.any() else None}
+        result[f] = {
+            "pairs_that_differ": int(differ.sum()),
+            "follows_h_donor": float(follows[differ].mean()) if differ.any() else None,
+        }
     return {"pairs": pairs, "face_rate": float(_is_face(swapped.scores).mean()), "factors": result}, swapped.images
 
 
@@ -174,9 +210,19 @@ def per_step_r2(corpus: Samples, *, train_fraction: float = 0.75) -> dict:
     return {"train": cut, "test": n - cut, "r2": r2}
 
 
-def report(model: LoadedModel, annotator: Annotator, *, samples: int = 512, eval_samples: int = 64,
-           k: int | None = None, steps: int = 50, gammas: Sequence[float] = (1.0, 2.0), seed: int = 0,
-           swap_pairs: int = 64, progress: Callable[[str], None] | None = None) -> dict:
+def report(
+    model: LoadedModel,
+    annotator: Annotator,
+    *,
+    samples: int = 512,
+    eval_samples: int = 64,
+    k: int | None = None,
+    steps: int = 50,
+    gammas: Sequence[float] = (1.0, 2.0),
+    seed: int = 0,
+    swap_pairs: int = 64,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Everything above on one corpus of ``samples`` samples (eta 1).
 
     Returns a dict: ``figures`` (JSON-ready), ``directions`` (factor -> (T, C, H, W)), ``corpus``
@@ -188,13 +234,18 @@ def report(model: LoadedModel, annotator: Annotator, *, samples: int = 512, eval
     corpus = generate(model, annotator, derive_seeds(seed, 0, samples), steps=steps, capture=True)
     k = k or samples // 4
     say(f"supervised directions (k = {k}) on {eval_samples} fresh samples at gamma {list(gammas)}")
-    supervised, directions = supervised_effects(model, annotator, corpus, k=k, steps=steps, gammas=gammas,
-                                                eval_seeds=derive_seeds(seed + 1, 0, eval_samples))
+    supervised, directions = supervised_effects(
+        model, annotator, corpus, k=k, steps=steps, gammas=gammas, eval_seeds=derive_seeds(seed + 1, 0, eval_samples)
+    )
     say(f"h swap on {swap_pairs} pairs")
     swap, swapped = h_swap(model, annotator, corpus, pairs=swap_pairs, steps=steps)
     say("per-step R^2")
     figures = {
-        "model": model.name, "fingerprint": model.fingerprint, "steps": steps, "eta": 1.0, "seed": seed,
+        "model": model.name,
+        "fingerprint": model.fingerprint,
+        "steps": steps,
+        "eta": 1.0,
+        "seed": seed,
         "annotator": annotator.name,
         "quality": sample_quality(corpus, annotator),
         "supervised": supervised,
@@ -235,8 +286,11 @@ def _quality_section(quality: dict) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for f, d in quality["distances"].items():
-        fmt = (lambda v: f"{v:.3f}") if not isinstance(d["samples"], list) else \
-            (lambda v: f"mean {v[0]:.3f}, std {v[1]:.3f}")
+        fmt = (
+            (lambda v: f"{v:.3f}")
+            if not isinstance(d["samples"], list)
+            else (lambda v: f"mean {v[0]:.3f}, std {v[1]:.3f}")
+        )
         lines.append(f"| {f} | {d['value']:.3f} | {d['measure']} | {fmt(d['samples'])} | {fmt(d['data'])} |")
     return lines
 
@@ -253,23 +307,32 @@ def _supervised_section(supervised: dict) -> list[str]:
         f"Pass: >= 1 std, >= 3x random, and >= 90% of edits faces (absolute) or >= 90% of the unedited "
         f"samples' face rate, {supervised['base_face_rate']:.2f} (vs unedited).",
         "",
-        "| factor | " + " | ".join(f"gamma {g}" for g in gammas) +
-        " | passes at gamma (absolute) | passes at gamma (vs unedited) | largest side effect (largest gamma "
+        "| factor | "
+        + " | ".join(f"gamma {g}" for g in gammas)
+        + " | passes at gamma (absolute) | passes at gamma (vs unedited) | largest side effect (largest gamma "
         "with edits still faces; among those pairs) |",
         "|---|" + "---|" * (len(gammas) + 3),
     ]
     for f, result in supervised["factors"].items():
-        cells = [f"{e['direction']['change_in_std']:+.2f} / {e['random']['abs_change_in_std']:.2f} / "
-                 f"{e['direction']['face_rate']:.2f}" for e in result["gammas"].values()]
-        lines.append(f"| {f} | " + " | ".join(cells) + f" | {_fmt(result['passes_at_gamma'], 1)} | "
-                     f"{_fmt(result.get('passes_at_gamma_vs_base'), 1)} | {_largest_side_effect(result)} |")
+        cells = [
+            f"{e['direction']['change_in_std']:+.2f} / {e['random']['abs_change_in_std']:.2f} / "
+            f"{e['direction']['face_rate']:.2f}"
+            for e in result["gammas"].values()
+        ]
+        lines.append(
+            f"| {f} | " + " | ".join(cells) + f" | {_fmt(result['passes_at_gamma'], 1)} | "
+            f"{_fmt(result.get('passes_at_gamma_vs_base'), 1)} | {_largest_side_effect(result)} |"
+        )
     return lines
 
 
 def _largest_side_effect(result: dict) -> str:
     """The other factor that moves most, at the largest gamma at which some edited pairs are still faces."""
-    found = [(g, e["direction"]["others_in_std_faces"]) for g, e in result["gammas"].items()
-             if e["direction"].get("others_in_std_faces")]
+    found = [
+        (g, e["direction"]["others_in_std_faces"])
+        for g, e in result["gammas"].items()
+        if e["direction"].get("others_in_std_faces")
+    ]
     if not found:
         return "n/a"
     gamma, others = found[-1]
@@ -306,6 +369,7 @@ def _r2_section(r2: dict) -> list[str]:
     ]
     for f, values in r2["r2"].items():
         best = int(np.argmax(values))
-        lines.append(f"| {f} | " + " | ".join(f"{values[i]:.2f}" for i in shown) +
-                     f" | {values[best]:.2f} ({best + 1}) |")
+        lines.append(
+            f"| {f} | " + " | ".join(f"{values[i]:.2f}" for i in shown) + f" | {values[best]:.2f} ({best + 1}) |"
+        )
     return lines

@@ -227,23 +227,35 @@ def _draw_features(draw: ImageDraw.ImageDraw, side: int, face: dict[str, float],
     cx = FACE_CENTER[0] + shift
     for ex in (cx - EYE_DX, cx + EYE_DX):
         if face["eyes_open"]:
-            draw.ellipse(_px(side, ex - EYE_WHITE[0], EYE_Y - EYE_WHITE[1], ex + EYE_WHITE[0], EYE_Y + EYE_WHITE[1]),
-                         fill=EYE_WHITE_COLOR)
-            draw.ellipse(_px(side, ex - PUPIL_RADIUS, EYE_Y - PUPIL_RADIUS, ex + PUPIL_RADIUS, EYE_Y + PUPIL_RADIUS),
-                         fill=PUPIL_COLOR)
+            draw.ellipse(
+                _px(side, ex - EYE_WHITE[0], EYE_Y - EYE_WHITE[1], ex + EYE_WHITE[0], EYE_Y + EYE_WHITE[1]),
+                fill=EYE_WHITE_COLOR,
+            )
+            draw.ellipse(
+                _px(side, ex - PUPIL_RADIUS, EYE_Y - PUPIL_RADIUS, ex + PUPIL_RADIUS, EYE_Y + PUPIL_RADIUS),
+                fill=PUPIL_COLOR,
+            )
         else:
-            draw.line(_px(side, ex - CLOSED_EYE_HALF_WIDTH, EYE_Y, ex + CLOSED_EYE_HALF_WIDTH, EYE_Y),
-                      fill=PUPIL_COLOR, width=_width(side, CLOSED_EYE_WIDTH))
+            draw.line(
+                _px(side, ex - CLOSED_EYE_HALF_WIDTH, EYE_Y, ex + CLOSED_EYE_HALF_WIDTH, EYE_Y),
+                fill=PUPIL_COLOR,
+                width=_width(side, CLOSED_EYE_WIDTH),
+            )
         if face["glasses"]:
-            draw.ellipse(_px(side, ex - GLASSES_RADIUS, EYE_Y - GLASSES_RADIUS, ex + GLASSES_RADIUS,
-                             EYE_Y + GLASSES_RADIUS), outline=GLASSES_COLOR, width=_width(side, GLASSES_WIDTH))
+            draw.ellipse(
+                _px(side, ex - GLASSES_RADIUS, EYE_Y - GLASSES_RADIUS, ex + GLASSES_RADIUS, EYE_Y + GLASSES_RADIUS),
+                outline=GLASSES_COLOR,
+                width=_width(side, GLASSES_WIDTH),
+            )
     if face["glasses"]:
         inner = EYE_DX - GLASSES_RADIUS + GLASSES_WIDTH / 2
-        draw.line(_px(side, cx - inner, EYE_Y, cx + inner, EYE_Y), fill=GLASSES_COLOR,
-                  width=_width(side, GLASSES_WIDTH))
+        draw.line(
+            _px(side, cx - inner, EYE_Y, cx + inner, EYE_Y), fill=GLASSES_COLOR, width=_width(side, GLASSES_WIDTH)
+        )
     nx = FACE_CENTER[0] + NOSE_YAW_GAIN * shift
-    draw.ellipse(_px(side, nx - NOSE_SIZE[0], NOSE_Y - NOSE_SIZE[1], nx + NOSE_SIZE[0], NOSE_Y + NOSE_SIZE[1]),
-                 fill=nose)
+    draw.ellipse(
+        _px(side, nx - NOSE_SIZE[0], NOSE_Y - NOSE_SIZE[1], nx + NOSE_SIZE[0], NOSE_Y + NOSE_SIZE[1]), fill=nose
+    )
     _draw_mouth(draw, side, cx, face["smile"])
 
 

@@ -74,9 +74,11 @@ def cut_skip_connections(unet: UNet2DModel, keep_from: int = KEEP_SKIPS_FROM) ->
                 continue
             group = resnet.norm1.num_channels // resnet.norm1.num_groups
             if hidden % group:
-                raise HSpaceError(f"up-block resnet with {hidden} h-path + {resnet.norm1.num_channels - hidden} skip "
-                                  f"channels: GroupNorm groups of {group} channels would mix them; choose "
-                                  "block_out_channels and norm_num_groups so that they do not")
+                raise HSpaceError(
+                    f"up-block resnet with {hidden} h-path + {resnet.norm1.num_channels - hidden} skip "
+                    f"channels: GroupNorm groups of {group} channels would mix them; choose "
+                    "block_out_channels and norm_num_groups so that they do not"
+                )
             cut += [(resnet.conv1.weight, hidden), (resnet.conv_shortcut.weight, hidden)]
         previous = block.resnets[-1].out_channels
         resolution *= 2
@@ -138,8 +140,7 @@ def _batch(config: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor, 
     return x0, noise, timesteps
 
 
-def train(config: TrainConfig, checkpoint_dir: Path, *,
-          progress: Callable[[int, float], None] | None = None) -> dict:
+def train(config: TrainConfig, checkpoint_dir: Path, *, progress: Callable[[int, float], None] | None = None) -> dict:
     """Train (or resume) to ``config.steps``; returns the log. The EMA weights are the model."""
     checkpoint_dir = Path(checkpoint_dir)
     unet, ema = new_unet(config.seed), new_unet(config.seed)
@@ -152,15 +153,18 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
         log = json.loads((checkpoint_dir / "state.json").read_text())
         differing = {k: v for k, v in log["config"].items() if k != "steps" and asdict(config)[k] != v}
         if differing:
-            raise HSpaceError(f"{checkpoint_dir} holds a run with other settings {differing}: resume it with "
-                              "those, or train into another folder")
+            raise HSpaceError(
+                f"{checkpoint_dir} holds a run with other settings {differing}: resume it with "
+                "those, or train into another folder"
+            )
         unet.load_state_dict(load_file(checkpoint_dir / "model.safetensors"))
         ema.load_state_dict(load_file(checkpoint_dir / "ema.safetensors"))
         optimizer.load_state_dict(torch.load(checkpoint_dir / "optimizer.pt", weights_only=True))
         if log["config"]["steps"] != config.steps:
             # The cosine decay is stretched from here on: record it, so the card says how the model was made.
             log.setdefault("history", []).append(
-                {"at_step": log["step"], "steps_before": log["config"]["steps"], "steps_after": config.steps})
+                {"at_step": log["step"], "steps_before": log["config"]["steps"], "steps_after": config.steps}
+            )
         log["config"]["steps"] = config.steps
     elif config.init_from is not None:
         weights, log["init_from"] = _initial_weights(config.init_from)
@@ -168,8 +172,10 @@ def train(config: TrainConfig, checkpoint_dir: Path, *,
             try:
                 module.load_state_dict(weights)
             except RuntimeError as error:
-                raise HSpaceError(f"--init-from {config.init_from}: its U-Net is not the testbed architecture "
-                                  f"(UNET_CONFIG): {str(error).splitlines()[0]}") from error
+                raise HSpaceError(
+                    f"--init-from {config.init_from}: its U-Net is not the testbed architecture "
+                    f"(UNET_CONFIG): {str(error).splitlines()[0]}"
+                ) from error
     cut = cut_skip_connections(unet)
     unet.train()
     started, running = time.monotonic(), []
@@ -208,12 +214,17 @@ def _initial_weights(name: str) -> tuple[dict[str, torch.Tensor], dict]:
     folder = verify_shipped(name) if name in SHIPPED else Path(name)
     path = folder / "unet" / "diffusion_pytorch_model.safetensors"
     if not path.is_file():
-        raise HSpaceError(f"--init-from {name}: no {path}; give a model folder written by `hspace testbed train` "
-                          "(or the shipped name testbed)")
+        raise HSpaceError(
+            f"--init-from {name}: no {path}; give a model folder written by `hspace testbed train` "
+            "(or the shipped name testbed)"
+        )
     card_path = folder / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    source = {"model": name, "sha256": sha256_of(path),
-              **{k: card.get(k) for k in ("steps_done", "final_loss", "command", "train_seconds", "init_from")}}
+    source = {
+        "model": name,
+        "sha256": sha256_of(path),
+        **{k: card.get(k) for k in ("steps_done", "final_loss", "command", "train_seconds", "init_from")},
+    }
     return {k: v.float() for k, v in load_file(path).items()}, source
 
 
@@ -223,8 +234,9 @@ def _recover_interrupted_swap(directory: Path) -> None:
         old.rename(directory)
 
 
-def _save_checkpoint(directory: Path, unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer,
-                     log: dict) -> None:
+def _save_checkpoint(
+    directory: Path, unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer, log: dict
+) -> None:
     # Write a complete new folder, then swap it in: a crash leaves either the old or the new checkpoint.
     staging = directory.with_name(directory.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -258,19 +270,26 @@ def export_model(checkpoint_dir: Path, out_dir: Path, *, command: str) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     unet.to(torch.float16).save_pretrained(staging / "unet", safe_serialization=True)
     DDPMScheduler.from_config(DDPM_LINEAR_CONFIG).save_pretrained(staging / "scheduler")
-    (staging / "model_index.json").write_text(json.dumps(
-        {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
-         "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))
+    (staging / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "DDPMPipeline",
+                "unet": ["diffusers", "UNet2DModel"],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+            },
+            indent=2,
+        )
+    )
     weights = staging / "unet" / "diffusion_pytorch_model.safetensors"
     card = {
         "model": "testbed",
         "data": "hspace.testbed.faces.render_dataset: 32x32 procedural cartoon faces, fresh faces every batch "
-                "(factors: yaw, smile, eyes_open, glasses, hat, skin_tone, face_width, background; "
-                "P(hat | glasses) = 0.7, P(hat | no glasses) = 0.2)",
+        "(factors: yaw, smile, eyes_open, glasses, hat, skin_tone, face_width, background; "
+        "P(hat | glasses) = 0.7, P(hat | no glasses) = 0.2)",
         "objective": "DDPM eps-prediction, MSE, linear betas 1e-4..0.02, 1000 timesteps; EMA weights",
         "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_CONFIG.items()},
         "skip_connections": f"kept at {KEEP_SKIPS_FROM}x{KEEP_SKIPS_FROM} only: below it the up-block weights that "
-                            "read skips are zero (h is the only route from encoder to decoder there)",
+        "read skips are zero (h is the only route from encoder to decoder there)",
         "parameters": sum(p.numel() for p in unet.parameters()),
         "train_config": log["config"],
         "steps_done": log["step"],

@@ -86,10 +86,19 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_annotator(steps: int, seed: int, *, batch: int = 128, negative_share: float = 0.25, lr: float = 2e-3,
-                    architecture: dict | None = None, eval_faces: int = 2000, eval_negatives: int = 2000,
-                    eval_seed: int = 20_250_101,
-                    progress: Callable[[int, float], None] | None = None) -> tuple[FaceAnnotatorNet, dict]:
+def train_annotator(
+    steps: int,
+    seed: int,
+    *,
+    batch: int = 128,
+    negative_share: float = 0.25,
+    lr: float = 2e-3,
+    architecture: dict | None = None,
+    eval_faces: int = 2000,
+    eval_negatives: int = 2000,
+    eval_seed: int = 20_250_101,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[FaceAnnotatorNet, dict]:
     """Train a :class:`FaceAnnotatorNet` on fresh renders and non-faces, then measure it on held-out ones.
 
     Deterministic given ``seed`` (on one CPU thread): the weights come from ``torch.manual_seed(seed)``,
@@ -160,18 +169,25 @@ def train_annotator(steps: int, seed: int, *, batch: int = 128, negative_share: 
     train_seconds = time.monotonic() - started
     net.eval()
     report = {
-        "steps": steps, "seed": seed, "batch": batch, "negative_share": negative_share, "lr": lr,
-        "architecture": architecture, "parameters": sum(p.numel() for p in net.parameters()),
+        "steps": steps,
+        "seed": seed,
+        "batch": batch,
+        "negative_share": negative_share,
+        "lr": lr,
+        "architecture": architecture,
+        "parameters": sum(p.numel() for p in net.parameters()),
         "train_seconds": round(train_seconds, 1),
-        "final_loss": float(np.mean(losses[-max(1, steps // 10):])),
-        "held_out": evaluate_annotator(TestbedAnnotator(net), faces=eval_faces, negatives=eval_negatives,
-                                       seed=eval_seed),
+        "final_loss": float(np.mean(losses[-max(1, steps // 10) :])),
+        "held_out": evaluate_annotator(
+            TestbedAnnotator(net), faces=eval_faces, negatives=eval_negatives, seed=eval_seed
+        ),
     }
     return net, report
 
 
-def evaluate_annotator(annotator: Annotator, *, faces: int = 2000, negatives: int = 2000,
-                       seed: int = 20_250_101) -> dict:
+def evaluate_annotator(
+    annotator: Annotator, *, faces: int = 2000, negatives: int = 2000, seed: int = 20_250_101
+) -> dict:
     """Accuracy of an annotator with :data:`ATTRIBUTES` on fresh renders and non-faces.
 
     Parameters
@@ -207,16 +223,23 @@ def evaluate_annotator(annotator: Annotator, *, faces: int = 2000, negatives: in
     recall = float((scores["face"] > 0.5).mean())
     rejection = float((negative_face <= 0.5).mean())
     report: dict = {
-        "faces": faces, "negatives": negatives, "seed": seed,
+        "faces": faces,
+        "negatives": negatives,
+        "seed": seed,
         "face_accuracy": (recall * faces + rejection * negatives) / (faces + negatives),
         "face_recall": recall,
         "face_recall_noisy": float((noisy_face > 0.5).mean()),
         "negative_rejection": rejection,
-        "negative_rejection_by_kind": {kind: float((negative_face[kinds == i] <= 0.5).mean())
-                                       for i, kind in enumerate(NEGATIVE_KINDS) if (kinds == i).any()},
-        "binary_accuracy": {name: float(((scores[name] > 0.5) == (factors[name] > 0.5)).mean())
-                            for name in BINARY_FACTORS},
-        "r2": {}, "mae": {},
+        "negative_rejection_by_kind": {
+            kind: float((negative_face[kinds == i] <= 0.5).mean())
+            for i, kind in enumerate(NEGATIVE_KINDS)
+            if (kinds == i).any()
+        },
+        "binary_accuracy": {
+            name: float(((scores[name] > 0.5) == (factors[name] > 0.5)).mean()) for name in BINARY_FACTORS
+        },
+        "r2": {},
+        "mae": {},
     }
     for name in CONTINUOUS_FACTORS:
         truth, predicted = factors[name].astype(np.float64), scores[name].astype(np.float64)
@@ -225,8 +248,9 @@ def evaluate_annotator(annotator: Annotator, *, faces: int = 2000, negatives: in
     return report
 
 
-def save_annotator(net: FaceAnnotatorNet, report: dict, path: str | Path = DEFAULT_WEIGHTS, *,
-                   command: str = "") -> dict:
+def save_annotator(
+    net: FaceAnnotatorNet, report: dict, path: str | Path = DEFAULT_WEIGHTS, *, command: str = ""
+) -> dict:
     """Write float32 safetensors weights and their JSON card (sha256, training report, command).
 
     Each file is written atomically (:func:`hspace.files.atomic_write`), so a crash never leaves a half-written
@@ -278,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # determinism: the same seed gives the same weights
     with tqdm(total=args.steps, desc="train annotator", unit="step") as bar:
+
         def report(step: int, loss: float) -> None:
             bar.update(1)
             if step % 20 == 0:

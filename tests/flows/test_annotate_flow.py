@@ -175,8 +175,7 @@ def test_cli_annotate_prints_json_and_is_idempotent(corpus_url, cli, capsys):
         (["--annotator", "testbed", "--workers", "0"], "--workers must be a positive integer"),
     ],
 )
-def test_cli_bad_input_fails_with_one_line_and_writes_nothing(corpus_url, cli, capsys, colour_annotator, args,
-                                                              message):
+def test_cli_bad_input_fails_with_one_line_and_writes_nothing(corpus_url, cli, capsys, colour_annotator, args, message):
     assert cli("annotate", corpus_url, *args, "--no-progress") == 1
     assert message in error_line(capsys)
     assert not os.path.exists(os.path.join(corpus_url, "annotations"))

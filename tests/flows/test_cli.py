@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,13 +18,31 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from flows.cli import main
 
-BUILD = ["corpus", "build", "--model", "tiny", "--samples", "6", "--steps", "4", "--batch", "4", "--seed", "0",
-         "--no-progress"]
+BUILD = [
+    "corpus",
+    "build",
+    "--model",
+    "tiny",
+    "--samples",
+    "6",
+    "--steps",
+    "4",
+    "--batch",
+    "4",
+    "--seed",
+    "0",
+    "--no-progress",
+]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def error_line(capsys) -> str:
@@ -35,9 +54,15 @@ def error_line(capsys) -> str:
 @pytest.fixture
 def no_mid_block_model(tmp_path):
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       mid_block_type=None)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+    )
     unet.save_pretrained(tmp_path / "model")
     DDPMScheduler().save_pretrained(tmp_path / "model")
     return str(tmp_path / "model")
@@ -111,7 +136,8 @@ def test_bad_output_locations_fail_cleanly(tmp_path, capsys, kind):
 def test_console_script_exit_codes(tmp_path):
     bad = run_cli(*BUILD, str(tmp_path / "c"), "--samples", "0")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "hspace: error: samples must be a positive integer; got 0"]
+        "hspace: error: samples must be a positive integer; got 0"
+    ]
     usage = run_cli("corpus", "build", "--samples", "3")
     assert usage.returncode == 2 and "required" in usage.stderr
     missing = run_cli("corpus", "info", str(tmp_path / "none"))
@@ -124,10 +150,20 @@ def test_info_json_has_the_contract_fields(prefect_harness, tmp_path, capsys):
     capsys.readouterr()
     assert main(["corpus", "info", out, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert {k: info[k] for k in ("samples", "samples_done", "shards", "shards_done", "steps", "eta", "h_shape",
-                                 "h_dtype", "model")} == {
-        "samples": 6, "samples_done": 6, "shards": 2, "shards_done": 2, "steps": 4, "eta": 1.0,
-        "h_shape": [32, 8, 8], "h_dtype": "float32", "model": "tiny"}
+    assert {
+        k: info[k]
+        for k in ("samples", "samples_done", "shards", "shards_done", "steps", "eta", "h_shape", "h_dtype", "model")
+    } == {
+        "samples": 6,
+        "samples_done": 6,
+        "shards": 2,
+        "shards_done": 2,
+        "steps": 4,
+        "eta": 1.0,
+        "h_shape": [32, 8, 8],
+        "h_dtype": "float32",
+        "model": "tiny",
+    }
     assert len(info["fingerprint"]) == 64
     assert info["bytes"] == sum(p.stat().st_size for p in (tmp_path / "c").rglob("*") if p.is_file())
 
@@ -138,8 +174,9 @@ def test_demo_runs_the_pipeline_and_draws_samples_edits_and_the_evaluation(prefe
     from hspace.bank import load_bank
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--samples", "8", "--steps", "3", "--batch", "4",
-                 "--eval-samples", "2"]) == 0
+    assert (
+        main(["demo", "--out", str(out), "--samples", "8", "--steps", "3", "--batch", "4", "--eval-samples", "2"]) == 0
+    )
     picture = Image.open(out / "samples.png")
     assert picture.mode == "RGB" and picture.width >= 3 * 32
     bank = load_bank(str(out / "bank"))
@@ -154,18 +191,33 @@ def test_demo_runs_the_pipeline_and_draws_samples_edits_and_the_evaluation(prefe
 
 @pytest.mark.slow
 def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_prefect_server, tmp_path):
-    args = ["corpus", "build", "--model", "tiny", "--samples", "24", "--steps", "50", "--batch", "2", "--seed", "5",
-            "--no-progress"]
+    args = [
+        "corpus",
+        "build",
+        "--model",
+        "tiny",
+        "--samples",
+        "24",
+        "--steps",
+        "50",
+        "--batch",
+        "2",
+        "--seed",
+        "5",
+        "--no-progress",
+    ]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args, str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     done = np.zeros(12, dtype=bool)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        try:
+        with contextlib.suppress(Exception):  # not created yet
             done = zarr.open_group(str(killed), mode="r")["done"][:]
-        except Exception:  # not created yet
-            pass
         if done.sum() >= 2:
             break
         time.sleep(0.02)
@@ -192,8 +244,13 @@ def test_build_killed_with_sigkill_then_rerun_equals_an_uninterrupted_build(use_
 @pytest.mark.slow
 def test_workers_without_an_api_url_start_and_stop_their_own_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    result = subprocess.run([sys.executable, "-m", "flows.cli", *BUILD, str(tmp_path / "c"), "--workers",
-                             "2"], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *BUILD, str(tmp_path / "c"), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "database is locked" not in result.stderr
     assert zarr.open_group(str(tmp_path / "c"), mode="r")["done"][:].all()

@@ -81,6 +81,8 @@ def test_a_server_that_cannot_start_says_how_to_start_one(monkeypatch):
     import flows.server
 
     monkeypatch.setattr(flows.server.sys, "executable", "/bin/false")
-    with pytest.raises(HSpaceError, match="could not start a local Prefect server.*prefect server start"):
-        with flows.server.local_prefect_server():
-            pass
+    with (
+        pytest.raises(HSpaceError, match="could not start a local Prefect server.*prefect server start"),
+        flows.server.local_prefect_server(),
+    ):
+        pass

@@ -50,8 +50,9 @@ def test_pca_fit_and_info(prefect_harness, url, capsys, tmp_path, cli):
 
 
 def test_jacobian_json_reports_what_is_stored(prefect_harness, url, capsys, cli):
-    status = cli("jacobian", url, "--sample", "2", "--step", "1", "--k", "2", "--max-iter", "3", "--json",
-                 "--no-progress")
+    status = cli(
+        "jacobian", url, "--sample", "2", "--step", "1", "--k", "2", "--max-iter", "3", "--json", "--no-progress"
+    )
     out = capsys.readouterr().out
     assert status == 0
     info = json.loads(out)
@@ -60,12 +61,26 @@ def test_jacobian_json_reports_what_is_stored(prefect_harness, url, capsys, cli)
     assert info["results"][0]["singular_values"] == [float(s) for s in cell.singular_values]
 
 
-def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(prefect_harness, url, capsys, tmp_path,
-                                                                           tiny, cli):
+def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(
+    prefect_harness, url, capsys, tmp_path, tiny, cli
+):
     assert cli("pca", "fit", url, "--components", "2", "--batch-size", "4", "--no-progress") == 0
     out = tmp_path / "grid.png"
-    status = cli("edit", url, "--pca", "default", "--directions", "1,0", "--show", "5,0", "--gammas", "-3,3",
-                 "--random-baseline", "--out", str(out))
+    status = cli(
+        "edit",
+        url,
+        "--pca",
+        "default",
+        "--directions",
+        "1,0",
+        "--show",
+        "5,0",
+        "--gammas",
+        "-3,3",
+        "--random-baseline",
+        "--out",
+        str(out),
+    )
     stdout = capsys.readouterr().out
     assert status == 0 and "3 directions x 2 samples x 3 gammas" in stdout
     # Oracle: the corpus's own x0 at gamma 0; hspace.sample along the stored directions elsewhere.
@@ -83,8 +98,9 @@ def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(prefe
                     seed = derive_seeds(BASE_SEED, sample_id, sample_id + 1)
                     edited = sample(tiny, seed, steps=STEPS, eta=1.0, delta=gamma * direction, capture=False)
                     cells[r, s * 3 + g] = to_uint8(edited.images).numpy()[0]
-    expected = labeled_grid(cells, ["pca 1", "pca 0", "random"], ["-3", "+0", "+3"] * 2,
-                            column_groups=["sample 5"] * 3 + ["sample 0"] * 3)
+    expected = labeled_grid(
+        cells, ["pca 1", "pca 0", "random"], ["-3", "+0", "+3"] * 2, column_groups=["sample 5"] * 3 + ["sample 0"] * 3
+    )
     picture = Image.open(out)
     # Geometry of labeled_grid's docstring: 16 px images enlarged 4x, pad 2, labels of <= 6 characters.
     assert picture.size == (4 + 6 * 6 + 2 + 6 * (64 + 2), 12 * 2 + 2 + 2 + 3 * (64 + 2))
@@ -93,11 +109,41 @@ def test_edit_grid_rows_are_directions_and_gamma_zero_is_the_corpus_sample(prefe
 
 
 def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harness, url, tmp_path, tiny, cli):
-    assert cli("jacobian", url, "--sample", "3", "--step", "2", "--k", "2", "--max-iter", "3", "--run", "j",
-               "--no-progress") == 0
+    assert (
+        cli(
+            "jacobian",
+            url,
+            "--sample",
+            "3",
+            "--step",
+            "2",
+            "--k",
+            "2",
+            "--max-iter",
+            "3",
+            "--run",
+            "j",
+            "--no-progress",
+        )
+        == 0
+    )
     out = tmp_path / "jac.png"
-    status = cli("edit", url, "--jacobian", "j", "--sample", "3", "--step", "2", "--directions", "0", "--gammas", "8",
-                 "--out", str(out))
+    status = cli(
+        "edit",
+        url,
+        "--jacobian",
+        "j",
+        "--sample",
+        "3",
+        "--step",
+        "2",
+        "--directions",
+        "0",
+        "--gammas",
+        "8",
+        "--out",
+        str(out),
+    )
     assert status == 0
     found = torch.from_numpy(read_jacobian_directions(url, "j", 3, 2, [0]))[0]
     seed = derive_seeds(BASE_SEED, 3, 4)
@@ -116,15 +162,21 @@ def test_edit_along_jacobian_directions_applies_them_at_every_step(prefect_harne
         (["pca", "fit", "{tmp}/none", "--components", "2"], "no corpus at"),
         (["jacobian", "{url}", "--sample", "99", "--step", "0", "--k", "2"], "sample 99 is out of range"),
         (["jacobian", "{url}", "--sample", "0", "--step", "4", "--k", "2"], "step 4 is out of range"),
-        (["jacobian", "{url}", "--sample", "0", "--step", "0", "--k", "2", "--mask", "{tmp}/mask.jpg"],
-         "is a JPEG file; give a PNG"),
-        (["jacobian", "{url}", "--sample", "0", "--step", "0", "--k", "2", "--mask", "{tmp}/black.png"],
-         "has no white pixel"),
+        (
+            ["jacobian", "{url}", "--sample", "0", "--step", "0", "--k", "2", "--mask", "{tmp}/mask.jpg"],
+            "is a JPEG file; give a PNG",
+        ),
+        (
+            ["jacobian", "{url}", "--sample", "0", "--step", "0", "--k", "2", "--mask", "{tmp}/black.png"],
+            "has no white pixel",
+        ),
         (["edit", "{url}", "--pca", "nope", "--directions", "0", "--out", "{tmp}/g.png"], "no PCA run 'nope'"),
         (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/g.png"], "is not complete"),
         (["edit", "{url}", "--jacobian", "j", "--directions", "0", "--out", "{tmp}/g.png"], "needs --sample ID"),
-        (["edit", "{url}", "--pca", "half", "--directions", "0", "--show", "8", "--out", "{tmp}/g.png"],
-         "sample 8 is out of range"),
+        (
+            ["edit", "{url}", "--pca", "half", "--directions", "0", "--show", "8", "--out", "{tmp}/g.png"],
+            "sample 8 is out of range",
+        ),
         (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/no/g.png"], "does not exist"),
         (["edit", "{url}", "--pca", "half", "--directions", "0", "--out", "{tmp}/g.jpg"], "must name a .png"),
     ],

@@ -162,8 +162,10 @@ def test_cli_invert_writes_a_direction_and_inversions(prefect_harness, tmp_path,
 
     (tmp_path / "empty").mkdir()
     for args, message in [
-        (["--positives", str(tmp_path / "empty"), "--negatives", str(neg), "--out", str(tmp_path / "x.safetensors")],
-         "holds no PNG or JPEG"),
+        (
+            ["--positives", str(tmp_path / "empty"), "--negatives", str(neg), "--out", str(tmp_path / "x.safetensors")],
+            "holds no PNG or JPEG",
+        ),
         (["--images", str(pos), "--out", str(tmp_path / "x.npy")], "must be a .safetensors file"),
         (["--positives", str(pos), "--out", str(tmp_path / "x.safetensors")], "both --positives FOLDER and"),
         (["--positives", str(pos), "--negatives", str(neg)], "say where the direction goes"),

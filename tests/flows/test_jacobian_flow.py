@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import flows.jacobian
 import tasks.corpus
 import tasks.jacobian
-import flows.jacobian
 from flows.runner import run_flow
 from hspace.errors import HSpaceError
 from hspace.images import read_mask_png
@@ -88,8 +88,17 @@ def test_masked_run_stores_its_mask_and_equals_a_masked_direct_call(prefect_harn
     picture = np.zeros((32, 32), dtype=np.uint8)
     picture[:, :16] = 255  # left half white, twice the image size
     png = write_png(tmp_path / "mask.png", picture)
-    info = run_flow(flows.jacobian.jacobian_directions, url=url, sample_ids=[2], steps=[1], k=2, run="left", mask_png=png,
-                                   max_iter=ITER, progress=False)
+    info = run_flow(
+        flows.jacobian.jacobian_directions,
+        url=url,
+        sample_ids=[2],
+        steps=[1],
+        k=2,
+        run="left",
+        mask_png=png,
+        max_iter=ITER,
+        progress=False,
+    )
     mask = np.zeros((16, 16), dtype=np.uint8)
     mask[:, :8] = 1
     assert info["mask_sha256"] == mask_sha256(mask)
@@ -165,4 +174,3 @@ def test_mask_png_is_resized_by_nearest_and_binarised_at_128(tmp_path):
 def test_bad_masks_are_refused_clearly(tmp_path, make, message):
     with pytest.raises(HSpaceError, match=message):
         read_mask_png(make(tmp_path), (16, 16))
-

@@ -48,7 +48,7 @@ def test_flow_stores_the_exact_per_step_pca_with_aligned_signs(prefect_harness, 
         np.testing.assert_allclose(stored.components * signs[:, None], vt[:K], atol=2e-5)
         np.testing.assert_allclose(stored.mean, mean, atol=1e-6)
         np.testing.assert_allclose(stored.explained_variance, s[:K] ** 2 / (SAMPLES - 1), rtol=1e-4)
-        np.testing.assert_allclose(stored.explained_variance_ratio, s[:K] ** 2 / np.sum(s ** 2), rtol=1e-4)
+        np.testing.assert_allclose(stored.explained_variance_ratio, s[:K] ** 2 / np.sum(s**2), rtol=1e-4)
         # The direction at step t is the same axis (up to sign) ...
         flat = directions[:, t].reshape(K, -1)
         np.testing.assert_allclose(np.abs(np.sum(flat * vt[:K], axis=1)), 1.0, atol=1e-5)

@@ -19,9 +19,24 @@ from hspace.errors import HSpaceError
 from storage.corpus import Corpus
 from storage.directions import read_direction
 
-ARGS = dict(model="tiny", samples=16, steps=4, eta=1.0, batch=8, seed=3, annotator="testbed",
-            attributes=["smile", "hat"], k=4, thresholds={}, disentangle={"smile": ["hat"]}, pca_components=2,
-            pca_directions=1, gamma=2.0, eval_samples=4, repeats=2)
+ARGS = dict(
+    model="tiny",
+    samples=16,
+    steps=4,
+    eta=1.0,
+    batch=8,
+    seed=3,
+    annotator="testbed",
+    attributes=["smile", "hat"],
+    k=4,
+    thresholds={},
+    disentangle={"smile": ["hat"]},
+    pca_components=2,
+    pca_directions=1,
+    gamma=2.0,
+    eval_samples=4,
+    repeats=2,
+)
 # thresholds={} / --thresholds none: the tiny model's images are not faces, so the testbed annotator's hat
 # probability need not straddle 0.5; the top-k selection keeps eq. 11 checkable by hand. The default is
 # test_threshold_plan's.
@@ -36,11 +51,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_new(prefect_harness, tmp_path,
-                                                                                  tree_bytes):
+def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_new(
+    prefect_harness, tmp_path, tree_bytes
+):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
-    result = run_flow(rebuild_bank, settings=RebuildSettings(bank=bank_url, corpus=corpus_url,
-                                                             report=str(tmp_path / "report"), **ARGS))
+    result = run_flow(
+        rebuild_bank,
+        settings=RebuildSettings(bank=bank_url, corpus=corpus_url, report=str(tmp_path / "report"), **ARGS),
+    )
     assert result["directions"] == ["smile", "hat", "smile-disentangled", "pca-0"]
     bank = load_bank(bank_url)
     corpus = Corpus.open(corpus_url)
@@ -79,8 +97,10 @@ def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_ne
 
 def test_a_crash_before_publishing_is_finished_by_the_rerun(prefect_harness, tmp_path, monkeypatch):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
-    reference = run_flow(rebuild_bank, settings=RebuildSettings(bank=str(tmp_path / "reference"),
-                                                                corpus=str(tmp_path / "ref.zarr"), **ARGS))
+    reference = run_flow(
+        rebuild_bank,
+        settings=RebuildSettings(bank=str(tmp_path / "reference"), corpus=str(tmp_path / "ref.zarr"), **ARGS),
+    )
 
     def crash(*args, **kwargs):
         raise OSError("disk went away")
@@ -99,10 +119,38 @@ def test_a_crash_before_publishing_is_finished_by_the_rerun(prefect_harness, tmp
 
 def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
-    argv = ["rebuild-bank", bank_url, "--corpus", corpus_url, "--model", "tiny", "--samples", "16", "--steps", "4",
-            "--batch", "8", "--attributes", "smile,hat", "--k", "4", "--pca-components", "2", "--pca-directions", "1",
-            "--eval-samples", "4", "--repeats", "2", "--disentangle", "smile:hat", "--keep-norm",
-            "--thresholds", "none", "--json"]
+    argv = [
+        "rebuild-bank",
+        bank_url,
+        "--corpus",
+        corpus_url,
+        "--model",
+        "tiny",
+        "--samples",
+        "16",
+        "--steps",
+        "4",
+        "--batch",
+        "8",
+        "--attributes",
+        "smile,hat",
+        "--k",
+        "4",
+        "--pca-components",
+        "2",
+        "--pca-directions",
+        "1",
+        "--eval-samples",
+        "4",
+        "--repeats",
+        "2",
+        "--disentangle",
+        "smile:hat",
+        "--keep-norm",
+        "--thresholds",
+        "none",
+        "--json",
+    ]
     assert main(argv) == 0
     published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert published["directions"] == ["smile", "hat", "smile-disentangled", "pca-0"]
@@ -112,22 +160,65 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     expected = smile - (smile @ hat) / (hat @ hat) * hat
     expected = expected * smile.norm() / expected.norm()
     assert torch.allclose(bank.tensor("smile-disentangled").double().ravel(), expected, atol=1e-5)
-    assert main(["evaluate", corpus_url, "--directions", "smile,pca-0", "--pca-run", "bank", "--samples", "4",
-                 "--repeats", "2", "--gamma", "2", "--report", str(tmp_path / "ev"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                corpus_url,
+                "--directions",
+                "smile,pca-0",
+                "--pca-run",
+                "bank",
+                "--samples",
+                "4",
+                "--repeats",
+                "2",
+                "--gamma",
+                "2",
+                "--report",
+                str(tmp_path / "ev"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert table["rows"] == ["smile", "pca-0", "random(smile)", "random(pca-0)"]
     assert (tmp_path / "ev" / "evaluation.png").exists()
 
     # Other settings: the rebuild replaces its own directions (k 3), and other PCA settings take another run.
-    other = [*argv[:argv.index("--k")], "--k", "3", "--pca-components", "3", "--pca-run", "bank3",
-             *argv[argv.index("--pca-directions"):]]
+    other = [
+        *argv[: argv.index("--k")],
+        "--k",
+        "3",
+        "--pca-components",
+        "3",
+        "--pca-run",
+        "bank3",
+        *argv[argv.index("--pca-directions") :],
+    ]
     assert main(other) == 0
     capsys.readouterr()
     assert load_bank(bank_url)["smile"].parameters["k"] == 3
     assert load_bank(bank_url)["smile"].parameters["made_by"] == "rebuild-bank"
     # A direction the user stored under one of the rebuild's names is never replaced: refused before any work.
-    assert main(["directions", "supervised", corpus_url, "--name", "hat", "--positives", "0,1",
-                 "--negatives", "2,3", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "directions",
+                "supervised",
+                corpus_url,
+                "--name",
+                "hat",
+                "--positives",
+                "0,1",
+                "--negatives",
+                "2,3",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     versions = list_versions(bank_url)
     assert main(other) == 1
@@ -138,22 +229,38 @@ def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     assert list_versions(bank_url) == versions
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["evaluate", "{c}", "--directions", "pca-0"], "give --pca-run"),
-    (["evaluate", "{c}", "--directions", "nosuch"], "nosuch"),
-    (["evaluate", "{c}", "--directions", "smile", "--samples", "0"], "--samples must be a positive"),
-    (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--disentangle", "glasses"], "A:B"),
-    (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--thresholds", "hat"], "A=T"),
-    (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--thresholds", "beard=0.5"],
-     "thresholds name ['beard']"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "{c}", "--directions", "pca-0"], "give --pca-run"),
+        (["evaluate", "{c}", "--directions", "nosuch"], "nosuch"),
+        (["evaluate", "{c}", "--directions", "smile", "--samples", "0"], "--samples must be a positive"),
+        (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--disentangle", "glasses"], "A:B"),
+        (["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--thresholds", "hat"], "A=T"),
+        (
+            ["rebuild-bank", "{b}", "--corpus", "{c}", "--model", "tiny", "--thresholds", "beard=0.5"],
+            "thresholds name ['beard']",
+        ),
+    ],
+)
 def test_bad_input_fails_with_one_line(prefect_harness, tmp_path, capsys, argv, message):
     corpus_url = str(tmp_path / "c.zarr")
     if argv[0] == "evaluate":
         from flows.corpus import build_corpus
 
-        run_flow(build_corpus, out=corpus_url, model="tiny", samples=8, steps=2, eta=1.0, batch=8, seed=0,
-                         dtype="float16", device="cpu", progress=False)
+        run_flow(
+            build_corpus,
+            out=corpus_url,
+            model="tiny",
+            samples=8,
+            steps=2,
+            eta=1.0,
+            batch=8,
+            seed=0,
+            dtype="float16",
+            device="cpu",
+            progress=False,
+        )
     argv = [a.format(c=corpus_url, b=str(tmp_path / "bank")) for a in argv]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -55,6 +55,7 @@ def assert_path_safe(annotator) -> None:
 
 # ------------------------------------------------------------------------------------------------- clip
 
+
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A random-weight tiny CLIP saved as an open_clip local folder: (folder, the in-memory model)."""
@@ -64,8 +65,9 @@ def tiny_clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_clip")
     torch.manual_seed(0)
     model = open_clip.CLIP(**TINY_CLIP).eval()
-    (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": TINY_MEAN, "std": TINY_STD}}))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": TINY_MEAN, "std": TINY_STD}})
+    )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
     return folder, model
 
@@ -86,9 +88,16 @@ def test_pair_probabilities_match_hand_computation():
     np.testing.assert_allclose(swapped.numpy(), 1 - expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("size, mode, crop", [(32, "shortest", None), (64, "shortest", None),
-                                              (64, "shortest", (8, 56)), (64, "squash", (8, 56)),
-                                              (64, "longest", (8, 56))])
+@pytest.mark.parametrize(
+    "size, mode, crop",
+    [
+        (32, "shortest", None),
+        (64, "shortest", None),
+        (64, "shortest", (8, 56)),
+        (64, "squash", (8, 56)),
+        (64, "longest", (8, 56)),
+    ],
+)
 def test_preprocess_matches_open_clip_pil_transform(size, mode, crop):
     import open_clip
 
@@ -96,7 +105,7 @@ def test_preprocess_matches_open_clip_pil_transform(size, mode, crop):
 
     images = render_dataset(3, seed=1, size=size)[0]
     if crop:  # non-square inputs exercise the crop / pad rules
-        images = np.ascontiguousarray(images[..., crop[0]:crop[1]])
+        images = np.ascontiguousarray(images[..., crop[0] : crop[1]])
     cfg = {"size": 48, "mean": TINY_MEAN, "std": TINY_STD, "interpolation": "bicubic", "resize_mode": mode}
     reference = open_clip.image_transform(48, is_train=False, mean=TINY_MEAN, std=TINY_STD, resize_mode=mode)
     expected = torch.stack([reference(Image.fromarray(im.transpose(1, 2, 0))) for im in images])
@@ -139,8 +148,7 @@ def test_tiny_clip_from_local_folder_matches_manual_computation(tiny_clip):
     assert scores.std(axis=0).min() > 1e-4  # the scores depend on the image
     # Larger inputs are resized with the model's preprocessing (PIL vs torch rounding: loose tolerance).
     large = render_dataset(3, seed=0, size=64)[0]
-    np.testing.assert_allclose(annotator.score(large), _manual_clip_scores(model, large, DEFAULT_PROMPTS),
-                               atol=0.02)
+    np.testing.assert_allclose(annotator.score(large), _manual_clip_scores(model, large, DEFAULT_PROMPTS), atol=0.02)
     weights = (folder / "open_clip_model.safetensors").read_bytes()
     assert annotator.config["sha256"] == {"open_clip_model.safetensors": hashlib.sha256(weights).hexdigest()}
 
@@ -153,8 +161,9 @@ def test_tiny_clip_from_registered_config_and_checkpoint_file(tiny_clip, tmp_pat
     open_clip.add_model_config(tmp_path / "hspace-test-tiny-clip.json")
     prompts = {"smile": ["A smiling face", "A face"], "beard": ["A man with a beard", "A man"]}
     checkpoint = folder / "open_clip_model.safetensors"
-    annotator = load_annotator("clip", model="hspace-test-tiny-clip", pretrained=str(checkpoint), prompts=prompts,
-                               name="clip-tiny", batch=2)
+    annotator = load_annotator(
+        "clip", model="hspace-test-tiny-clip", pretrained=str(checkpoint), prompts=prompts, name="clip-tiny", batch=2
+    )
     assert annotator.name == "clip-tiny" and annotator.attributes == ("smile", "beard")
     images = render_dataset(5, seed=2)[0]
     # Registered configs default to OpenAI's mean/std: compare with the model called on that preprocessing.
@@ -191,8 +200,16 @@ def test_clip_weights_missing_or_unknown_say_what_to_do(monkeypatch, tmp_path):
         load_annotator("clip", model=f"local-dir:{tmp_path}")
 
 
-@pytest.mark.parametrize("prompts", [{}, {"smile": "A smiling person"}, {"smile": ["A smiling person", ""]},
-                                     {"../up": ["a", "b"]}, {"smile": ["a", "b", "c"]}])
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        {},
+        {"smile": "A smiling person"},
+        {"smile": ["A smiling person", ""]},
+        {"../up": ["a", "b"]},
+        {"smile": ["a", "b", "c"]},
+    ],
+)
 def test_clip_refuses_bad_prompts(prompts):
     from hspace.annotators.clip import parse_prompts
 
@@ -201,6 +218,7 @@ def test_clip_refuses_bad_prompts(prompts):
 
 
 # ------------------------------------------------------------------------------------------------ faces
+
 
 def test_landmark_proxies_match_hand_computation():
     from hspace.annotators.faces import landmark_proxies
@@ -274,6 +292,7 @@ def test_faces_options_are_checked():
 
 # ------------------------------------------------------------------------------------------ classifiers
 
+
 class TinyClassifier(torch.nn.Module):
     """Conv + linear: 3 logits for 16x16 images."""
 
@@ -286,8 +305,10 @@ class TinyClassifier(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-CLASSIFIER_CONFIG = {"attributes": ["Smiling", "Eyeglasses", "Male"],
-                     "input": {"size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0]}}
+CLASSIFIER_CONFIG = {
+    "attributes": ["Smiling", "Eyeglasses", "Male"],
+    "input": {"size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0]},
+}
 
 
 def _export_torchscript(path: Path, module: torch.nn.Module) -> None:
@@ -364,8 +385,9 @@ def test_torchscript_loading_never_runs_planted_pickle_code(tmp_path):
         with zipfile.ZipFile(tmp_path / "clean.ts") as clean, zipfile.ZipFile(planted, "w") as out:
             for entry in clean.namelist():
                 data = clean.read(entry)
-                out.writestr(entry, pickle.dumps(_Planted(marker), protocol=2) if entry.endswith("/" + target)
-                             else data)
+                out.writestr(
+                    entry, pickle.dumps(_Planted(marker), protocol=2) if entry.endswith("/" + target) else data
+                )
         with pytest.raises(HSpaceError, match="could not be loaded"):
             load_annotator(str(planted), config=CLASSIFIER_CONFIG)
         assert not marker.exists()
@@ -431,6 +453,7 @@ def test_classifier_config_errors_are_clear(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- load_annotator
+
 
 def test_load_annotator_names_and_options():
     from hspace.testbed.annotator import TestbedAnnotator

@@ -30,11 +30,18 @@ FINGERPRINT = "f" * 64
 
 def directions(h_shape=(32, 8, 8), *, seed=0, fingerprint=FINGERPRINT, names=("a", "b"), dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
-    return [Direction(name=name, tensor=torch.randn((T, *h_shape), generator=generator).to(dtype),
-                      method="supervised", parameters={"k": 16, "attribute": name, "gammas": [1.0, 2.5]},
-                      source="memory://corpus", fingerprint=fingerprint,
-                      evaluation={"auc": 0.75 + i / 10, "effect": {"gamma_2": -0.5}})
-            for i, name in enumerate(names)]
+    return [
+        Direction(
+            name=name,
+            tensor=torch.randn((T, *h_shape), generator=generator).to(dtype),
+            method="supervised",
+            parameters={"k": 16, "attribute": name, "gammas": [1.0, 2.5]},
+            source="memory://corpus",
+            fingerprint=fingerprint,
+            evaluation={"auc": 0.75 + i / 10, "effect": {"gamma_2": -0.5}},
+        )
+        for i, name in enumerate(names)
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -77,14 +84,27 @@ def test_round_trip_of_tensors_and_metadata(url):
     bank = load_bank(url)
     assert (bank.version, bank.fingerprint, bank.names) == ("v0001", FINGERPRINT, ("a", "b", "half"))
     assert (bank.steps, bank.eta, bank.timesteps, bank.h_shape, bank.notes) == (
-        T, (0.5, 0.5, 0.5), (666, 333, 0), (32, 8, 8), "weekly")
+        T,
+        (0.5, 0.5, 0.5),
+        (666, 333, 0),
+        (32, 8, 8),
+        "weekly",
+    )
     for direction in made:
         loaded = bank[direction.name]
         assert loaded.tensor.dtype == direction.tensor.dtype
         assert torch.equal(loaded.tensor, direction.tensor)
-        assert loaded.record() == direction.record() == {
-            "method": "supervised", "parameters": direction.parameters, "source": "memory://corpus",
-            "fingerprint": FINGERPRINT, "evaluation": direction.evaluation}
+        assert (
+            loaded.record()
+            == direction.record()
+            == {
+                "method": "supervised",
+                "parameters": direction.parameters,
+                "source": "memory://corpus",
+                "fingerprint": FINGERPRINT,
+                "evaluation": direction.evaluation,
+            }
+        )
     info = json.loads(json.dumps(bank.info()))
     assert info["directions"]["a"]["parameters"] == {"k": 16, "attribute": "a", "gammas": [1.0, 2.5]}
     # The recorded checksum is the sha256 of the file, computed here independently.
@@ -312,8 +332,10 @@ def test_edit_equals_the_sampler_with_the_explicit_delta(tiny, tiny_bank):
     both = edit(tiny, seeds, {"a": 2.0, "b": -1.0}, bank)
     assert np.array_equal(both, to_uint8(sample(tiny, seeds, steps=T, eta=1.0, delta=2.0 * v - w).images).numpy())
     assert not np.array_equal(both, edited)
-    assert np.array_equal(edit(tiny, 1, {"a": 2.0}, bank, asyrp=True),
-                          to_uint8(sample(tiny, [1], steps=T, delta=2.0 * v, asyrp=True).images).numpy())
+    assert np.array_equal(
+        edit(tiny, 1, {"a": 2.0}, bank, asyrp=True),
+        to_uint8(sample(tiny, [1], steps=T, delta=2.0 * v, asyrp=True).images).numpy(),
+    )
 
 
 def test_edit_uses_the_recorded_eta(tiny, tmp_path):
@@ -378,10 +400,24 @@ def one_error_line(capsys):
 def write_inputs(tmp_path, made, **meta):
     tensors, sidecar = tmp_path / "in.safetensors", tmp_path / "in.json"
     safetensors.torch.save_file({d.name: d.tensor for d in made}, tensors)
-    sidecar.write_text(json.dumps({"model_fingerprint": FINGERPRINT, "sampler": {"eta": 1.0},
-                                   "directions": {d.name: {"method": d.method, "parameters": d.parameters,
-                                                           "source": d.source, "evaluation": d.evaluation}
-                                                  for d in made}, **meta}))
+    sidecar.write_text(
+        json.dumps(
+            {
+                "model_fingerprint": FINGERPRINT,
+                "sampler": {"eta": 1.0},
+                "directions": {
+                    d.name: {
+                        "method": d.method,
+                        "parameters": d.parameters,
+                        "source": d.source,
+                        "evaluation": d.evaluation,
+                    }
+                    for d in made
+                },
+                **meta,
+            }
+        )
+    )
     return tensors, sidecar
 
 
@@ -474,13 +510,15 @@ def test_cli_bad_input_exits_1_with_one_line(cli, capsys, tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     missing_one = tmp_path / "one.json"
-    missing_one.write_text(json.dumps({"model_fingerprint": FINGERPRINT,
-                                       "directions": {"a": {"method": "supervised"}}}))
+    missing_one.write_text(
+        json.dumps({"model_fingerprint": FINGERPRINT, "directions": {"a": {"method": "supervised"}}})
+    )
     escaping = tmp_path / "escape.safetensors"
     safetensors.torch.save_file({"../x": made[0].tensor}, escaping)
     escaping_meta = tmp_path / "escape.json"
-    escaping_meta.write_text(json.dumps({"model_fingerprint": FINGERPRINT,
-                                         "directions": {"../x": {"method": "supervised"}}}))
+    escaping_meta.write_text(
+        json.dumps({"model_fingerprint": FINGERPRINT, "directions": {"../x": {"method": "supervised"}}})
+    )
     not_tensors = tmp_path / "text.safetensors"
     not_tensors.write_text("hello")
     for argv, message in [
@@ -517,10 +555,22 @@ def test_the_bank_imports_only_the_core_and_its_file_libraries():
     imported = set()
     for source in (*Path(bank_module.__file__).parent.glob("*.py"), inspect.getsourcefile(edit)):
         tree = ast.parse(Path(source).read_text())
-        imported |= {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                     for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {
+            node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+        }
     assert imported & {"prefect", "zarr", "dask", "storage", "tasks", "flows", "pickle"} == set()
-    assert imported - {"__future__", "hashlib", "json", "os", "re", "uuid", "collections", "dataclasses", "datetime",
-                       "typing"} == {"fsspec", "numpy", "safetensors", "torch", "hspace"}
+    assert imported - {
+        "__future__",
+        "hashlib",
+        "json",
+        "os",
+        "re",
+        "uuid",
+        "collections",
+        "dataclasses",
+        "datetime",
+        "typing",
+    } == {"fsspec", "numpy", "safetensors", "torch", "hspace"}

@@ -8,8 +8,15 @@ import torch
 from diffusers import DDIMPipeline, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from hspace.directions import (disentangle, disentangled_set, norm_preserving_noise_delta, per_step_norm,
-                               random_direction_like, supervised_direction, top_bottom)
+from hspace.directions import (
+    disentangle,
+    disentangled_set,
+    norm_preserving_noise_delta,
+    per_step_norm,
+    random_direction_like,
+    supervised_direction,
+    top_bottom,
+)
 from hspace.errors import HSpaceError
 from hspace.sampler import initial_noise, sample
 
@@ -208,8 +215,13 @@ def test_noise_delta_equals_diffusers_pipeline_started_from_the_edited_x_T(tiny,
     monkeypatch.setattr(pipeline_module, "randn_tensor", edited_x_T)
     pipeline = DDIMPipeline(unet=tiny.unet, scheduler=DDPMScheduler.from_config(tiny.scheduler_config))
     pipeline.set_progress_bar_config(disable=True)
-    theirs = pipeline(batch_size=2, generator=[torch.Generator().manual_seed(s) for s in seeds], eta=1.0,
-                      num_inference_steps=STEPS, output_type="pt").images
+    theirs = pipeline(
+        batch_size=2,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        eta=1.0,
+        num_inference_steps=STEPS,
+        output_type="pt",
+    ).images
     ours = sample(tiny, seeds, steps=STEPS, eta=1.0, noise_delta=delta, microbatch=2, capture=False).images
     assert (ours - theirs).abs().max() <= 1e-5
     assert (ours - sample(tiny, seeds, steps=STEPS, eta=1.0, capture=False).images).abs().max() > 1e-2

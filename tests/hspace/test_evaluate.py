@@ -43,14 +43,25 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def tiny_directions(tiny) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"h-dir": torch.randn(STEPS, *tiny.h_shape, generator=g),
-            "x-dir": torch.randn(tiny.image_shape, generator=g)}
+    return {
+        "h-dir": torch.randn(STEPS, *tiny.h_shape, generator=g),
+        "x-dir": torch.randn(tiny.image_shape, generator=g),
+    }
 
 
 @pytest.fixture(scope="module")
 def tiny_result(tiny, tiny_directions) -> EvaluationResult:
-    return evaluate_directions(tiny, Brightness(), tiny_directions, gamma={"h-dir": 3.0, "x-dir": 0.5}, steps=STEPS,
-                               samples=3, repeats=2, seed=5, batch=64)
+    return evaluate_directions(
+        tiny,
+        Brightness(),
+        tiny_directions,
+        gamma={"h-dir": 3.0, "x-dir": 0.5},
+        steps=STEPS,
+        samples=3,
+        repeats=2,
+        seed=5,
+        batch=64,
+    )
 
 
 def test_the_matrix_is_a_replay_of_the_sampler_by_hand(tiny, tiny_directions, tiny_result):
@@ -61,8 +72,12 @@ def test_the_matrix_is_a_replay_of_the_sampler_by_hand(tiny, tiny_directions, ti
     random_h = random_direction_like(v_h, generator)
     random_x = random_direction_like(v_x.unsqueeze(0), generator)[0]
     assert torch.allclose(random_x.norm(), v_x.norm())
-    edits = [dict(delta=3.0 * v_h), dict(noise_delta=0.5 * v_x), dict(delta=3.0 * random_h),
-             dict(noise_delta=0.5 * random_x)]
+    edits = [
+        dict(delta=3.0 * v_h),
+        dict(noise_delta=0.5 * v_x),
+        dict(delta=3.0 * random_h),
+        dict(noise_delta=0.5 * random_x),
+    ]
     by_hand = np.zeros((2, 4))
     unedited = []
     for r in range(2):
@@ -104,30 +119,57 @@ def test_outputs_csv_markdown_json_and_heatmap(tiny_result):
 def test_bad_input_is_refused(tiny, tiny_directions):
     annotator = Brightness()
     with pytest.raises(HSpaceError, match="expected an h direction"):
-        evaluate_directions(tiny, annotator, {"v": tiny_directions["h-dir"][:2]}, gamma=1.0, steps=STEPS, samples=1,
-                            repeats=1)
+        evaluate_directions(
+            tiny, annotator, {"v": tiny_directions["h-dir"][:2]}, gamma=1.0, steps=STEPS, samples=1, repeats=1
+        )
     with pytest.raises(HSpaceError, match="no attribute 'smile'"):
         evaluate_directions(tiny, annotator, tiny_directions, gamma=1.0, steps=STEPS, attributes=["smile"])
     with pytest.raises(HSpaceError, match="no value for direction"):
         evaluate_directions(tiny, annotator, tiny_directions, gamma={"h-dir": 1.0}, steps=STEPS)
     with pytest.raises(HSpaceError, match="random baseline"):
-        evaluate_directions(tiny, annotator, {"v": tiny_directions["h-dir"], "random(v)": tiny_directions["h-dir"]},
-                            gamma=1.0, steps=STEPS)
+        evaluate_directions(
+            tiny,
+            annotator,
+            {"v": tiny_directions["h-dir"], "random(v)": tiny_directions["h-dir"]},
+            gamma=1.0,
+            steps=STEPS,
+        )
     with pytest.raises(HSpaceError, match="example counts must lie in 1..4"):
-        sample_efficiency(tiny, annotator, attribute="brightness", gamma_h=1.0, gamma_x=1.0, steps=STEPS,
-                          example_counts=(2, 5), pool_samples=8)
+        sample_efficiency(
+            tiny,
+            annotator,
+            attribute="brightness",
+            gamma_h=1.0,
+            gamma_x=1.0,
+            steps=STEPS,
+            example_counts=(2, 5),
+            pool_samples=8,
+        )
 
 
 def test_sample_efficiency_is_eq_11_replayed_by_hand(tiny):
     """Pool, top/bottom, eq. 11 in h and in x_T (x_T drawn here from the seeds' own generators),
     normalisation to the largest n, edits: all recomputed with the sampler."""
     annotator, counts, seed, batch = Brightness(), (1, 2, 4), 3, 64
-    curve = sample_efficiency(tiny, annotator, attribute="brightness", gamma_h=4.0, gamma_x=1.0, steps=STEPS,
-                              example_counts=counts, pool_samples=8, eval_samples=3, eta=0.0, seed=seed, batch=batch)
+    curve = sample_efficiency(
+        tiny,
+        annotator,
+        attribute="brightness",
+        gamma_h=4.0,
+        gamma_x=1.0,
+        steps=STEPS,
+        example_counts=counts,
+        pool_samples=8,
+        eval_samples=3,
+        eta=0.0,
+        seed=seed,
+        batch=batch,
+    )
     pool_seeds = derive_seeds(seed, 0, 8)
     pool = sample(tiny, pool_seeds, steps=STEPS, eta=0.0, microbatch=batch)
-    x_T = torch.cat([torch.randn((1, *tiny.image_shape), generator=torch.Generator().manual_seed(s))
-                     for s in pool_seeds])
+    x_T = torch.cat(
+        [torch.randn((1, *tiny.image_shape), generator=torch.Generator().manual_seed(s)) for s in pool_seeds]
+    )
     order = np.argsort(_brightness(pool.images))
     v_h = {n: pool.h[order[-n:]].mean(0) - pool.h[order[:n]].mean(0) for n in counts}
     v_x = {n: x_T[order[-n:]].mean(0) - x_T[order[:n]].mean(0) for n in counts}
@@ -137,8 +179,9 @@ def test_sample_efficiency_is_eq_11_replayed_by_hand(tiny):
         h = v_h[n] * (per_step_norm(v_h[4]) / per_step_norm(v_h[n])).view(-1, 1, 1, 1)
         x = v_x[n] * v_x[4].norm() / v_x[n].norm()
         edited_h = _brightness(sample(tiny, eval_seeds, steps=STEPS, eta=0.0, delta=4.0 * h, capture=False).images)
-        edited_x = _brightness(sample(tiny, eval_seeds, steps=STEPS, eta=0.0, noise_delta=1.0 * x,
-                                      capture=False).images)
+        edited_x = _brightness(
+            sample(tiny, eval_seeds, steps=STEPS, eta=0.0, noise_delta=1.0 * x, capture=False).images
+        )
         assert curve.effect_h[i] == pytest.approx((edited_h - plain).mean(), abs=2e-5)
         assert curve.effect_x[i] == pytest.approx((edited_x - plain).mean(), abs=2e-5)
         cosine = float((v_x[n] * v_x[4]).sum() / (v_x[n].norm() * v_x[4].norm()))
@@ -146,8 +189,10 @@ def test_sample_efficiency_is_eq_11_replayed_by_hand(tiny):
     generator = torch.Generator().manual_seed(seed)
     random_h = random_direction_like(v_h[4], generator)
     random_x = random_direction_like(v_x[4].unsqueeze(0), generator)[0]
-    for (effect, _), edit in ((curve.random_h, dict(delta=4.0 * random_h)),
-                              (curve.random_x, dict(noise_delta=1.0 * random_x))):
+    for (effect, _), edit in (
+        (curve.random_h, dict(delta=4.0 * random_h)),
+        (curve.random_x, dict(noise_delta=1.0 * random_x)),
+    ):
         edited = _brightness(sample(tiny, eval_seeds, steps=STEPS, eta=0.0, capture=False, **edit).images)
         assert effect == pytest.approx((edited - plain).mean(), abs=2e-5)
     assert np.abs(curve.effect_h).max() > 1e-3 and np.abs(curve.effect_x).max() > 1e-3
@@ -165,15 +210,42 @@ def test_efficiency_command_writes_the_curve_of_the_library_call(tmp_path, capsy
     from hspace.models import load_model
 
     out = tmp_path / "fig8a"
-    settings = ["--attribute", "smile", "--counts", "2,4", "--pool", "32", "--eval-samples", "3", "--steps", "10",
-                "--gamma-h", "2", "--gamma-x", "0.5", "--seed", "5"]
+    settings = [
+        "--attribute",
+        "smile",
+        "--counts",
+        "2,4",
+        "--pool",
+        "32",
+        "--eval-samples",
+        "3",
+        "--steps",
+        "10",
+        "--gamma-h",
+        "2",
+        "--gamma-x",
+        "0.5",
+        "--seed",
+        "5",
+    ]
     assert main(["efficiency", *settings, "--out", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert sorted(p.name for p in out.iterdir()) == ["efficiency.json", "efficiency.md", "efficiency.png"]
     stored = json.loads((out / "efficiency.json").read_text())
-    expected = sample_efficiency(load_model("testbed"), load_annotator("testbed"), attribute="smile", gamma_h=2.0,
-                                 gamma_x=0.5, steps=10, example_counts=(2, 4), pool_samples=32, eval_samples=3,
-                                 eta=0.0, seed=5, keep=lambda scores: scores["face"] > 0.5).to_dict()
+    expected = sample_efficiency(
+        load_model("testbed"),
+        load_annotator("testbed"),
+        attribute="smile",
+        gamma_h=2.0,
+        gamma_x=0.5,
+        steps=10,
+        example_counts=(2, 4),
+        pool_samples=32,
+        eval_samples=3,
+        eta=0.0,
+        seed=5,
+        keep=lambda scores: scores["face"] > 0.5,
+    ).to_dict()
     for key in ("counts", "effect_h", "effect_x", "cosine_h", "cosine_x"):
         np.testing.assert_allclose(stored[key], expected[key], atol=1e-6)
         assert printed[key] == stored[key]
@@ -205,8 +277,11 @@ def _testbed_directions(model, annotator, *, pool: int, steps: int, factors, see
     # The deliberate correlation (glasses, hat), and smile against skin tone, which the 9,000-step model
     # entangled (each one's direction moved the other by ~0.8 std; in Table I the 16,000-step one: +0.30
     # smile -> skin; the 20,000-step one: +0.01 smile -> skin, +0.60 skin -> smile) though the data does not.
-    pairs = {name: others for name, others in {"glasses": ["hat"], "hat": ["glasses"], "smile": ["skin_tone"]}.items()
-             if name in factors and set(others) <= set(factors)}
+    pairs = {
+        name: others
+        for name, others in {"glasses": ["hat"], "hat": ["glasses"], "smile": ["skin_tone"]}.items()
+        if name in factors and set(others) <= set(factors)
+    }
     rescaled = disentangled_set(directions, pairs, keep_norm=True)
     labels = [f"{name}-perp-{'-'.join(others)}" for name, others in pairs.items()]
     return disentangled_set(directions, pairs) | {f"{label}-rescaled": rescaled[label] for label in labels}, k
@@ -246,8 +321,18 @@ def test_testbed_glasses_disentangled_from_hat(testbed):
     model, annotator = testbed
     directions, _ = _testbed_directions(model, annotator, pool=128, steps=20, factors=("glasses", "hat"))
     chosen = {name: directions[name] for name in ("glasses", "glasses-perp-hat", "glasses-perp-hat-rescaled")}
-    result = evaluate_directions(model, annotator, chosen, gamma=1.0, steps=20, samples=16, repeats=1, seed=1,
-                                 random_baseline=False, attributes=("glasses", "hat"))
+    result = evaluate_directions(
+        model,
+        annotator,
+        chosen,
+        gamma=1.0,
+        steps=20,
+        samples=16,
+        repeats=1,
+        seed=1,
+        random_baseline=False,
+        attributes=("glasses", "hat"),
+    )
     print(result.to_markdown())
     assert result.effect("glasses", "hat") > 0.1, "the correlation: the glasses direction raises hat"
     _check_disentanglement(result)
@@ -259,12 +344,20 @@ def test_testbed_table_one_full_size(testbed):
     model, annotator = testbed
     factors = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
     steps = int(os.environ.get("HSPACE_STEPS", "50"))
-    directions, k = _testbed_directions(model, annotator, pool=int(os.environ.get("HSPACE_POOL", "256")), steps=steps,
-                                        factors=factors)
-    result = evaluate_directions(model, annotator, directions, gamma=float(os.environ.get("HSPACE_GAMMA", "0.5")),
-                                 steps=steps, samples=int(os.environ.get("HSPACE_SAMPLES", "32")),
-                                 repeats=int(os.environ.get("HSPACE_REPEATS", "3")), seed=1,
-                                 progress=lambda message: print(message, flush=True))
+    directions, k = _testbed_directions(
+        model, annotator, pool=int(os.environ.get("HSPACE_POOL", "256")), steps=steps, factors=factors
+    )
+    result = evaluate_directions(
+        model,
+        annotator,
+        directions,
+        gamma=float(os.environ.get("HSPACE_GAMMA", "0.5")),
+        steps=steps,
+        samples=int(os.environ.get("HSPACE_SAMPLES", "32")),
+        repeats=int(os.environ.get("HSPACE_REPEATS", "3")),
+        seed=1,
+        progress=lambda message: print(message, flush=True),
+    )
     out = Path(os.environ.get("HSPACE_OUT", "hspace-table1"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "table1.md").write_text(result.to_markdown("std") + "\n" + result.to_markdown())

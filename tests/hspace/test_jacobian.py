@@ -51,8 +51,7 @@ def explicit_svd(model, state, mask=None):
             eps = unet(state.x_t, state.t).sample[0]
         return (eps if mask is None else eps * torch.as_tensor(mask, dtype=eps.dtype)).reshape(-1)
 
-    jac = torch.autograd.functional.jacobian(eps_of_delta, torch.zeros(int(np.prod(model.h_shape))),
-                                             vectorize=True)
+    jac = torch.autograd.functional.jacobian(eps_of_delta, torch.zeros(int(np.prod(model.h_shape))), vectorize=True)
     u, sigma, vh = torch.linalg.svd(jac.double(), full_matrices=False)
     return sigma, vh, u.T
 
@@ -78,12 +77,14 @@ def clusters(sigma: torch.Tensor, k: int) -> list[list[int]]:
 
 def assert_at_a_gap(sigma: torch.Tensor, k: int) -> None:
     assert sigma[k] < (1 - CLUSTER) * sigma[k - 1], (
-        f"k = {k} is not at a gap of the explicit spectrum {sigma[:k + 1].tolist()}: the top-k subspace "
-        "is not determined; choose another seed/step/k for this test")
+        f"k = {k} is not at a gap of the explicit spectrum {sigma[: k + 1].tolist()}: the top-k subspace "
+        "is not determined; choose another seed/step/k for this test"
+    )
 
 
-def assert_matches(result: JacobianResult, reference, k: int, *, rtol_sigma: float = 1e-3,
-                   min_cos: float = 0.999) -> None:
+def assert_matches(
+    result: JacobianResult, reference, k: int, *, rtol_sigma: float = 1e-3, min_cos: float = 0.999
+) -> None:
     """Singular values within rtol; vectors (right and left) equal up to sign, or per cluster as subspaces."""
     sigma, v_ref, u_ref = reference
     assert_at_a_gap(sigma, k)
@@ -129,11 +130,11 @@ def test_batched_alg1_matches_the_explicit_svd(tiny, batched, explicit):
     assert torch.allclose(v @ v.T, torch.eye(K, dtype=torch.float64), atol=1e-5)
 
 
-@pytest.mark.parametrize(("algorithm", "block", "lock"),
-                         [("sequential", 1, False), ("sequential", 2, False), ("batched", None, True)])
+@pytest.mark.parametrize(
+    ("algorithm", "block", "lock"), [("sequential", 1, False), ("sequential", 2, False), ("batched", None, True)]
+)
 def test_sequential_alg2_and_locking_equal_batched_alg1(tiny, state, batched, explicit, algorithm, block, lock):
-    result = jacobian_directions(tiny, state.x_t, state.t, K, algorithm=algorithm, block=block, lock=lock,
-                                 tol=TOL)
+    result = jacobian_directions(tiny, state.x_t, state.t, K, algorithm=algorithm, block=block, lock=lock, tol=TOL)
     assert result.converged
     # Locking and small mini-batches iterate fewer vectors at a time; Alg. 1 iterates all K every time.
     assert batched.column_iterations == K * batched.iterations
@@ -144,8 +145,9 @@ def test_sequential_alg2_and_locking_equal_batched_alg1(tiny, state, batched, ex
     sigma = explicit[0]
     assert torch.allclose(result.singular_values, batched.singular_values, rtol=1e-3, atol=0)
     for group in clusters(sigma, K):
-        cos = torch.linalg.svdvals(result.directions.reshape(K, -1)[group] @
-                                   batched.directions.reshape(K, -1)[group].T).min()
+        cos = torch.linalg.svdvals(
+            result.directions.reshape(K, -1)[group] @ batched.directions.reshape(K, -1)[group].T
+        ).min()
         assert cos >= 0.999
 
 
@@ -171,8 +173,9 @@ def test_initial_theta_near_the_answer_converges_at_once(tiny, state, batched, e
     noise = torch.randn(batched.directions.shape, generator=torch.Generator().manual_seed(2))
     theta = batched.directions + 1e-4 * noise
     for algorithm, block in (("batched", None), ("sequential", 1)):
-        result = jacobian_directions(tiny, state.x_t, state.t, K, algorithm=algorithm, block=block,
-                                     theta=theta, tol=TOL)
+        result = jacobian_directions(
+            tiny, state.x_t, state.t, K, algorithm=algorithm, block=block, theta=theta, tol=TOL
+        )
         assert result.converged and result.iterations <= 3 * (K if block else 1)
         assert_matches(result, explicit, K)
 

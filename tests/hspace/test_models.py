@@ -78,9 +78,15 @@ def test_unknown_name_is_a_clear_error():
 
 def test_model_without_mid_block_is_refused(tmp_path):
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       mid_block_type=None)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+    )
     unet.save_pretrained(tmp_path)
     DDPMScheduler().save_pretrained(tmp_path)
     with pytest.raises(HSpaceError, match="has no mid_block"):

@@ -108,9 +108,9 @@ def test_fit_equals_partial_fit_loop(X):
     # Any cut of the same rows into calls gives the same merges: pending rows wait for a full block.
     cuts = [0, 37, 38, 300, 777, N]
     looped = StreamingPCA(K, batch_size=BATCH, device="cpu")
-    for start, stop in zip(cuts[:-1], cuts[1:]):
+    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
         looped.partial_fit(X[start:stop])
-    streamed = StreamingPCA(K, batch_size=BATCH, device="cpu").fit(X[i:i + 150] for i in range(0, N, 150))
+    streamed = StreamingPCA(K, batch_size=BATCH, device="cpu").fit(X[i : i + 150] for i in range(0, N, 150))
     for other in (looped, streamed):
         np.testing.assert_array_equal(other.components_, fitted.components_)
         np.testing.assert_array_equal(other.explained_variance_, fitted.explained_variance_)
@@ -127,7 +127,7 @@ def test_fit_starts_over(X):
 
 def test_shard_order_changes_nothing_beyond_sign(X, exact):
     _, s, vt = exact
-    shards = [X[i:i + BATCH] for i in range(0, N, BATCH)]
+    shards = [X[i : i + BATCH] for i in range(0, N, BATCH)]
     forward = StreamingPCA(K, batch_size=BATCH, device="cpu").fit(shards)
     order = [2, 0, 3, 1]  # no shard keeps its place
     assert sorted(order) == list(range(len(shards)))
@@ -159,7 +159,7 @@ def test_errors_say_what_to_do(X):
     few = StreamingPCA(K, device="cpu").partial_fit(X[:K])
     with pytest.raises(HSpaceError, match="more than 10 samples.*call partial_fit with more rows"):
         few.components_  # noqa: B018
-    assert few.partial_fit(X[K:K + 1]).components_.shape == (K, D)  # K + 1 rows are enough
+    assert few.partial_fit(X[K : K + 1]).components_.shape == (K, D)  # K + 1 rows are enough
     with pytest.raises(HSpaceError, match="2-D"):
         StreamingPCA(K, device="cpu").partial_fit(X[0])
     with pytest.raises(HSpaceError, match="NaN"):

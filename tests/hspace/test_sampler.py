@@ -18,8 +18,9 @@ def pipeline_images(model, seeds, eta, steps=STEPS):
     pipeline = DDIMPipeline(unet=model.unet, scheduler=DDPMScheduler.from_config(model.scheduler_config))
     pipeline.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    return pipeline(batch_size=len(seeds), generator=generators, eta=eta, num_inference_steps=steps,
-                    output_type="pt").images
+    return pipeline(
+        batch_size=len(seeds), generator=generators, eta=eta, num_inference_steps=steps, output_type="pt"
+    ).images
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -98,9 +99,8 @@ def test_per_sample_delta_edits_only_its_sample(tiny):
 def test_hook_is_removed_after_sampling_and_after_errors(tiny):
     sample(tiny, [1], steps=2)
     assert len(tiny.unet.mid_block._forward_hooks) == 0
-    with pytest.raises(RuntimeError, match="boom"):
-        with h_hook(tiny.unet):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), h_hook(tiny.unet):
+        raise RuntimeError("boom")
     assert len(tiny.unet.mid_block._forward_hooks) == 0
 
 
@@ -138,8 +138,10 @@ def test_asyrp_matches_the_hand_computation_and_differs_from_the_default(tiny):
     assert torch.equal(sample(tiny, [21], steps=STEPS, eta=1.0, asyrp=True).images, plain)
 
 
-@pytest.mark.parametrize(("eta", "message"), [(-0.1, "eta must lie in"), (1.5, "eta must lie in"),
-                                               ([0.5, 0.5], "eta has 2 values but there are 10 steps")])
+@pytest.mark.parametrize(
+    ("eta", "message"),
+    [(-0.1, "eta must lie in"), (1.5, "eta must lie in"), ([0.5, 0.5], "eta has 2 values but there are 10 steps")],
+)
 def test_bad_eta_is_refused(eta, message):
     with pytest.raises(HSpaceError, match=message):
         parse_eta(eta, STEPS)

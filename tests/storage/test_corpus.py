@@ -83,8 +83,16 @@ def test_write_shard_checks_shapes_and_does_not_mark_done(tmp_path, spec):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("samples", 12), ("shard_size", 2), ("steps", 5), ("eta", (0.0,) * 4), ("base_seed", 4),
-     ("h_dtype", "float32"), ("fingerprint", "0" * 64), ("model", "celebahq-shape")],
+    [
+        ("samples", 12),
+        ("shard_size", 2),
+        ("steps", 5),
+        ("eta", (0.0,) * 4),
+        ("base_seed", 4),
+        ("h_dtype", "float32"),
+        ("fingerprint", "0" * 64),
+        ("model", "celebahq-shape"),
+    ],
 )
 def test_reopening_with_other_settings_names_the_field(tmp_path, spec, field, value):
     url = str(tmp_path / "c")
@@ -197,9 +205,14 @@ def test_xarray_opens_h_with_named_dimensions(tmp_path, spec):
     assert float(dataset["h"].isel(sample=0, step=1).mean()) == 0.5
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [("samples", 0, "samples must be a positive"),
-                                                         ("shard_size", -1, "batch must be a positive"),
-                                                         ("h_dtype", "bfloat16", "h dtype must be one of")])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("samples", 0, "samples must be a positive"),
+        ("shard_size", -1, "batch must be a positive"),
+        ("h_dtype", "bfloat16", "h dtype must be one of"),
+    ],
+)
 def test_spec_validation(spec, field, value, message):
     with pytest.raises(HSpaceError, match=message):
         dataclasses.replace(spec, **{field: value})
@@ -221,10 +234,13 @@ def test_the_spec_is_the_same_in_another_process(tmp_path, spec):
     # Settings computed in a fresh interpreter (another hash seed) must reopen this corpus.
     url = str(tmp_path / "c")
     Corpus.create_or_open(url, spec)
-    code = ("from hspace.models import load_model; from tasks.corpus import corpus_spec; "
-            "from storage.corpus import Corpus; "
-            f"Corpus.create_or_open({url!r}, corpus_spec(load_model('tiny'), samples=10, steps=4, eta=(1.0,) * 4, "
-            "batch=4, seed=3, dtype='float16'))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONHASHSEED": "7"})
+    code = (
+        "from hspace.models import load_model; from tasks.corpus import corpus_spec; "
+        "from storage.corpus import Corpus; "
+        f"Corpus.create_or_open({url!r}, corpus_spec(load_model('tiny'), samples=10, steps=4, eta=(1.0,) * 4, "
+        "batch=4, seed=3, dtype='float16'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "7"}
+    )
     assert result.returncode == 0, result.stderr[-1500:]

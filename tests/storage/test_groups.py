@@ -18,7 +18,9 @@ def test_differences_name_nested_keys_and_skip_equal_ones():
     old = {"steps": 4, "config": {"scale": 1.0, "prompt": "a"}, "same": [1, 2]}
     new = {"steps": 5, "config": {"scale": 2.0, "prompt": "a"}, "same": [1, 2]}
     assert describe_differences(old, new, labels=("stored", "requested")) == [
-        "steps (stored: 4, requested: 5)", "config.scale (stored: 1.0, requested: 2.0)"]
+        "steps (stored: 4, requested: 5)",
+        "config.scale (stored: 1.0, requested: 2.0)",
+    ]
     assert describe_differences(old, new, labels=("a", "b"), keys=["same"]) == []
     long = describe_differences({"x": "y" * 200}, {"x": None}, labels=("a", "b"))[0]
     assert "..." in long and len(long) < 120
@@ -58,8 +60,14 @@ def test_an_evaluation_is_stored_whole_under_its_key(tmp_path, tiny):
     assert key != evaluation_key(directions, {"gamma": 2.0})
     assert key != evaluation_key({"smile": np.full((2, 3), 2, dtype=np.float32)}, {"gamma": 1.0})
     assert stored_evaluation(corpus, key) is None
-    result = EvaluationResult(rows=("smile",), attributes=("age",), effects=np.arange(3.0).reshape(3, 1, 1),
-                              abs_effects=np.arange(3.0).reshape(3, 1, 1), scale=np.ones(1), settings={"gamma": 1.0})
+    result = EvaluationResult(
+        rows=("smile",),
+        attributes=("age",),
+        effects=np.arange(3.0).reshape(3, 1, 1),
+        abs_effects=np.arange(3.0).reshape(3, 1, 1),
+        scale=np.ones(1),
+        settings={"gamma": 1.0},
+    )
     write_evaluation(corpus, key, {"gamma": 1.0}, result)
     stored = stored_evaluation(Corpus.open(corpus.url), key)
     assert stored is not None and stored.to_dict() == result.to_dict()

@@ -96,8 +96,9 @@ def test_training_is_deterministic_and_save_load_round_trips(tmp_path):
     card = save_annotator(net_a, report, tmp_path / "a.safetensors", command="test")
     assert card["attributes"] == list(ATTRIBUTES)
     images = render_dataset(4, seed=1)[0]
-    np.testing.assert_array_equal(TestbedAnnotator.load(tmp_path / "a.safetensors").score(images),
-                                  TestbedAnnotator(net_a).score(images))
+    np.testing.assert_array_equal(
+        TestbedAnnotator.load(tmp_path / "a.safetensors").score(images), TestbedAnnotator(net_a).score(images)
+    )
 
 
 def test_every_negative_kind_renders():

@@ -9,8 +9,16 @@ from hspace.errors import HSpaceError
 from hspace.testbed.faces import BINARY_FACTORS, FACTORS, render_dataset, render_faces, sample_factors
 
 SIZE = 32
-BASE = {"yaw": 0.0, "smile": 0.0, "eyes_open": 1.0, "glasses": 0.0, "hat": 0.0, "skin_tone": 0.5,
-        "face_width": 0.5, "background": 0.5}
+BASE = {
+    "yaw": 0.0,
+    "smile": 0.0,
+    "eyes_open": 1.0,
+    "glasses": 0.0,
+    "hat": 0.0,
+    "skin_tone": 0.5,
+    "face_width": 0.5,
+    "background": 0.5,
+}
 
 # Image regions at 32x32 as (row slice, column slice); they follow the geometry in faces.py.
 ALL = (slice(None), slice(None))
@@ -53,8 +61,13 @@ def test_factor_ranges_correlation_and_independence():
     factors = sample_factors(20_000, np.random.default_rng(0))
     for name in BINARY_FACTORS:
         assert set(np.unique(factors[name])) <= {0.0, 1.0}
-    for name, (low, high) in {"yaw": (-1, 1), "smile": (-1, 1), "skin_tone": (0, 1), "face_width": (0, 1),
-                              "background": (0, 1)}.items():
+    for name, (low, high) in {
+        "yaw": (-1, 1),
+        "smile": (-1, 1),
+        "skin_tone": (0, 1),
+        "face_width": (0, 1),
+        "background": (0, 1),
+    }.items():
         v = factors[name]
         assert v.min() >= low and v.max() <= high
         # Uniform: spread over the whole range, not piled at one end.
@@ -116,8 +129,10 @@ def test_count_must_be_a_positive_integer(n):
         render_dataset(n, seed=0)
 
 
-@pytest.mark.parametrize(("name", "value", "match"), [("glasses", 0.5, "0 or 1"), ("yaw", 1.5, r"\[-1.0, 1.0\]"),
-                                                      ("background", np.nan, "background")])
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [("glasses", 0.5, "0 or 1"), ("yaw", 1.5, r"\[-1.0, 1.0\]"), ("background", np.nan, "background")],
+)
 def test_out_of_range_factors_are_rejected(name, value, match):
     factors = {key: np.full(2, v, dtype=np.float32) for key, v in BASE.items()}
     factors[name][1] = value

@@ -42,7 +42,7 @@ def test_mouth_mask_covers_the_rendered_mouths_and_little_else():
     images_a = faces.render_faces(factors).astype(int)
     factors_b = dict(factors, smile=-factors["smile"])
     images_b = faces.render_faces(factors_b).astype(int)
-    changed = (np.abs(images_a - images_b).max(axis=(0, 1)) > 0)
+    changed = np.abs(images_a - images_b).max(axis=(0, 1)) > 0
     mask = mouth_mask(32)
     assert changed.any() and not (changed & ~mask).any()
     assert mask.mean() < 0.15  # the box of every mouth position: 18 x 8 of 32 x 32 pixels
@@ -77,7 +77,7 @@ def test_top_pca_directions_move_a_factor_monotonically_and_far_more_than_random
     edited = generate(model, annotator, seeds * len(edits), steps=STEPS, eta=ETA, delta=delta)
 
     def scores(a: str, i: int) -> np.ndarray:
-        return edited.scores[a][i * n:(i + 1) * n]
+        return edited.scores[a][i * n : (i + 1) * n]
 
     found = []
     for j in range(TOP):
@@ -85,8 +85,14 @@ def test_top_pca_directions_move_a_factor_monotonically_and_far_more_than_random
         best = None
         for a in FACTORS:
             # Mean score at gamma -1, -0.5, 0, 0.5, 1 (0: the unedited samples), in stds of the unedited samples.
-            curve = np.array([scores(a, first + i).mean() for i in range(2)] + [base.scores[a].mean()]
-                             + [scores(a, first + i).mean() for i in range(2, 4)]) / stds[a]
+            curve = (
+                np.array(
+                    [scores(a, first + i).mean() for i in range(2)]
+                    + [base.scores[a].mean()]
+                    + [scores(a, first + i).mean() for i in range(2, 4)]
+                )
+                / stds[a]
+            )
             swing = abs(curve[-1] - curve[0]) / 2
             random = np.concatenate([np.abs(scores(a, first + 4 + i) - base.scores[a]) for i in range(2)]).mean()
             ratio = swing / max(random / stds[a], 1e-6)
@@ -125,10 +131,17 @@ def test_masked_jacobian_direction_changes_the_mouth_region_more_than_the_unmask
             only_there[step] = v
             deltas += [everywhere, only_there]
             labels += [(kind, "all"), (kind, "step")]
-        images = sample(model, [seed] * len(deltas), steps=STEPS, eta=ETA, delta=torch.stack(deltas),
-                        capture=False, microbatch=len(deltas)).images
+        images = sample(
+            model,
+            [seed] * len(deltas),
+            steps=STEPS,
+            eta=ETA,
+            delta=torch.stack(deltas),
+            capture=False,
+            microbatch=len(deltas),
+        ).images
         change = (images[1:] - images[:1]).abs().mean(1)
-        for label, c in zip(labels, change):
+        for label, c in zip(labels, change, strict=True):
             ratios.setdefault(label, []).append(float(c[inside].mean() / c[~inside].mean()))
     mean = {label: float(np.mean(r)) for label, r in ratios.items()}
     print("mean inside/outside |pixel change|:", mean)
