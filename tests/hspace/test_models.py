@@ -37,7 +37,7 @@ def test_loading_does_not_touch_the_global_rng():
 def test_celebahq_shape_matches_the_published_architecture():
     model = load_model("celebahq-shape")
     parameters = sum(p.numel() for p in model.unet.parameters())
-    assert round(parameters / 1e6, 1) == 113.7  # environment.md
+    assert round(parameters / 1e6, 1) == 113.7  # the architecture of google/ddpm-ema-celebahq-256
     assert model.h_shape == (512, 8, 8)
     assert model.image_shape == (3, 256, 256)
 

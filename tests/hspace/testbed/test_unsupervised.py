@@ -1,4 +1,4 @@
-"""The unsupervised directions mean something on the trained testbed model (issue 4, Sec. IV).
+"""The unsupervised directions mean something on the trained testbed model (Sec. IV).
 
 Oracles: the testbed annotator (trained on renders with known factors, checked in
 test_testbed_annotator.py) and the renderer's face geometry, not the code under test. Small versions of
@@ -126,7 +126,7 @@ def test_masked_jacobian_direction_changes_the_mouth_region_more_than_the_unmask
             result = jacobian_directions(model, state.x_t, state.t, 1, mask=m)
             assert result.converged
             v = size * result.directions[0]
-            everywhere = v.expand(STEPS, *v.shape).clone()  # found at one step, applied at all (method.md)
+            everywhere = v.expand(STEPS, *v.shape).clone()  # found at one step, applied at all (Sec. IV-B)
             only_there = torch.zeros(STEPS, *model.h_shape)
             only_there[step] = v
             deltas += [everywhere, only_there]
