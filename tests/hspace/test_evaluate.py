@@ -296,7 +296,7 @@ def testbed():
 
 
 def _check_disentanglement(result: EvaluationResult) -> None:
-    """The acceptance of eq. 12 at a small size: the disentangled glasses direction cuts the change of hat by >= 50% and keeps
+    """Eq. 12 at a small size: the disentangled glasses direction cuts the change of hat by >= 50% and keeps
     >= 80% of its own effect, compared at the same edit size: eq. 12 shortens the direction by the part it
     removes, and the paper's conditional manipulation follows Shen et al. (InterFaceGAN), whose
     ``project_boundary`` (genforce/interfacegan, utils/manipulator.py) renormalises the projected direction

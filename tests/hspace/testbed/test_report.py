@@ -1,4 +1,4 @@
-"""The pass rule of the testbed report (its acceptance rule: >= 1 std, >= 3x random, >= 90% faces), on hand-written figures."""
+"""The pass rule of the testbed report (>= 1 std, >= 3x random, >= 90% faces), on hand-written figures."""
 
 from __future__ import annotations
 
