@@ -154,40 +154,16 @@ def sample_efficiency(
     """
     say = progress or (lambda message: None)
     counts = tuple(sorted({int(n) for n in example_counts}))
-    if attribute not in annotator.attributes:
-        raise HSpaceError(
-            f"annotator {annotator.name!r} has no attribute {attribute!r}; it scores {', '.join(annotator.attributes)}"
-        )
-    if not counts or counts[0] < 1 or counts[-1] > pool_samples // 2:
-        raise HSpaceError(
-            f"example counts must lie in 1..{pool_samples // 2} (half of the {pool_samples} pool "
-            f"samples: top n and bottom n must not overlap); got {list(counts)}"
-        )
-    if eval_samples < 1:
-        raise HSpaceError(f"eval_samples must be positive; got {eval_samples}")
-    pool_seeds = derive_seeds(seed, 0, pool_samples)
+    _check_arguments(annotator, attribute, counts, pool_samples, eval_samples)
     say(f"sampling and annotating a pool of {pool_samples} samples with h_{{T:1}} ({steps} steps, eta {eta})")
-    pool = generate(model, annotator, pool_seeds, steps=steps, eta=eta, capture=True, batch=batch)
-    usable = np.arange(pool_samples) if keep is None else np.flatnonzero(np.asarray(keep(pool.scores), dtype=bool))
-    if counts[-1] > len(usable) // 2:
-        raise HSpaceError(
-            f"only {len(usable)} of the {pool_samples} pool samples pass `keep`; the largest example "
-            f"count ({counts[-1]}) needs {2 * counts[-1]}: enlarge the pool or lower the counts"
-        )
-    x_T = initial_noise(model, pool_seeds)[usable]
-    assert pool.h is not None  # generated with capture=True
-    h, scores = pool.h[usable], pool.scores[attribute][usable]
-    v_h, v_x = [], []
-    for n in counts:
-        top, bottom = top_bottom(scores, n)
-        v_h.append(supervised_direction(h[top], h[bottom]))  # eq. 11, q = h_{T:1}
-        v_x.append(supervised_direction(x_T[top], x_T[bottom]))  # eq. 11, q = x_T
+    h, x_T, scores = _annotated_pool(
+        model, annotator, attribute, counts, pool_samples, steps=steps, eta=eta, seed=seed, keep=keep, batch=batch
+    )
+    v_h, v_x = _example_directions(h, x_T, scores, counts)
     cos_h = np.array([_cosine(v, v_h[-1]) for v in v_h])
     cos_x = np.array([_cosine(v, v_x[-1]) for v in v_x])
     if normalize:
-        ref_h, ref_x = per_step_norm(v_h[-1]), v_x[-1].norm()
-        v_h = [v * (ref_h / per_step_norm(v).clamp_min(1e-12)).view(-1, 1, 1, 1) for v in v_h]
-        v_x = [v * (ref_x / v.norm().clamp_min(1e-12)) for v in v_x]
+        v_h, v_x = _rescale_to_largest(v_h, v_x)
     generator = torch.Generator().manual_seed(seed)
     random_h = random_direction_like(v_h[-1], generator)
     random_x = random_direction_like(v_x[-1].unsqueeze(0), generator)[0]
@@ -209,7 +185,7 @@ def sample_efficiency(
         "fingerprint": model.fingerprint,
         "annotator": annotator.name,
         "pool_samples": pool_samples,
-        "usable_pool_samples": int(len(usable)),
+        "usable_pool_samples": int(len(scores)),
         "eval_samples": eval_samples,
         "gamma_h": gamma_h,
         "gamma_x": gamma_x,
@@ -232,6 +208,72 @@ def sample_efficiency(
         random_x=(float(mean[2 * k + 1]), float(se[2 * k + 1])),
         settings=settings,
     )
+
+
+def _check_arguments(
+    annotator: Annotator, attribute: str, counts: tuple[int, ...], pool_samples: int, eval_samples: int
+) -> None:
+    """Raise if the annotator lacks ``attribute`` or the example counts or sample counts cannot work."""
+    if attribute not in annotator.attributes:
+        raise HSpaceError(
+            f"annotator {annotator.name!r} has no attribute {attribute!r}; it scores {', '.join(annotator.attributes)}"
+        )
+    if not counts or counts[0] < 1 or counts[-1] > pool_samples // 2:
+        raise HSpaceError(
+            f"example counts must lie in 1..{pool_samples // 2} (half of the {pool_samples} pool "
+            f"samples: top n and bottom n must not overlap); got {list(counts)}"
+        )
+    if eval_samples < 1:
+        raise HSpaceError(f"eval_samples must be positive; got {eval_samples}")
+
+
+def _annotated_pool(
+    model: LoadedModel,
+    annotator: Annotator,
+    attribute: str,
+    counts: tuple[int, ...],
+    pool_samples: int,
+    *,
+    steps: int,
+    eta: float,
+    seed: int,
+    keep: Callable[[dict[str, np.ndarray]], np.ndarray] | None,
+    batch: int,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Generate and annotate the pool; h_{T:1}, x_T and ``attribute`` scores of its samples that pass ``keep``."""
+    pool_seeds = derive_seeds(seed, 0, pool_samples)
+    pool = generate(model, annotator, pool_seeds, steps=steps, eta=eta, capture=True, batch=batch)
+    usable = np.arange(pool_samples) if keep is None else np.flatnonzero(np.asarray(keep(pool.scores), dtype=bool))
+    if counts[-1] > len(usable) // 2:
+        raise HSpaceError(
+            f"only {len(usable)} of the {pool_samples} pool samples pass `keep`; the largest example "
+            f"count ({counts[-1]}) needs {2 * counts[-1]}: enlarge the pool or lower the counts"
+        )
+    x_T = initial_noise(model, pool_seeds)[usable]
+    assert pool.h is not None  # generated with capture=True
+    return pool.h[usable], x_T, pool.scores[attribute][usable]
+
+
+def _example_directions(
+    h: torch.Tensor, x_T: torch.Tensor, scores: np.ndarray, counts: tuple[int, ...]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Eq. 11 from the top n vs bottom n by score, for each n of ``counts``: in h_{T:1} and in x_T."""
+    v_h, v_x = [], []
+    for n in counts:
+        top, bottom = top_bottom(scores, n)
+        v_h.append(supervised_direction(h[top], h[bottom]))  # eq. 11, q = h_{T:1}
+        v_x.append(supervised_direction(x_T[top], x_T[bottom]))  # eq. 11, q = x_T
+    return v_h, v_x
+
+
+def _rescale_to_largest(
+    v_h: list[torch.Tensor], v_x: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every direction at the norm of the last (largest n) one: h per step, x_T as a whole."""
+    ref_h, ref_x = per_step_norm(v_h[-1]), v_x[-1].norm()
+    v_h = [v * (ref_h / per_step_norm(v).clamp_min(1e-12)).view(-1, 1, 1, 1) for v in v_h]
+    v_x = [v * (ref_x / v.norm().clamp_min(1e-12)) for v in v_x]
+    return v_h, v_x
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -374,19 +374,8 @@ def evaluate_directions(
     rows = list(directions)
     edits = [_edit(v, kinds[name], gammas[name]) for name, v in directions.items()]
     if random_baseline:
-        generator = torch.Generator().manual_seed(seed)
-        for name, v in directions.items():
-            twin = f"random({name})"
-            if twin in directions:
-                raise HSpaceError(f"a direction is named {twin!r}, the name of {name!r}'s random baseline; rename it")
-            # x_T directions are matched in their whole norm: treat them as a single "step".
-            random = (
-                random_direction_like(v.float(), generator)
-                if kinds[name] == "h"
-                else random_direction_like(v.float().unsqueeze(0), generator)[0]
-            )
-            rows.append(twin)
-            edits.append(_edit(random, kinds[name], gammas[name]))
+        twin_rows, twin_edits = _random_twins(directions, kinds, gammas, seed)
+        rows, edits = rows + twin_rows, edits + twin_edits
     effects = np.zeros((repeats, len(rows), len(columns)))
     abs_effects = np.zeros_like(effects)
     unedited = []
@@ -425,6 +414,27 @@ def evaluate_directions(
     return EvaluationResult(
         rows=tuple(rows), attributes=columns, effects=effects, abs_effects=abs_effects, scale=scale, settings=settings
     )
+
+
+def _random_twins(
+    directions: Mapping[str, torch.Tensor], kinds: Mapping[str, str], gammas: Mapping[str, float], seed: int
+) -> tuple[list[str], list[Edit]]:
+    """Rows ``"random(<name>)"`` and their edits: Gaussian directions norm-matched to each (Fig. 4's baseline)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows, edits = [], []
+    for name, v in directions.items():
+        twin = f"random({name})"
+        if twin in directions:
+            raise HSpaceError(f"a direction is named {twin!r}, the name of {name!r}'s random baseline; rename it")
+        # x_T directions are matched in their whole norm: treat them as a single "step".
+        random = (
+            random_direction_like(v.float(), generator)
+            if kinds[name] == "h"
+            else random_direction_like(v.float().unsqueeze(0), generator)[0]
+        )
+        rows.append(twin)
+        edits.append(_edit(random, kinds[name], gammas[name]))
+    return rows, edits
 
 
 def _gammas(gamma: float | Mapping[str, float], directions: Mapping[str, torch.Tensor]) -> dict[str, float]:

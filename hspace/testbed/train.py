@@ -150,32 +150,9 @@ def train(config: TrainConfig, checkpoint_dir: Path, *, progress: Callable[[int,
     log: dict = {"config": asdict(config), "step": 0, "loss": [], "seconds": 0.0}
     _recover_interrupted_swap(checkpoint_dir)
     if (checkpoint_dir / "state.json").is_file():
-        log = json.loads((checkpoint_dir / "state.json").read_text())
-        differing = {k: v for k, v in log["config"].items() if k != "steps" and asdict(config)[k] != v}
-        if differing:
-            raise HSpaceError(
-                f"{checkpoint_dir} holds a run with other settings {differing}: resume it with "
-                "those, or train into another folder"
-            )
-        unet.load_state_dict(load_file(checkpoint_dir / "model.safetensors"))
-        ema.load_state_dict(load_file(checkpoint_dir / "ema.safetensors"))
-        optimizer.load_state_dict(torch.load(checkpoint_dir / "optimizer.pt", weights_only=True))
-        if log["config"]["steps"] != config.steps:
-            # The cosine decay is stretched from here on: record it, so the card says how the model was made.
-            log.setdefault("history", []).append(
-                {"at_step": log["step"], "steps_before": log["config"]["steps"], "steps_after": config.steps}
-            )
-        log["config"]["steps"] = config.steps
+        log = _resume(checkpoint_dir, config, unet, ema, optimizer)
     elif config.init_from is not None:
-        weights, log["init_from"] = _initial_weights(config.init_from)
-        for module in (unet, ema):
-            try:
-                module.load_state_dict(weights)
-            except RuntimeError as error:
-                raise HSpaceError(
-                    f"--init-from {config.init_from}: its U-Net is not the testbed architecture "
-                    f"(UNET_CONFIG): {str(error).splitlines()[0]}"
-                ) from error
+        log["init_from"] = _start_from(config.init_from, unet, ema)
     cut = cut_skip_connections(unet)
     unet.train()
     started, running = time.monotonic(), []
@@ -205,6 +182,43 @@ def train(config: TrainConfig, checkpoint_dir: Path, *, progress: Callable[[int,
             started = time.monotonic()
             _save_checkpoint(checkpoint_dir, unet, ema, optimizer, log)
     return log
+
+
+def _resume(
+    checkpoint_dir: Path, config: TrainConfig, unet: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer
+) -> dict:
+    """Load the checkpoint's model, EMA and optimizer state; return its log, updated to ``config.steps``."""
+    log = json.loads((checkpoint_dir / "state.json").read_text())
+    differing = {k: v for k, v in log["config"].items() if k != "steps" and asdict(config)[k] != v}
+    if differing:
+        raise HSpaceError(
+            f"{checkpoint_dir} holds a run with other settings {differing}: resume it with "
+            "those, or train into another folder"
+        )
+    unet.load_state_dict(load_file(checkpoint_dir / "model.safetensors"))
+    ema.load_state_dict(load_file(checkpoint_dir / "ema.safetensors"))
+    optimizer.load_state_dict(torch.load(checkpoint_dir / "optimizer.pt", weights_only=True))
+    if log["config"]["steps"] != config.steps:
+        # The cosine decay is stretched from here on: record it, so the card says how the model was made.
+        log.setdefault("history", []).append(
+            {"at_step": log["step"], "steps_before": log["config"]["steps"], "steps_after": config.steps}
+        )
+    log["config"]["steps"] = config.steps
+    return log
+
+
+def _start_from(name: str, unet: UNet2DModel, ema: UNet2DModel) -> dict:
+    """Load ``name``'s weights into the model and its EMA; return the provenance :func:`_initial_weights` read."""
+    weights, source = _initial_weights(name)
+    for module in (unet, ema):
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as error:
+            raise HSpaceError(
+                f"--init-from {name}: its U-Net is not the testbed architecture "
+                f"(UNET_CONFIG): {str(error).splitlines()[0]}"
+            ) from error
+    return source
 
 
 def _initial_weights(name: str) -> tuple[dict[str, torch.Tensor], dict]:
