@@ -190,23 +190,7 @@ def rebuild_bank(
     if s.pca_components > 0:
         pca_run = s.pca_run_name
         fit_pca(s.corpus, s.pca_components, run=pca_run, device=s.device, progress=progress)
-    # Tagged, so that a rebuild with other settings replaces its own directions but never one the user
-    # stored in this corpus under the same name (that is refused before any work).
-    assert s.thresholds is not None and s.disentangle is not None  # resolved by __post_init__
-    for attribute in s.attributes:
-        supervised(
-            s.corpus,
-            attribute,
-            attribute=attribute,
-            annotator=s.annotator,
-            k=s.k,
-            threshold=s.thresholds.get(attribute),
-            made_by=MADE_BY,
-        )
-    named = list(s.attributes)
-    for source, others in s.disentangle.items():
-        disentangled(s.corpus, disentangled_name(source), source, others, keep_norm=s.keep_norm, made_by=MADE_BY)
-        named.append(disentangled_name(source))
+    named = _supervised_directions(s)
     names = named + [pca_direction_name(j) for j in range(s.pca_directions if pca_run else 0)]
     pca_directions = s.pca_directions if pca_run else 0
     key = evaluate_bank_directions(
@@ -236,3 +220,25 @@ def rebuild_bank(
         notes=notes,
     )
     return {"bank": s.bank, "version": version, "directions": names, "evaluation": key, "corpus": s.corpus}
+
+
+def _supervised_directions(s: RebuildSettings) -> list[str]:
+    """Store the eq. 11 direction of each attribute, then the eq. 12 ones; returns their names in that order."""
+    # Tagged, so that a rebuild with other settings replaces its own directions but never one the user
+    # stored in this corpus under the same name (that is refused before any work).
+    assert s.thresholds is not None and s.disentangle is not None  # resolved by __post_init__
+    for attribute in s.attributes:
+        supervised(
+            s.corpus,
+            attribute,
+            attribute=attribute,
+            annotator=s.annotator,
+            k=s.k,
+            threshold=s.thresholds.get(attribute),
+            made_by=MADE_BY,
+        )
+    named = list(s.attributes)
+    for source, others in s.disentangle.items():
+        disentangled(s.corpus, disentangled_name(source), source, others, keep_norm=s.keep_norm, made_by=MADE_BY)
+        named.append(disentangled_name(source))
+    return named

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 from flows.cli_args import ints, names, print_info
 
@@ -17,48 +18,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     directions = commands.add_parser("directions", help="make and list named directions").add_subparsers(
         dest="directions_command", required=True
     )
-
-    supervised = directions.add_parser(
-        "supervised", help="eq. 11: top-k vs bottom-k samples by an annotation, or explicit sample ids"
+    _add_corpus_command(
+        directions,
+        "supervised",
+        "eq. 11: top-k vs bottom-k samples by an annotation, or explicit sample ids",
+        _supervised_arguments,
+        _supervised,
     )
-    supervised.add_argument("url", help="the corpus")
-    supervised.add_argument("--name", required=True, help="stored as directions/<name>")
-    supervised.add_argument("--attribute", help="rank samples by this annotation")
-    supervised.add_argument("--annotator", help="whose annotation (needed when several have the attribute)")
-    supervised.add_argument("--k", type=int, default=100, help="top-k positives and bottom-k negatives (default 100)")
-    supervised.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="a binary attribute (e.g. a probability, 0.5): k drawn at random from each side "
-        "of it instead of the k most extreme scores, which follow what the classifier "
-        "correlates with (all of the smaller side when it has fewer than k)",
+    _add_corpus_command(
+        directions,
+        "disentangle",
+        "eq. 12: remove from a direction its projection on others",
+        _disentangle_arguments,
+        _disentangle,
     )
-    supervised.add_argument("--space", choices=("h", "xT"), default="h", help="eq. 11 in h_{T:1} (default) or x_T")
-    supervised.add_argument("--positives", type=ints, help="explicit positive sample ids, e.g. 1,2,3")
-    supervised.add_argument("--negatives", type=ints, help="explicit negative sample ids, e.g. 4,5,6")
-    supervised.add_argument(
-        "--overwrite", action="store_true", help="replace a direction of that name made another way"
-    )
-    supervised.add_argument("--json", action="store_true", help="print one JSON object")
-    supervised.set_defaults(func=_supervised)
-
-    disentangle = directions.add_parser("disentangle", help="eq. 12: remove from a direction its projection on others")
-    disentangle.add_argument("url", help="the corpus")
-    disentangle.add_argument("--name", required=True, help="stored as directions/<name>")
-    disentangle.add_argument("--from", dest="source", required=True, help="the direction to disentangle")
-    disentangle.add_argument("--against", type=names, required=True, help="directions to leave alone, e.g. B,C")
-    disentangle.add_argument(
-        "--keep-norm",
-        action="store_true",
-        help="rescale the result to the norm of --from, so one gamma edits as far along both "
-        "(InterFaceGAN's convention; default: eq. 12 as written, which shortens it)",
-    )
-    disentangle.add_argument(
-        "--overwrite", action="store_true", help="replace a direction of that name made another way"
-    )
-    disentangle.add_argument("--json", action="store_true", help="print one JSON object")
-    disentangle.set_defaults(func=_disentangle)
 
     listing = directions.add_parser("list", help="the directions stored in a corpus")
     listing.add_argument("url", help="the corpus")
@@ -80,6 +53,53 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     invert.add_argument("--overwrite", action="store_true", help="replace a corpus direction of that name")
     invert.add_argument("--json", action="store_true", help="print one JSON object")
     invert.set_defaults(func=_invert)
+
+
+def _add_corpus_command(
+    directions: argparse._SubParsersAction,
+    command: str,
+    help_text: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    func: Callable[[argparse.Namespace], None],
+) -> None:
+    """Add a command that stores ``directions/<name>``: url, --name, its own options, --overwrite, --json."""
+    parser = directions.add_parser(command, help=help_text)
+    parser.add_argument("url", help="the corpus")
+    parser.add_argument("--name", required=True, help="stored as directions/<name>")
+    add_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace a direction of that name made another way")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=func)
+
+
+def _supervised_arguments(supervised: argparse.ArgumentParser) -> None:
+    """The options of ``directions supervised``: which examples eq. 11 takes, and in which space."""
+    supervised.add_argument("--attribute", help="rank samples by this annotation")
+    supervised.add_argument("--annotator", help="whose annotation (needed when several have the attribute)")
+    supervised.add_argument("--k", type=int, default=100, help="top-k positives and bottom-k negatives (default 100)")
+    supervised.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="a binary attribute (e.g. a probability, 0.5): k drawn at random from each side "
+        "of it instead of the k most extreme scores, which follow what the classifier "
+        "correlates with (all of the smaller side when it has fewer than k)",
+    )
+    supervised.add_argument("--space", choices=("h", "xT"), default="h", help="eq. 11 in h_{T:1} (default) or x_T")
+    supervised.add_argument("--positives", type=ints, help="explicit positive sample ids, e.g. 1,2,3")
+    supervised.add_argument("--negatives", type=ints, help="explicit negative sample ids, e.g. 4,5,6")
+
+
+def _disentangle_arguments(disentangle: argparse.ArgumentParser) -> None:
+    """The options of ``directions disentangle``: the direction eq. 12 starts from and those it leaves alone."""
+    disentangle.add_argument("--from", dest="source", required=True, help="the direction to disentangle")
+    disentangle.add_argument("--against", type=names, required=True, help="directions to leave alone, e.g. B,C")
+    disentangle.add_argument(
+        "--keep-norm",
+        action="store_true",
+        help="rescale the result to the norm of --from, so one gamma edits as far along both "
+        "(InterFaceGAN's convention; default: eq. 12 as written, which shortens it)",
+    )
 
 
 def _supervised(args: argparse.Namespace) -> None:
@@ -145,7 +165,7 @@ def _list(args: argparse.Namespace) -> None:
 
 def _invert(args: argparse.Namespace) -> None:
     from flows.directions import inverted
-    from tasks.directions import plan_invert
+    from tasks.inversion import plan_invert
 
     arguments = dict(
         model=args.model,

@@ -81,12 +81,9 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _write_report(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     from hspace.annotators import load_annotator
-    from hspace.editing import edit_grid
     from hspace.models import load_model
-    from hspace.render import heatmap, image_grid, write_files
+    from hspace.render import write_files
     from hspace.testbed.evaluate import report, to_markdown
 
     check_positive(args, "samples", "eval_samples", "steps", "swap_pairs")
@@ -105,33 +102,10 @@ def _write_report(args: argparse.Namespace) -> dict[str, Any]:
         swap_pairs=args.swap_pairs,
         progress=lambda message: print(f"[testbed report] {message}", file=sys.stderr, flush=True),
     )
-    figures, corpus = result["figures"], result["corpus"]
+    figures = result["figures"]
     print("[testbed report] pictures", file=sys.stderr, flush=True)
     # Pictures first, the figures last: a report.json on disk means the whole report was written.
-    span = max(abs(g) for g in args.gammas)
-    gammas = [-2 * span, -span, 0.0, span, 2 * span]
-    seeds = corpus.seeds[:3]
-    edits = edit_grid(
-        model,
-        seeds,
-        result["directions"],
-        gammas,
-        steps=args.steps,
-        microbatch=len(result["directions"]) * len(seeds) * len(gammas),
-    )
-    pictures = {
-        "samples.png": image_grid(corpus.images[:64], columns=8),
-        "edits.png": image_grid(edits.reshape(-1, *edits.shape[2:]), columns=edits.shape[1]),
-        # Triples (noise donor, h donor, result), four per row (Fig. 2a).
-        "swap.png": image_grid(
-            _swap_triples(corpus.images, result["swapped"], pairs=min(16, args.swap_pairs)), columns=12
-        ),
-        "r2.png": heatmap(
-            torch.tensor(list(figures["per_step_r2"]["r2"].values())).numpy(),
-            list(figures["per_step_r2"]["r2"]),
-            title="held-out R^2 of h_t -> factor, step 1..T",
-        ),
-    }
+    pictures = _report_pictures(model, result, args)
     write_files(
         out,
         {
@@ -144,6 +118,40 @@ def _write_report(args: argparse.Namespace) -> dict[str, Any]:
         },
     )
     return figures
+
+
+def _report_pictures(model: Any, result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The report's pictures by file name: samples, edits along each direction, h swaps, per-step R^2."""
+    import torch
+
+    from hspace.editing import edit_grid
+    from hspace.render import heatmap, image_grid
+
+    figures, corpus = result["figures"], result["corpus"]
+    span = max(abs(g) for g in args.gammas)
+    gammas = [-2 * span, -span, 0.0, span, 2 * span]
+    seeds = corpus.seeds[:3]
+    edits = edit_grid(
+        model,
+        seeds,
+        result["directions"],
+        gammas,
+        steps=args.steps,
+        microbatch=len(result["directions"]) * len(seeds) * len(gammas),
+    )
+    return {
+        "samples.png": image_grid(corpus.images[:64], columns=8),
+        "edits.png": image_grid(edits.reshape(-1, *edits.shape[2:]), columns=edits.shape[1]),
+        # Triples (noise donor, h donor, result), four per row (Fig. 2a).
+        "swap.png": image_grid(
+            _swap_triples(corpus.images, result["swapped"], pairs=min(16, args.swap_pairs)), columns=12
+        ),
+        "r2.png": heatmap(
+            torch.tensor(list(figures["per_step_r2"]["r2"].values())).numpy(),
+            list(figures["per_step_r2"]["r2"]),
+            title="held-out R^2 of h_t -> factor, step 1..T",
+        ),
+    }
 
 
 def _swap_triples(images: Any, swapped: Any, *, pairs: int) -> Any:

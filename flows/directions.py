@@ -18,12 +18,11 @@ from storage.directions import list_directions
 from tasks.directions import (
     DEFAULT_K,
     disentangle_direction_task,
-    invert_task,
     plan_disentangle,
-    plan_invert,
     plan_supervised,
     supervised_direction_task,
 )
+from tasks.inversion import invert_task, plan_invert
 
 
 @flow(name="supervised-direction")
@@ -95,7 +94,7 @@ def inverted(
 ) -> dict[str, Any]:
     """DDIM-invert real images (SM -F): their x_T and h to ``out``, or eq. 11 on positives vs negatives.
 
-    See :func:`tasks.directions.plan_invert` for the argument combinations.
+    See :func:`tasks.inversion.plan_invert` for the argument combinations.
     """
     plan = plan_invert(
         model=model,

@@ -1,5 +1,5 @@
-"""Direction tasks: supervised directions from a corpus (eq. 11), disentangled ones (eq. 12), and
-directions from DDIM-inverted real images (SM -F).
+"""Direction tasks: supervised directions from a corpus (eq. 11) and disentangled ones (eq. 12); directions
+from DDIM-inverted real images (SM -F) are in :mod:`tasks.inversion`.
 
 Each ``plan_*`` function checks every argument and opens everything it needs, and raises before any work
 or write; the tasks run a plan and write its result last.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,11 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from hspace.directions import disentangle, top_bottom
 from hspace.errors import HSpaceError
-from hspace.images import load_image_files, load_images
-from hspace.inversion import direction_from_images, invert
-from hspace.models import check_same_weights
 from hspace.names import check_name
-from hspace.sampler import initial_noise, make_scheduler
+from hspace.sampler import initial_noise
 from storage.annotations import find_annotator
 from storage.corpus import Corpus
 from storage.directions import (
@@ -32,9 +28,8 @@ from storage.directions import (
     new_record,
     read_direction,
     write_direction,
-    write_direction_file,
 )
-from tasks.corpus import cached_model, corpus_model
+from tasks.corpus import corpus_model
 
 DEFAULT_K = 100
 
@@ -245,161 +240,24 @@ def disentangle_direction_task(plan: DisentanglePlan) -> dict[str, Any]:
     return _store(corpus, plan.record, direction, plan.overwrite)
 
 
-# ----- from real images (SM -F) --------------------------------------------------------------------
-@dataclass(frozen=True, kw_only=True)
-class InvertPlan:
-    """Inputs of an inversion: the model, the images, and where the result goes."""
-
-    model: str
-    device: str
-    steps: int
-    images: dict[str, list[str]]  # "images" or "positives"/"negatives" -> file paths
-    out: str | None
-    corpus: str | None
-    record: DirectionRecord | None  # None: invert only (x_T and h to ``out``)
-    overwrite: bool
-
-
-def plan_invert(
-    *,
-    model: str,
-    steps: int,
-    images: str | None = None,
-    positives: str | None = None,
-    negatives: str | None = None,
-    out: str | None = None,
-    corpus: str | None = None,
-    name: str | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-) -> InvertPlan:
-    """Check folders, model, steps and outputs before any image is inverted.
-
-    Either ``images`` (write their x_T and h_{T:1} to ``out``), or ``positives`` and ``negatives`` (eq. 11 on
-    their inverted h: a direction, to ``out`` and/or to ``directions/<name>`` of ``corpus``).
-    """
-    if not isinstance(steps, int) or steps <= 0:
-        raise HSpaceError(f"--steps must be a positive integer; got {steps!r}")
-    if images is not None and (positives is not None or negatives is not None):
-        raise HSpaceError("give either --images (invert them) or --positives and --negatives (a direction), not both")
-    if out is not None and not str(out).endswith(".safetensors"):
-        raise HSpaceError(f"--out must be a .safetensors file; got {out!r}")
-    if out is not None and not Path(out).resolve().parent.is_dir():
-        raise HSpaceError(f"the folder of --out ({Path(out).parent}) does not exist")
-    loaded = cached_model(model, device)
-    make_scheduler(loaded.scheduler_config, steps)  # steps within the training timesteps
-    if images is not None:
-        if out is None:
-            raise HSpaceError("--images needs --out FILE.safetensors for the inverted x_T and h")
-        if corpus is not None or name is not None:
-            raise HSpaceError("--corpus and --name store directions; with --images nothing but --out is written")
-        files = {"images": _image_files(images, loaded.image_shape)}
-        return InvertPlan(
-            model=model,
-            device=device,
-            steps=steps,
-            images=files,
-            out=out,
-            corpus=None,
-            record=None,
-            overwrite=overwrite,
-        )
-    if positives is None or negatives is None:
-        raise HSpaceError("give --images FOLDER, or both --positives FOLDER and --negatives FOLDER")
-    if out is None and corpus is None:
-        raise HSpaceError("say where the direction goes: --out FILE.safetensors and/or --corpus URL --name NAME")
-    if corpus is not None and name is None:
-        raise HSpaceError("--corpus needs --name: the direction is stored as directions/<name>")
-    name = name if name is not None else Path(str(out)).stem
-    check_name(name, "direction")
-    files = {
-        "positives": _image_files(positives, loaded.image_shape),
-        "negatives": _image_files(negatives, loaded.image_shape),
+def direction_summary(record: DirectionRecord, direction: np.ndarray) -> dict[str, Any]:
+    """What a direction task returns: the record's name, method, space and shape, norms, and example counts."""
+    norms = np.linalg.norm(direction.reshape(direction.shape[0], -1), axis=1) if record.space == "h" else None
+    return {
+        "name": record.name,
+        "method": record.method,
+        "space": record.space,
+        "shape": list(record.shape),
+        "norm": float(np.linalg.norm(direction)),
+        **({"per_step_norm": [round(float(n), 6) for n in norms]} if norms is not None else {}),
+        "parameters": {k: v for k, v in record.parameters.items() if k not in ("positives", "negatives")},
+        "positives": len(record.parameters.get("positives", []))
+        if record.method != "inverted"
+        else len(record.parameters["positive_files"]),
+        "negatives": len(record.parameters.get("negatives", []))
+        if record.method != "inverted"
+        else len(record.parameters["negative_files"]),
     }
-    parameters = {
-        "positives": str(positives),
-        "negatives": str(negatives),
-        "positive_files": [Path(f).name for f in files["positives"]],
-        "negative_files": [Path(f).name for f in files["negatives"]],
-    }
-    source = f"{positives} vs {negatives}"
-    if corpus is not None:
-        opened = Corpus.open(corpus, writable=True)
-        check_same_weights(
-            loaded,
-            opened.spec.fingerprint,
-            owner=f"the corpus at {corpus}",
-            advice=f"invert with the corpus's model ({opened.spec.model!r})",
-        )
-        if opened.spec.steps != steps:
-            raise HSpaceError(
-                f"the corpus at {corpus} has {opened.spec.steps} steps; invert with --steps "
-                f"{opened.spec.steps} so the direction applies to its samples"
-            )
-        record = new_record(opened, name, method="inverted", space="h", parameters=parameters, source=source)
-        check_writable(opened, record, overwrite=overwrite)
-    else:
-        scheduler = make_scheduler(loaded.scheduler_config, steps)
-        record = DirectionRecord(
-            name=name,
-            method="inverted",
-            space="h",
-            parameters=parameters,
-            source=source,
-            model=loaded.name,
-            fingerprint=loaded.fingerprint,
-            shape=(steps, *loaded.h_shape),
-            steps=steps,
-            timesteps=tuple(int(t) for t in scheduler.timesteps),
-        )
-    return InvertPlan(
-        model=model,
-        device=device,
-        steps=steps,
-        images=files,
-        out=out,
-        corpus=corpus,
-        record=record,
-        overwrite=overwrite,
-    )
-
-
-@task(cache_policy=NO_CACHE, task_run_name="invert-images")
-def invert_task(plan: InvertPlan) -> dict[str, Any]:
-    """Invert the plan's images; write x_T and h (``--images``) or the eq. 11 direction; returns a summary."""
-    loaded = cached_model(plan.model, plan.device)
-    shape = loaded.image_shape
-    if plan.record is None:
-        images = load_image_files(plan.images["images"], shape)
-        result = invert(loaded, images, steps=plan.steps)
-        scheduler = make_scheduler(loaded.scheduler_config, plan.steps)
-        metadata = {
-            "model": loaded.name,
-            "fingerprint": loaded.fingerprint,
-            "steps": plan.steps,
-            "timesteps": [int(t) for t in scheduler.timesteps],
-            "files": [Path(f).name for f in plan.images["images"]],
-        }
-        assert plan.out is not None
-        write_direction_file(plan.out, {"x_T": result.x_T.numpy(), "h": result.h.numpy()}, metadata)
-        return {
-            "out": plan.out,
-            "images": len(images),
-            "x_T_shape": list(result.x_T.shape),
-            "h_shape": list(result.h.shape),
-        }
-    # The plan carries paths, not pixels, through Prefect: the images are read again here.
-    direction = direction_from_images(
-        loaded,
-        load_image_files(plan.images["positives"], shape),
-        load_image_files(plan.images["negatives"], shape),
-        steps=plan.steps,
-    ).numpy()
-    if plan.corpus is not None:
-        write_direction(Corpus.open(plan.corpus, writable=True), plan.record, direction, overwrite=plan.overwrite)
-    if plan.out is not None:
-        write_direction_file(plan.out, {"direction": direction}, {**plan.record.to_attrs(), "complete": True})
-    return {**_summary(plan.record, direction), "out": plan.out, "corpus": plan.corpus}
 
 
 # ----- private helpers ---------------------------------------------------------------------------
@@ -426,32 +284,7 @@ def _require_done(corpus: Corpus, rows: np.ndarray) -> None:
         )
 
 
-def _image_files(folder: str, shape: tuple[int, int, int]) -> list[str]:
-    """The image files of a folder, each read once now so an empty folder or a broken file fails before any
-    inversion."""
-    return [str(path) for path in load_images(folder, shape)[1]]
-
-
 def _store(corpus: Corpus, record: DirectionRecord, direction: np.ndarray, overwrite: bool) -> dict[str, Any]:
     """Write ``directions/<name>`` (float32) and return its summary (from the unrounded values)."""
     write_direction(corpus, record, direction.astype(np.float32), overwrite=overwrite)
-    return _summary(record, direction)
-
-
-def _summary(record: DirectionRecord, direction: np.ndarray) -> dict[str, Any]:
-    norms = np.linalg.norm(direction.reshape(direction.shape[0], -1), axis=1) if record.space == "h" else None
-    return {
-        "name": record.name,
-        "method": record.method,
-        "space": record.space,
-        "shape": list(record.shape),
-        "norm": float(np.linalg.norm(direction)),
-        **({"per_step_norm": [round(float(n), 6) for n in norms]} if norms is not None else {}),
-        "parameters": {k: v for k, v in record.parameters.items() if k not in ("positives", "negatives")},
-        "positives": len(record.parameters.get("positives", []))
-        if record.method != "inverted"
-        else len(record.parameters["positive_files"]),
-        "negatives": len(record.parameters.get("negatives", []))
-        if record.method != "inverted"
-        else len(record.parameters["negative_files"]),
-    }
+    return direction_summary(record, direction)
