@@ -72,16 +72,42 @@ def plan_invert(
         if corpus is not None or name is not None:
             raise HSpaceError("--corpus and --name store directions; with --images nothing but --out is written")
         files = {"images": _image_files(images, loaded.image_shape)}
-        return InvertPlan(
-            model=model,
-            device=device,
+        record: DirectionRecord | None = None
+    else:
+        files, record = _plan_direction(
+            loaded,
             steps=steps,
-            images=files,
+            positives=positives,
+            negatives=negatives,
             out=out,
-            corpus=None,
-            record=None,
+            corpus=corpus,
+            name=name,
             overwrite=overwrite,
         )
+    return InvertPlan(
+        model=model,
+        device=device,
+        steps=steps,
+        images=files,
+        out=out,
+        corpus=corpus,
+        record=record,
+        overwrite=overwrite,
+    )
+
+
+def _plan_direction(
+    loaded: LoadedModel,
+    *,
+    steps: int,
+    positives: str | None,
+    negatives: str | None,
+    out: str | None,
+    corpus: str | None,
+    name: str | None,
+    overwrite: bool,
+) -> tuple[dict[str, list[str]], DirectionRecord]:
+    """The image files and the checked direction record of ``--positives`` vs ``--negatives`` (eq. 11)."""
     if positives is None or negatives is None:
         raise HSpaceError("give --images FOLDER, or both --positives FOLDER and --negatives FOLDER")
     if out is None and corpus is None:
@@ -109,16 +135,7 @@ def plan_invert(
         source=f"{positives} vs {negatives}",
         overwrite=overwrite,
     )
-    return InvertPlan(
-        model=model,
-        device=device,
-        steps=steps,
-        images=files,
-        out=out,
-        corpus=corpus,
-        record=record,
-        overwrite=overwrite,
-    )
+    return files, record
 
 
 @task(cache_policy=NO_CACHE, task_run_name="invert-images")
