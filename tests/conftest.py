@@ -89,6 +89,27 @@ def cli(capsys) -> Callable[..., int]:
     return run
 
 
+@pytest.fixture
+def no_mid_block_model(tmp_path) -> str:
+    """The path of a saved UNet2DModel without a mid block (and a DDPM scheduler): a model hspace must refuse."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+    )
+    unet.save_pretrained(tmp_path / "model")
+    DDPMScheduler().save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
 def read_tree(root: str | Path, under: str = "") -> dict[str, bytes]:
     """Every file below ``root/under``, by its path relative to ``root``, with its bytes."""
     base = Path(root)

@@ -12,9 +12,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import zarr
-from diffusers import DDPMScheduler, UNet2DModel
 
 from flows.cli import main
 
@@ -49,23 +47,6 @@ def error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("hspace: error: ") and "\n" not in err, err
     return err
-
-
-@pytest.fixture
-def no_mid_block_model(tmp_path):
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        mid_block_type=None,
-    )
-    unet.save_pretrained(tmp_path / "model")
-    DDPMScheduler().save_pretrained(tmp_path / "model")
-    return str(tmp_path / "model")
 
 
 @pytest.mark.parametrize(

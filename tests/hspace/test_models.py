@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDPMScheduler
 
 from hspace.errors import HSpaceError
 from hspace.models import load_model, weight_fingerprint
@@ -76,21 +76,9 @@ def test_unknown_name_is_a_clear_error():
         load_model("no such model")
 
 
-def test_model_without_mid_block_is_refused(tmp_path):
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        mid_block_type=None,
-    )
-    unet.save_pretrained(tmp_path)
-    DDPMScheduler().save_pretrained(tmp_path)
+def test_model_without_mid_block_is_refused(no_mid_block_model):
     with pytest.raises(HSpaceError, match="has no mid_block"):
-        load_model(str(tmp_path))
+        load_model(no_mid_block_model)
 
 
 def test_folder_without_scheduler_or_config_is_refused(tiny, tmp_path):
