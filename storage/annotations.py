@@ -32,7 +32,7 @@ import zarr
 from hspace.errors import HSpaceError
 from hspace.names import check_name
 from storage.corpus import Corpus
-from storage.groups import array_at, describe_differences, group_at, read_array, read_flags
+from storage.groups import ShardFlags, array_at, describe_differences, group_at, read_array
 
 GROUP = "annotations"
 ATTRS_KEY = "hspace_annotations"
@@ -94,8 +94,11 @@ class AnnotatorRecord:
         return cls(name=attrs["name"], attributes=tuple(attrs["attributes"]), config=attrs.get("config", {}))
 
 
-class Annotations:
-    """The scores of one annotator in a corpus. Create or resume with :meth:`create_or_open`, read with :meth:`open`."""
+class Annotations(ShardFlags):
+    """The scores of one annotator in a corpus. Create or resume with :meth:`create_or_open`, read with :meth:`open`.
+
+    Resume state: :meth:`done_shards` (the shards whose scores are all written), :meth:`missing_shards`.
+    """
 
     def __init__(self, corpus: Corpus, group: zarr.Group, record: AnnotatorRecord) -> None:
         self.corpus, self.group, self.record = corpus, group, record
@@ -137,14 +140,6 @@ class Annotations:
                 f"{annotator}`"
             )
         return cls(corpus, group_at(corpus.group, f"{GROUP}/{annotator}"), AnnotatorRecord.from_attrs(attrs))
-
-    # ----- resume state ------------------------------------------------------------------------
-    def done_shards(self) -> np.ndarray:
-        """Bool (n_shards,): which shards have all their scores written."""
-        return read_flags(array_at(self.group, DONE))
-
-    def missing_shards(self) -> list[int]:
-        return [int(k) for k in np.flatnonzero(~self.done_shards())]
 
     # ----- writing -----------------------------------------------------------------------------
     def write_shard(self, shard: int, scores: dict[str, np.ndarray]) -> None:

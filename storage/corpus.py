@@ -34,7 +34,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from hspace.errors import HSpaceError
-from storage.groups import array_at, check_shapes, describe_differences, read_array, read_flags
+from storage.groups import ShardFlags, array_at, check_shapes, describe_differences, read_array
 
 SCHEMA_VERSION = 1
 H_DTYPES = ("float16", "float32")
@@ -93,8 +93,11 @@ class CorpusSpec:
         return cls(**values)
 
 
-class Corpus:
-    """An opened corpus. Create or resume one with :meth:`create_or_open`, read one with :meth:`open`."""
+class Corpus(ShardFlags):
+    """An opened corpus. Create or resume one with :meth:`create_or_open`, read one with :meth:`open`.
+
+    Resume state: :meth:`done_shards`, :meth:`missing_shards` (:class:`storage.groups.ShardFlags`).
+    """
 
     def __init__(self, url: str, group: zarr.Group, spec: CorpusSpec) -> None:
         self.url, self.group, self.spec = url, group, spec
@@ -130,14 +133,6 @@ class Corpus:
             raise HSpaceError(f"{url} is a corpus whose creation did not finish: rerun `hspace corpus build`")
         group = zarr.open_group(_store(url, read_only=not writable), mode="r+" if writable else "r")
         return cls(url, group, CorpusSpec.from_attrs(attrs))
-
-    # ----- resume state ------------------------------------------------------------------------
-    def done_shards(self) -> np.ndarray:
-        """Bool (n_shards,): which shards are complete. An unreadable flag counts as not done."""
-        return read_flags(array_at(self.group, "done"))
-
-    def missing_shards(self) -> list[int]:
-        return [int(k) for k in np.flatnonzero(~self.done_shards())]
 
     # ----- writing -----------------------------------------------------------------------------
     def write_shard(self, shard: int, *, h: np.ndarray, x0: np.ndarray, seeds: np.ndarray) -> None:

@@ -47,6 +47,19 @@ def read_flags(array: zarr.Array) -> np.ndarray:
         return flags
 
 
+class ShardFlags:
+    """The resume state of a member that marks each finished shard in its ``done`` array (corpus, annotations)."""
+
+    group: zarr.Group
+
+    def done_shards(self) -> np.ndarray:
+        """Bool (n_shards,): which shards are complete. An unreadable flag counts as not done."""
+        return read_flags(array_at(self.group, "done"))
+
+    def missing_shards(self) -> list[int]:
+        return [int(k) for k in np.flatnonzero(~self.done_shards())]
+
+
 def check_shapes(where: str, arrays: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> None:
     """Refuse a write whose arrays do not have the expected shapes, before any of them is written."""
     for name, shape in expected.items():
