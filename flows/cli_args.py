@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -88,6 +89,15 @@ def print_info(info: dict[str, Any], as_json: bool, *, skip: tuple[str, ...] = (
         if isinstance(value, list) and len(value) > 12:
             value = f"{value[:6]} ... {value[-3:]} ({len(value)} values)"
         print(f"{key:<{width}}  {value}")
+
+
+def progress_printer(tag: str) -> Callable[[str], None]:
+    """A ``progress`` callback that prints ``[tag] message`` to stderr at once."""
+
+    def say(message: str) -> None:
+        print(f"[{tag}] {message}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def png_out(path: str) -> Path:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from flows.cli_args import check_positive, ints
+from flows.cli_args import check_positive, ints, progress_printer
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -79,7 +79,7 @@ def _efficiency(args: argparse.Namespace) -> None:
         seed=args.seed,
         normalize=not args.raw,
         keep=keep,
-        progress=lambda message: print(f"[efficiency] {message}", file=sys.stderr, flush=True),
+        progress=progress_printer("efficiency"),
     )
     paths = write_files(
         Path(args.out),

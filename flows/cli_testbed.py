@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from flows.cli_args import check_positive, floats
+from flows.cli_args import check_positive, floats, progress_printer
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -90,6 +89,7 @@ def _write_report(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, annotator = load_model(args.model), load_annotator("testbed")
+    say = progress_printer("testbed report")
     result = report(
         model,
         annotator,
@@ -100,10 +100,10 @@ def _write_report(args: argparse.Namespace) -> dict[str, Any]:
         gammas=args.gammas,
         seed=args.seed,
         swap_pairs=args.swap_pairs,
-        progress=lambda message: print(f"[testbed report] {message}", file=sys.stderr, flush=True),
+        progress=say,
     )
     figures = result["figures"]
-    print("[testbed report] pictures", file=sys.stderr, flush=True)
+    say("pictures")
     # Pictures first, the figures last: a report.json on disk means the whole report was written.
     pictures = _report_pictures(model, result, args)
     write_files(
