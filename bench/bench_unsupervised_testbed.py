@@ -40,11 +40,12 @@ import torch
 
 from hspace.annotators import load_annotator
 from hspace.directions import random_direction_like
+from hspace.editing import change_maps
 from hspace.jacobian import jacobian_directions, state_at_step
 from hspace.models import load_model
 from hspace.pca import StreamingPCA
 from hspace.pca_directions import align_signs, pca_direction
-from hspace.sampler import derive_seeds, sample
+from hspace.sampler import derive_seeds
 from hspace.testbed.evaluate import FACE_THRESHOLD, generate
 from hspace.testbed.faces import FACTORS, mouth_mask
 
@@ -154,7 +155,7 @@ def jacobian_locality(
             "masked": jacobian_directions(model, state.x_t, state.t, k, mask=mask),
             "unmasked": jacobian_directions(model, state.x_t, state.t, k),
         }
-        deltas, labels = [torch.zeros(steps, *model.h_shape)], []
+        deltas, labels = [], []
         for kind, result in found.items():
             v = gamma * size * result.directions[0]
             for where in ("all steps", "that step"):
@@ -165,16 +166,7 @@ def jacobian_locality(
                     delta[step] = v
                 deltas.append(delta)
                 labels.append((kind, where))
-        images = sample(
-            model,
-            [seed] * len(deltas),
-            steps=steps,
-            eta=eta,
-            delta=torch.stack(deltas),
-            capture=False,
-            microbatch=len(deltas),
-        ).images
-        change = (images[1:] - images[:1]).abs().mean(1)  # (runs, S, S)
+        change = change_maps(model, seed, deltas, steps=steps, eta=eta)  # (runs, S, S)
         row = {
             "seed": seed,
             "h_norm": size,

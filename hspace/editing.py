@@ -1,7 +1,8 @@
 """Editing in h-space: sample with h_t + delta h_t at every step (Sec. III), one edit or a grid of them.
 
 :func:`edit` applies a bank's named directions to some seeds (the notebook API); :func:`edit_grid` draws
-Fig. 3's layout, one row per direction and per seed one column per gamma, for any directions.
+Fig. 3's layout, one row per direction and per seed one column per gamma, for any directions;
+:func:`change_maps` measures where edits of one sample change its pixels.
 """
 
 from __future__ import annotations
@@ -122,3 +123,29 @@ def edit_grid(
     result = sample(model, row_seeds, steps=steps, eta=eta, delta=deltas, capture=False, microbatch=microbatch)
     images = to_uint8(result.images).numpy()
     return images.reshape(len(vectors), len(seeds) * len(gammas), *images.shape[1:])
+
+
+def change_maps(
+    model: LoadedModel,
+    seed: int,
+    deltas: Sequence[torch.Tensor],
+    *,
+    steps: int,
+    eta: float | Sequence[float] = 1.0,
+) -> torch.Tensor:
+    """Per pixel, the mean over channels of |edited - unedited| ([0, 1] images) of ``seed`` sampled with each h
+    delta (T, C, H, W) at every step: (len(deltas), S, S).
+
+    The unedited sample and the edits are sampled in one batch, each replaying the seed's x_T and z_{T:1}.
+    """
+    runs = [torch.zeros(steps, *model.h_shape), *deltas]
+    images = sample(
+        model,
+        [seed] * len(runs),
+        steps=steps,
+        eta=eta,
+        delta=torch.stack(runs),
+        capture=False,
+        microbatch=len(runs),
+    ).images
+    return (images[1:] - images[:1]).abs().mean(1)
