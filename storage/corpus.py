@@ -237,13 +237,13 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError) as error:
         raise HSpaceError(
             f"{url} holds a damaged Zarr group ({path}/zarr.json is not valid JSON: {error}); "
-            "remove it or choose another --out"
+            "remove it or choose another corpus location"
         ) from error
     if metadata.get("node_type") != "group" or metadata.get("zarr_format") != 3:
         raise HSpaceError(f"{url} is a Zarr {metadata.get('node_type', 'node')}, not an hspace corpus group")
     attrs = metadata.get("attributes", {}).get("hspace")
     if not isinstance(attrs, dict):
-        raise HSpaceError(f"{url} is a Zarr group but not an hspace corpus; choose another --out")
+        raise HSpaceError(f"{url} is a Zarr group but not an hspace corpus; choose another corpus location")
     if attrs.get("schema_version") != SCHEMA_VERSION:
         raise HSpaceError(
             f"{url} has corpus schema version {attrs.get('schema_version')}; this hspace reads version {SCHEMA_VERSION}"
@@ -255,7 +255,7 @@ def _refuse_non_empty(url: str) -> None:
     fs, path = fsspec.core.url_to_fs(url)
     try:
         if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
-            raise HSpaceError(f"{url} exists and is not an hspace corpus: choose another --out or remove it")
+            raise HSpaceError(f"{url} exists and is not an hspace corpus: choose another corpus location or remove it")
     except PermissionError as error:
         raise HSpaceError(f"cannot read {url}: {error}") from error
 
@@ -268,7 +268,7 @@ def _check_same(url: str, attrs: dict[str, Any], spec: CorpusSpec) -> None:
     if differing:
         raise HSpaceError(
             f"the corpus at {url} was built with other settings: {'; '.join(differing)}. "
-            "Use the same settings to resume it, or another --out for a new corpus"
+            "Use the same settings to resume it, or another corpus location for a new corpus"
         )
 
 
