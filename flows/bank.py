@@ -27,7 +27,7 @@ from tasks.bank import evaluate_bank_directions, pca_direction_name, publish_ban
 from tasks.corpus import prepare_corpus
 
 DEFAULT_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
-DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (faces.py)
+DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (hspace/testbed/faces.py)
 MADE_BY = "rebuild-bank"
 
 
