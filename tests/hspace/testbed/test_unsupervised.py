@@ -1,7 +1,7 @@
 """The unsupervised directions mean something on the trained testbed model (Sec. IV).
 
 Oracles: the testbed annotator (trained on renders with known factors, checked in
-test_testbed_annotator.py) and the renderer's face geometry, not the code under test. Small versions of
+tests/hspace/testbed/test_annotator.py) and the renderer's face geometry, not the code under test. Small versions of
 ``bench/bench_unsupervised_testbed.py`` (the full-size figures); thresholds come from measurements at these
 exact settings (in the comments) with a margin, and each assertion fails for a direction that does nothing
 (random baseline) or nothing local (unmasked Jacobian).
