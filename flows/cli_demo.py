@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.cli_args import print_info
+from flows.cli_args import print_info, save_png
 
 DEMO_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat")
 
@@ -73,12 +73,13 @@ def _demo(args: argparse.Namespace) -> None:
         eta=1.0,
         microbatch=len(bank.names) * len(seeds) * len(gammas),
     )
-    labeled_grid(
+    grid = labeled_grid(
         rows,
         list(bank.names),
         [f"{g:+g}" for _ in seeds for g in gammas],
         column_groups=[f"seed {i}" for i in range(len(seeds)) for _ in gammas],
-    ).save(out / "edits.png")
+    )
+    save_png(grid, out / "edits.png")
     print_info(corpus.info(), as_json=False)
     print(f"bank {bank_url}: version {result['version']} with {', '.join(result['directions'])}")
     for name in ("samples.png", "edits.png", "evaluation.png", "evaluation.md"):

@@ -34,18 +34,9 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, scale: int | N
 
 
 def write_files(folder: Path, writers: dict[str, Callable[[Path], object]]) -> list[Path]:
-    """Write each output file of a report by write-then-rename, in the given order: a file that exists is
-    complete, so the last one named can mark the whole report as written. Returns the paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, write in writers.items():
-        path = folder / name
-        staging = path.with_name(f".{name}.tmp")
-        write(staging)
-        staging.replace(path)
-        written.append(path)
-    return written
+    """Write each output file of a report by :func:`hspace.files.atomic_write`, in the given order: a file
+    that exists is complete, so the last one named can mark the whole report as written. Returns the paths."""
+    return [atomic_write(Path(folder) / name, write) for name, write in writers.items()]
 
 
 def save_grid(images: np.ndarray, path: Path, **grid_options: int) -> Path:
