@@ -104,7 +104,7 @@ def _disentangle_arguments(disentangle: argparse.ArgumentParser) -> None:
 
 def _supervised(args: argparse.Namespace) -> None:
     from flows.directions import supervised
-    from tasks.directions import plan_supervised
+    from flows.runner import run_flow
 
     arguments = dict(
         name=args.name,
@@ -117,28 +117,17 @@ def _supervised(args: argparse.Namespace) -> None:
         space=args.space,
         overwrite=args.overwrite,
     )
-    plan_supervised(args.url, **arguments)  # fail before Prefect starts
-    print_info(supervised(args.url, **arguments), args.json)
+    print_info(run_flow(supervised, args.url, **arguments), args.json)
 
 
 def _disentangle(args: argparse.Namespace) -> None:
     from flows.directions import disentangled
-    from tasks.directions import plan_disentangle
+    from flows.runner import run_flow
 
-    plan_disentangle(
-        args.url,
-        args.name,
-        source=args.source,
-        against=args.against,
-        keep_norm=args.keep_norm,
-        overwrite=args.overwrite,
+    result = run_flow(
+        disentangled, args.url, args.name, args.source, args.against, keep_norm=args.keep_norm, overwrite=args.overwrite
     )
-    print_info(
-        disentangled(
-            args.url, args.name, args.source, args.against, keep_norm=args.keep_norm, overwrite=args.overwrite
-        ),
-        args.json,
-    )
+    print_info(result, args.json)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -165,7 +154,7 @@ def _list(args: argparse.Namespace) -> None:
 
 def _invert(args: argparse.Namespace) -> None:
     from flows.directions import inverted
-    from tasks.inversion import plan_invert
+    from flows.runner import run_flow
 
     arguments = dict(
         model=args.model,
@@ -179,5 +168,4 @@ def _invert(args: argparse.Namespace) -> None:
         device=args.device,
         overwrite=args.overwrite,
     )
-    plan_invert(**arguments)
-    print_info(inverted(**arguments), args.json)
+    print_info(run_flow(inverted, **arguments), args.json)

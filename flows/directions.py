@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.runner import checked_by
 from storage.corpus import Corpus
 from storage.directions import list_directions
 from tasks.directions import (
@@ -25,6 +26,22 @@ from tasks.directions import (
 from tasks.inversion import invert_task, plan_invert
 
 
+def check_supervised(parameters: dict[str, Any]) -> None:
+    """The plan, made once before Prefect starts, so that bad arguments fail in seconds."""
+    plan_supervised(**parameters)
+
+
+def check_disentangled(parameters: dict[str, Any]) -> None:
+    """The plan, made once before Prefect starts, so that bad arguments fail in seconds."""
+    plan_disentangle(**{**parameters, "against": list(parameters["against"])})
+
+
+def check_inverted(parameters: dict[str, Any]) -> None:
+    """The plan, made once before Prefect starts, so that bad arguments fail in seconds."""
+    plan_invert(**parameters)
+
+
+@checked_by(check_supervised)
 @flow(name="supervised-direction")
 def supervised(
     url: str,
@@ -61,6 +78,7 @@ def supervised(
     return supervised_direction_task(plan)
 
 
+@checked_by(check_disentangled)
 @flow(name="disentangle-direction")
 def disentangled(
     url: str,
@@ -79,6 +97,7 @@ def disentangled(
     return disentangle_direction_task(plan)
 
 
+@checked_by(check_inverted)
 @flow(name="invert-direction")
 def inverted(
     model: str,
