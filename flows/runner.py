@@ -76,11 +76,6 @@ class RunnerChoice:
         return ThreadPoolTaskRunner(max_workers=self.threads)
 
 
-def task_runner(*, workers: int | None, dask_address: str | None, device: str, threads: int = 1) -> TaskRunner[Any]:
-    """Threads by default; a Dask LocalCluster of ``workers`` processes; or an existing Dask scheduler."""
-    return RunnerChoice(threads=threads, workers=workers, dask_address=dask_address).task_runner(device)
-
-
 @contextlib.contextmanager
 def gpu_annotation(device: str) -> Iterator[None]:
     """Tasks submitted inside land only on Dask workers that advertise ``resources={"GPU": 1}`` (for cuda)."""

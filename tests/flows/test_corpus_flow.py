@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flows.corpus import build_corpus
-from flows.runner import RunnerChoice, gpu_annotation, run_flow, task_runner
+from flows.runner import RunnerChoice, gpu_annotation, run_flow
 from hspace.errors import HSpaceError
 from hspace.sampler import derive_seeds, sample, to_uint8
 from storage.corpus import Corpus
@@ -67,14 +67,14 @@ def test_gpu_tasks_are_annotated_with_a_gpu_resource():
 
 
 def test_task_runner_choices_and_refusals():
-    assert type(task_runner(workers=None, dask_address=None, device="cpu")).__name__ == "ThreadPoolTaskRunner"
-    local = task_runner(workers=3, dask_address=None, device="cuda")
+    assert type(RunnerChoice().task_runner("cpu")).__name__ == "ThreadPoolTaskRunner"
+    local = RunnerChoice(workers=3).task_runner("cuda")
     assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["resources"] == {"GPU": 1}
-    assert task_runner(workers=None, dask_address="tcp://10.0.0.1:8786", device="cpu").address == "tcp://10.0.0.1:8786"
+    assert RunnerChoice(dask_address="tcp://10.0.0.1:8786").task_runner("cpu").address == "tcp://10.0.0.1:8786"
     with pytest.raises(HSpaceError, match="either --workers .* or --dask-address"):
-        task_runner(workers=2, dask_address="tcp://x:1", device="cpu")
+        RunnerChoice(workers=2, dask_address="tcp://x:1")
     with pytest.raises(HSpaceError, match="--workers must be a positive integer"):
-        task_runner(workers=0, dask_address=None, device="cpu")
+        RunnerChoice(workers=0)
 
 
 def test_a_server_that_cannot_start_says_how_to_start_one(monkeypatch):
