@@ -62,7 +62,7 @@ def bench(model_name: str, repeats: int) -> tuple[list[float], list[float]]:
                 device="cpu",
             )
             t0 = time.perf_counter()
-            generate_shard.fn(url, 0, model_name, "cpu")
+            generate_shard.fn(url, 0, "cpu")
             ours.append(time.perf_counter() - t0)
     return bare, ours
 

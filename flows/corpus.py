@@ -41,5 +41,5 @@ def build_corpus(
         return stop - start
 
     bar = Progress(total=samples, done=samples - sum(map(size, missing)), unit="sample", desc="corpus", show=progress)
-    submit_all(generate_shard, [(out, shard, model, device) for shard in missing], bar, device=device, weight=size)
+    submit_all(generate_shard, [(out, shard, device) for shard in missing], bar, device=device, weight=size)
     return corpus.info()

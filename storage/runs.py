@@ -63,14 +63,17 @@ def check_steps(corpus: Corpus, steps: Sequence[int]) -> None:
 
 def list_runs(url: str, kind: str) -> list[str]:
     """Names of the runs of one kind (``"pca"`` or ``"jacobian"``) in the corpus at ``url``."""
-    corpus = Corpus.open(url)
+    return _run_names(Corpus.open(url), kind)
+
+
+def _run_names(corpus: Corpus, kind: str) -> list[str]:
     if kind not in corpus.group:
         return []
     return sorted(name for name, _ in group_at(corpus.group, kind).groups())
 
 
 def create_or_open_run(
-    corpus: Corpus, kind: str, run: str, attrs: dict[str, Any], create_arrays: Callable[[zarr.Group], None]
+    corpus: Corpus, kind: str, run: str, attrs: dict[str, Any], make_arrays: Callable[[zarr.Group], None]
 ) -> zarr.Group:
     """The run group, created (arrays, then ``initialized``) or checked against ``attrs``."""
     parent = corpus.group.require_group(kind)
@@ -84,7 +87,7 @@ def create_or_open_run(
     else:
         group = parent.create_group(run)
     group.attrs.update({"hspace": {**attrs, "initialized": False}})
-    create_arrays(group)
+    make_arrays(group)
     group.attrs.update({"hspace": {**attrs, "initialized": True}})
     return group
 
@@ -94,7 +97,7 @@ def open_run(corpus: Corpus, kind: str, run: str) -> tuple[zarr.Group, dict[str,
     check_run_name(run)
     what, command = _WHAT[kind], _COMMAND[kind]
     if kind not in corpus.group or run not in group_at(corpus.group, kind):
-        known = list_runs(corpus.url, kind)
+        known = _run_names(corpus, kind)
         raise HSpaceError(
             f"no {what} run {run!r} in {corpus.url} (runs: {', '.join(known) or 'none'}); create it with `{command}`"
         )

@@ -116,11 +116,9 @@ def corpus_model(corpus: Corpus, device: str = "cpu") -> LoadedModel:
     cache_policy=NO_CACHE,
     task_run_name="generate-shard-{shard}",
 )
-def generate_shard(out: str, shard: int, model: str, device: str) -> int:
-    """Generate and write one shard (all T steps of b samples); a shard already done is skipped.
-
-    ``model`` is the corpus's model name (``corpus.spec.model``), which :func:`corpus_model` loads and checks.
-    """
+def generate_shard(out: str, shard: int, device: str) -> int:
+    """Generate and write one shard (all T steps of b samples) with the corpus's own model (checked by
+    :func:`corpus_model`); a shard already done is skipped."""
     corpus = Corpus.open(out, writable=True)
     if corpus.done_shards()[shard]:
         return shard

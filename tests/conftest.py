@@ -57,7 +57,7 @@ def corpus_factory(tmp_path_factory) -> Callable[..., str]:
             url = str(tmp_path_factory.mktemp("corpus") / "c.zarr")
             corpus = prepare_corpus(out=url, **settings)
             for shard in corpus.missing_shards():
-                generate_shard.fn(url, shard, model, device)
+                generate_shard.fn(url, shard, device)
             built[key] = url
         return built[key]
 
