@@ -30,13 +30,16 @@ def open_picture(path: str | Path) -> Image.Image:
     ValueError
         If its bytes are not a picture PIL can decode.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     data = Path(path).read_bytes()
     try:
         picture = Image.open(io.BytesIO(data))
         picture.load()
-    except (OSError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
+    except UnidentifiedImageError:
+        # PIL names the in-memory buffer (with its address); name the file, as reading it directly would.
+        raise ValueError(f"cannot identify image file {str(path)!r}") from None
+    except (OSError, ValueError) as error:
         raise ValueError(f"not a picture PIL can decode ({error})") from error
     return picture
 

@@ -28,6 +28,7 @@ import torch
 from diffusers import UNet2DModel
 
 from hspace.errors import HSpaceError
+from hspace.files import sha256_of
 
 # The scheduler config of google/ddpm-ema-celebahq-256 (DDPM, linear betas, 1000 steps, clipped x0).
 DDPM_LINEAR_CONFIG: dict[str, Any] = {
@@ -194,7 +195,7 @@ def verify_shipped(name: str) -> Path:
     if not card_path.is_file() or not weights.is_file():
         raise HSpaceError(f"the {name!r} model is not in this installation ({folder}); reinstall hspace")
     expected = json.loads(card_path.read_text())["sha256"]
-    actual = hashlib.sha256(weights.read_bytes()).hexdigest()
+    actual = sha256_of(weights)
     if actual != expected:
         raise HSpaceError(
             f"the {name!r} weights are damaged (sha256 {actual[:12]}, card says {expected[:12]}); reinstall hspace"

@@ -222,7 +222,7 @@ def labelled_heatmap(
             f"heatmap needs a (rows, columns) matrix with one label each; got {values.shape}, "
             f"{len(rows)} row and {len(columns)} column labels"
         )
-    char_w, line_h = 6, 11  # PIL's default bitmap font
+    char_w, line_h = _CHAR_WIDTH, 11  # PIL's default bitmap font, lines packed 1 pixel tighter than labels
     cell_w = max(8 + char_w * (digits + 3), 8 + char_w * max(map(len, columns)))
     cell_h = 18
     left = 10 + char_w * max(map(len, rows))
