@@ -191,8 +191,8 @@ def rebuild_bank(
         pca_run = s.pca_run_name
         fit_pca(s.corpus, s.pca_components, run=pca_run, device=s.device, progress=progress)
     named = _supervised_directions(s)
-    names = named + [pca_direction_name(j) for j in range(s.pca_directions if pca_run else 0)]
     pca_directions = s.pca_directions if pca_run else 0
+    names = named + [pca_direction_name(j) for j in range(pca_directions)]
     key = evaluate_bank_directions(
         s.corpus,
         names,

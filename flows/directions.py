@@ -27,17 +27,17 @@ from tasks.inversion import invert_task, plan_invert
 
 
 def check_supervised(parameters: dict[str, Any]) -> None:
-    """The plan, made once before Prefect starts, so that bad arguments fail in seconds."""
+    """Make the plan before Prefect starts, so that bad arguments fail in seconds (the flow plans again)."""
     plan_supervised(**parameters)
 
 
 def check_disentangled(parameters: dict[str, Any]) -> None:
-    """The plan, made once before Prefect starts, so that bad arguments fail in seconds."""
+    """Make the plan before Prefect starts, so that bad arguments fail in seconds (the flow plans again)."""
     plan_disentangle(**{**parameters, "against": list(parameters["against"])})
 
 
 def check_inverted(parameters: dict[str, Any]) -> None:
-    """The plan, made once before Prefect starts, so that bad arguments fail in seconds."""
+    """Make the plan before Prefect starts, so that bad arguments fail in seconds (the flow plans again)."""
     plan_invert(**parameters)
 
 
