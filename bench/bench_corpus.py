@@ -3,7 +3,7 @@
     python bench/bench_corpus.py [--models celebahq-shape tiny] [--repeats 3]
 
 For each model: (a) the bare DDIM loop (U-Net + DDIMScheduler.step, same per-sample noise and the same
-one-sample-per-pass CPU batching, no hook, nothing stored) and (b) the real task `generate_shard`
+one-sample-per-pass CPU batching, no hook, nothing stored) and (b) the real task `generate_shards`
 (hook with capture, sampling, float16 cast, one whole-shard Zarr write of h, x0, seed, the done flag).
 Runs alternate (a, b, a, b, ...) so that machine noise hits both; medians and minima are compared
 (this machine's run-to-run noise is large, +-15% on `tiny`: prefer the minima and many repeats).
@@ -19,7 +19,7 @@ import time
 import torch
 
 from hspace.sampler import derive_seeds, make_scheduler
-from tasks.corpus import cached_model, generate_shard, prepare_corpus
+from tasks.corpus import cached_model, generate_shards, prepare_corpus
 
 SETTINGS = {"celebahq-shape": {"batch": 2, "steps": 3}, "tiny": {"batch": 32, "steps": 50}}
 
@@ -62,7 +62,7 @@ def bench(model_name: str, repeats: int) -> tuple[list[float], list[float]]:
                 device="cpu",
             )
             t0 = time.perf_counter()
-            generate_shard.fn(url, 0, "cpu")
+            generate_shards.fn(url, [0], "cpu")
             ours.append(time.perf_counter() - t0)
     return bare, ours
 

@@ -8,7 +8,19 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runner import Progress, checked_by, submit_all
-from tasks.corpus import generate_shard, prepare_corpus
+from tasks.corpus import generate_shards, prepare_corpus
+
+# Shards per task, at most: each task overlaps its writes with its next shard's sampling (but not its last
+# write), so longer runs hide more writes; enough tasks are left for progress and load balance.
+MAX_TASK_SHARDS = 8
+MIN_TASKS = 16
+
+
+def shard_runs(missing: list[int]) -> list[list[int]]:
+    """The missing shards cut into consecutive runs, one per task: at most MAX_TASK_SHARDS each, and at least
+    MIN_TASKS runs where there are that many shards."""
+    size = max(1, min(MAX_TASK_SHARDS, len(missing) // MIN_TASKS))
+    return [missing[i : i + size] for i in range(0, len(missing), size)]
 
 
 def check_build_corpus(parameters: dict[str, Any]) -> None:
@@ -28,18 +40,34 @@ def build_corpus(
     seed: int = 0,
     dtype: str = "float16",
     device: str = "cpu",
+    precision: str = "fp32",
+    microbatch: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Generate every missing shard of the corpus at ``out`` and return its info."""
+    """Generate every missing shard of the corpus at ``out`` and return its info.
+
+    ``precision`` is the U-Net's dtype (``hspace.models.PRECISIONS``), ``microbatch`` the samples per U-Net
+    pass (default: one on the CPU, so a sample is bitwise the same in any batch); both are corpus settings.
+    """
     corpus = prepare_corpus(
-        out=out, model=model, samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype, device=device
+        out=out,
+        model=model,
+        samples=samples,
+        steps=steps,
+        eta=eta,
+        batch=batch,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        precision=precision,
+        microbatch=microbatch,
     )
     missing = corpus.missing_shards()
 
-    def size(shard: int) -> int:
-        start, stop = corpus.spec.shard_range(shard)
-        return stop - start
+    def size(shards: list[int]) -> int:
+        return sum(stop - start for start, stop in map(corpus.spec.shard_range, shards))
 
-    bar = Progress(total=samples, done=samples - sum(map(size, missing)), unit="sample", desc="corpus", show=progress)
-    submit_all(generate_shard, [(out, shard, device) for shard in missing], bar, device=device, weight=size)
+    bar = Progress(total=samples, done=samples - size(missing), unit="sample", desc="corpus", show=progress)
+    runs = shard_runs(missing)
+    submit_all(generate_shards, [(out, run, device) for run in runs], bar, device=device, weight=size)
     return corpus.info()

@@ -43,6 +43,17 @@ DDPM_LINEAR_CONFIG: dict[str, Any] = {
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+# The dtype the U-Net runs in. The scheduler arithmetic (eq. 2-5) stays float32 whatever the precision: the
+# sampler casts x_t to the U-Net's dtype for each pass and eps back to float32 (hspace.sampler.predict_eps).
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a one-line error naming them."""
+    if precision not in PRECISIONS:
+        raise HSpaceError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
+
 
 @dataclass(frozen=True, kw_only=True)
 class LoadedModel:
@@ -57,13 +68,17 @@ class LoadedModel:
     scheduler_config : dict
         The training scheduler's config; samplers build a ``DDIMScheduler`` from it.
     fingerprint : str
-        sha256 over the state dict (see :func:`weight_fingerprint`).
+        sha256 over the state dict as stored, before any cast (see :func:`weight_fingerprint`), so a model
+        loaded in bf16 is recognised as the same weights as in fp32.
+    precision : str
+        One of :data:`PRECISIONS`: the dtype the U-Net was cast to on load.
     """
 
     name: str
     unet: UNet2DModel
     scheduler_config: dict[str, Any]
     fingerprint: str
+    precision: str = "fp32"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -157,14 +172,20 @@ def check_same_weights(model: LoadedModel, fingerprint: str, *, owner: str, advi
         )
 
 
-def load_model(name: str, *, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(name: str, *, device: str | torch.device = "cpu", precision: str = "fp32") -> LoadedModel:
     """Load a U-Net and its scheduler config by built-in name, directory or hub id.
+
+    The U-Net is cast once, here, to ``precision`` (:data:`PRECISIONS`). On CUDA, fp32 runs its matmuls and
+    convolutions in TF32 (10 mantissa bits, float32 range): set for the whole process, as a model loaded for
+    speed on a tensor-core GPU wants; bf16 and fp16 are the faster, rougher choices (docs/results.md).
 
     Raises
     ------
     HSpaceError
-        If the name is none of these, the weights cannot be read, or the model has no ``mid_block``.
+        If the name is none of these, the weights cannot be read, the model has no ``mid_block``, or the
+        precision is unknown.
     """
+    dtype = PRECISIONS[check_precision(precision)]
     if name in BUILTIN:
         unet, scheduler_config = _load_builtin(name), dict(DDPM_LINEAR_CONFIG)
     elif name in SHIPPED:
@@ -184,8 +205,15 @@ def load_model(name: str, *, device: str | torch.device = "cpu") -> LoadedModel:
             "mid_block_type (the default UNetMidBlock2D)"
         )
     fingerprint = weight_fingerprint(unet)
-    unet = unet.to(device).eval().requires_grad_(False)
-    return LoadedModel(name=name, unet=unet, scheduler_config=scheduler_config, fingerprint=fingerprint)
+    # torch's own .to: diffusers' override warns about keeping fp32 modules even when, as for every
+    # UNet2DModel, the list of such modules is empty.
+    unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
+    if unet.device.type == "cuda" and dtype == torch.float32:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"  # type: ignore[attr-defined]
+    return LoadedModel(
+        name=name, unet=unet, scheduler_config=scheduler_config, fingerprint=fingerprint, precision=precision
+    )
 
 
 def verify_shipped(name: str) -> Path:

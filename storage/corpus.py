@@ -40,6 +40,8 @@ SCHEMA_VERSION = 1
 H_DTYPES = ("float16", "float32")
 # Recorded but not compared when reopening: a newer hspace may resume a corpus it can read.
 NOT_COMPARED = ("package_version",)
+# Settings added after schema version 1 shipped, with the value every corpus built before them has.
+ADDED_SETTINGS: dict[str, Any] = {"precision": "fp32", "microbatch": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +62,11 @@ class CorpusSpec:
     image_shape: tuple[int, int, int]
     base_seed: int
     package_version: str
+    # The U-Net's dtype (hspace.models.PRECISIONS); h is stored as h_dtype whatever it is.
+    precision: str = "fp32"
+    # Samples per U-Net pass; None is the sampler's default (1 on the CPU, so that a sample is bitwise the
+    # same in any batch; the whole shard on a GPU).
+    microbatch: int | None = None
 
     def __post_init__(self) -> None:
         if self.samples <= 0:
@@ -68,6 +75,8 @@ class CorpusSpec:
             raise HSpaceError(f"batch must be a positive integer; got {self.shard_size}")
         if self.h_dtype not in H_DTYPES:
             raise HSpaceError(f"h dtype must be one of {', '.join(H_DTYPES)}; got {self.h_dtype!r}")
+        if self.microbatch is not None and self.microbatch <= 0:
+            raise HSpaceError(f"microbatch must be a positive integer; got {self.microbatch}")
 
     @property
     def n_shards(self) -> int:
@@ -207,6 +216,8 @@ class Corpus(ShardFlags):
             "eta": list(spec.eta) if len(set(spec.eta)) > 1 else spec.eta[0],
             "h_shape": list(spec.h_shape),
             "h_dtype": spec.h_dtype,
+            "precision": spec.precision,
+            "microbatch": spec.microbatch,
             "image_shape": list(spec.image_shape),
             "seed": spec.base_seed,
             "package_version": spec.package_version,
@@ -248,7 +259,7 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
         raise HSpaceError(
             f"{url} has corpus schema version {attrs.get('schema_version')}; this hspace reads version {SCHEMA_VERSION}"
         )
-    return attrs
+    return {**ADDED_SETTINGS, **attrs}
 
 
 def _refuse_non_empty(url: str) -> None:

@@ -1,9 +1,11 @@
-"""Corpus tasks: prepare a corpus, and generate one shard of it."""
+"""Corpus tasks: prepare a corpus, and generate some of its shards."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from prefect import task
@@ -11,24 +13,39 @@ from prefect.cache_policies import NO_CACHE
 
 import hspace
 from hspace.errors import HSpaceError
-from hspace.models import LoadedModel, check_same_weights, load_model
+from hspace.models import LoadedModel, check_precision, check_same_weights, load_model
 from hspace.sampler import derive_seeds, make_scheduler, parse_eta, sample, to_uint8
 from storage.corpus import H_DTYPES, Corpus, CorpusSpec
 
+T = TypeVar("T")
+P = TypeVar("P")
+
 
 @functools.lru_cache(maxsize=2)
-def cached_model(name: str, device: str) -> LoadedModel:
+def cached_model(name: str, device: str, precision: str = "fp32") -> LoadedModel:
     """The model, loaded once per process (a Dask worker keeps it across shards); never sent through Prefect."""
-    return load_model(name, device=device)
+    return load_model(name, device=device, precision=precision)
 
 
 def check_build_arguments(
-    *, samples: int, steps: int, eta: float | list[float], batch: int, seed: int, dtype: str, device: str
+    *,
+    samples: int,
+    steps: int,
+    eta: float | list[float],
+    batch: int,
+    seed: int,
+    dtype: str,
+    device: str,
+    precision: str = "fp32",
+    microbatch: int | None = None,
 ) -> tuple[float, ...]:
     """Reject bad arguments before anything is loaded or created; returns eta per step."""
     for name, value in (("samples", samples), ("batch", batch), ("steps", steps)):
         if not isinstance(value, int) or value <= 0:
             raise HSpaceError(f"{name} must be a positive integer; got {value!r}")
+    if microbatch is not None and (not isinstance(microbatch, int) or microbatch <= 0):
+        raise HSpaceError(f"microbatch must be a positive integer (samples per U-Net pass); got {microbatch!r}")
+    check_precision(precision)
     if seed < 0:
         raise HSpaceError(f"seed must be a non-negative integer; got {seed}")
     if dtype not in H_DTYPES:
@@ -39,7 +56,15 @@ def check_build_arguments(
 
 
 def corpus_spec(
-    model: LoadedModel, *, samples: int, steps: int, eta: tuple[float, ...], batch: int, seed: int, dtype: str
+    model: LoadedModel,
+    *,
+    samples: int,
+    steps: int,
+    eta: tuple[float, ...],
+    batch: int,
+    seed: int,
+    dtype: str,
+    microbatch: int | None = None,
 ) -> CorpusSpec:
     """The settings that fix a corpus's content, from the model and the sampler arguments."""
     scheduler = make_scheduler(model.scheduler_config, steps)
@@ -59,6 +84,8 @@ def corpus_spec(
         image_shape=model.image_shape,
         base_seed=seed,
         package_version=hspace.__version__,
+        precision=model.precision,
+        microbatch=microbatch,
     )
 
 
@@ -73,13 +100,25 @@ def prepare_corpus(
     seed: int,
     dtype: str,
     device: str,
+    precision: str = "fp32",
+    microbatch: int | None = None,
 ) -> Corpus:
     """Check the arguments, load the model, and create or reopen the corpus (refusing other settings)."""
     etas = check_build_arguments(
-        samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype, device=device
+        samples=samples,
+        steps=steps,
+        eta=eta,
+        batch=batch,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        precision=precision,
+        microbatch=microbatch,
     )
-    loaded = cached_model(model, device)
-    spec = corpus_spec(loaded, samples=samples, steps=steps, eta=etas, batch=batch, seed=seed, dtype=dtype)
+    loaded = cached_model(model, device, precision)
+    spec = corpus_spec(
+        loaded, samples=samples, steps=steps, eta=etas, batch=batch, seed=seed, dtype=dtype, microbatch=microbatch
+    )
     return Corpus.create_or_open(out, spec)
 
 
@@ -97,9 +136,10 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def corpus_model(corpus: Corpus, device: str = "cpu") -> LoadedModel:
-    """The model the corpus names, loaded once per process, refused if its weights differ from the corpus's."""
-    loaded = cached_model(corpus.spec.model, device)
+def corpus_model(corpus: Corpus, device: str = "cpu", precision: str | None = None) -> LoadedModel:
+    """The model the corpus names, loaded once per process in ``precision`` (default: the corpus's), refused if
+    its weights differ from the corpus's."""
+    loaded = cached_model(corpus.spec.model, device, corpus.spec.precision if precision is None else precision)
     check_same_weights(
         loaded,
         corpus.spec.fingerprint,
@@ -109,29 +149,55 @@ def corpus_model(corpus: Corpus, device: str = "cpu") -> LoadedModel:
     return loaded
 
 
+def write_behind(items: Iterable[T], produce: Callable[[T], P], write: Callable[[T, P], None]) -> None:
+    """``write(item, produce(item))`` for every item, each write overlapping the next item's production.
+
+    ``produce`` runs in the calling thread, ``write`` in one writer thread, one write at a time: item i+1 is
+    produced while item i is written, and is handed over only once that write has finished, so at most two
+    items are held at once. A write that raises stops the production and is raised here (after the item
+    being produced then); when ``produce`` raises, the write under way finishes first, so nothing written
+    is left half done by this function.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hspace-writer") as writer:
+        pending: Future[None] | None = None
+        for item in items:
+            produced = produce(item)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(write, item, produced)
+        if pending is not None:
+            pending.result()
+
+
+def sample_shard(corpus: Corpus, model: LoadedModel, shard: int) -> dict[str, np.ndarray]:
+    """h_{T:1}, x_0 and the seeds of one shard's samples, ready for :meth:`Corpus.write_shard`."""
+    spec = corpus.spec
+    start, stop = spec.shard_range(shard)
+    seeds = derive_seeds(spec.base_seed, start, stop)
+    result = sample(model, seeds, steps=spec.steps, eta=spec.eta, capture=True, microbatch=spec.microbatch)
+    assert result.h is not None
+    return {"h": result.h.numpy(), "x0": to_uint8(result.images).numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+
+
 @task(
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=retry_on_io_error,
     cache_policy=NO_CACHE,
-    task_run_name="generate-shard-{shard}",
+    task_run_name="generate-shards-{shards}",
 )
-def generate_shard(out: str, shard: int, device: str) -> int:
-    """Generate and write one shard (all T steps of b samples) with the corpus's own model (checked by
-    :func:`corpus_model`); a shard already done is skipped."""
+def generate_shards(out: str, shards: list[int], device: str) -> list[int]:
+    """Generate and write some shards (all T steps of b samples each) with the corpus's own model (checked by
+    :func:`corpus_model`), each write overlapping the next shard's sampling (:func:`write_behind`); shards
+    already done are skipped. Each shard is marked done once its own data is written."""
     corpus = Corpus.open(out, writable=True)
-    if corpus.done_shards()[shard]:
-        return shard
-    spec = corpus.spec
-    loaded = corpus_model(corpus, device)
-    start, stop = spec.shard_range(shard)
-    seeds = derive_seeds(spec.base_seed, start, stop)
-    result = sample(loaded, seeds, steps=spec.steps, eta=spec.eta, capture=True)
-    assert result.h is not None
-    corpus.write_shard(
-        shard,
-        h=result.h.numpy(),
-        x0=to_uint8(result.images).numpy(),
-        seeds=np.asarray(seeds, dtype=np.int64),
-    )
-    return shard
+    done = corpus.done_shards()
+    todo = [k for k in shards if not done[k]]
+    if todo:
+        model = corpus_model(corpus, device)
+        write_behind(
+            todo,
+            lambda shard: sample_shard(corpus, model, shard),
+            lambda shard, data: corpus.write_shard(shard, **data),
+        )
+    return shards

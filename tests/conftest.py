@@ -31,10 +31,10 @@ def tiny() -> LoadedModel:
 def corpus_factory(tmp_path_factory) -> Callable[..., str]:
     """``corpus_factory(samples=, steps=, batch=, seed=, ...)``: the url of a tiny-model corpus with these settings.
 
-    Each set of settings is built once per session, shard by shard in this process (``generate_shard.fn``: the
-    flow's own tasks, without a Prefect run), and shared: copy it (``copy_corpus``) before writing to it.
+    Each set of settings is built once per session, in this process (``generate_shards.fn``: the flow's own
+    task, without a Prefect run), and shared: copy it (``copy_corpus``) before writing to it.
     """
-    from tasks.corpus import generate_shard, prepare_corpus
+    from tasks.corpus import generate_shards, prepare_corpus
 
     built: dict[str, str] = {}
 
@@ -48,16 +48,24 @@ def corpus_factory(tmp_path_factory) -> Callable[..., str]:
         eta: float = 1.0,
         dtype: str = "float16",
         device: str = "cpu",
+        precision: str = "fp32",
     ) -> str:
         settings = dict(
-            model=model, samples=samples, steps=steps, eta=eta, batch=batch, seed=seed, dtype=dtype, device=device
+            model=model,
+            samples=samples,
+            steps=steps,
+            eta=eta,
+            batch=batch,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            precision=precision,
         )
         key = repr(sorted(settings.items()))
         if key not in built:
             url = str(tmp_path_factory.mktemp("corpus") / "c.zarr")
             corpus = prepare_corpus(out=url, **settings)
-            for shard in corpus.missing_shards():
-                generate_shard.fn(url, shard, device)
+            generate_shards.fn(url, corpus.missing_shards(), device)
             built[key] = url
         return built[key]
 
