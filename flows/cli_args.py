@@ -55,10 +55,40 @@ def eta(text: str) -> float | list[float]:
 def add_runner_arguments(parser: argparse.ArgumentParser, what: str = "the tasks") -> None:
     """``--workers N | --dask-address URL | --threads N`` (where ``what`` runs) and ``--no-progress``."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help=f"run {what} on a local Dask cluster of N worker processes")
+    where.add_argument(
+        "--workers",
+        type=_workers,
+        nargs="?",
+        const="all",
+        metavar="N",
+        help=f"run {what} on a local Dask cluster of N worker processes; with --device cuda one per GPU, each "
+        "pinned to its own (N alone: every visible GPU)",
+    )
     where.add_argument("--dask-address", help=f"run {what} on an existing Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--threads", type=int, default=1, help=f"threads of the default (in-process) runner of {what}")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: a number, or ``all`` (also what ``--workers`` alone gives): one per visible GPU."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of workers or nothing (one per GPU); got {text!r}"
+        ) from None
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, default: str | None = "fp32", note: str = "") -> None:
+    """``--precision fp32|bf16|fp16``: the dtype the U-Net runs in (``hspace.models.PRECISIONS``)."""
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=default,
+        help="the U-Net's dtype: fp32 (TF32 on CUDA), bf16 or fp16; the scheduler stays float32 " + note,
+    )
 
 
 def runner_choice(args: argparse.Namespace) -> RunnerChoice:

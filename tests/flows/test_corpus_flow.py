@@ -68,8 +68,8 @@ def test_gpu_tasks_are_annotated_with_a_gpu_resource():
 
 def test_task_runner_choices_and_refusals():
     assert type(RunnerChoice().task_runner("cpu")).__name__ == "ThreadPoolTaskRunner"
-    local = RunnerChoice(workers=3).task_runner("cuda")
-    assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["resources"] == {"GPU": 1}
+    local = RunnerChoice(workers=3).task_runner("cpu")
+    assert local.cluster_kwargs["n_workers"] == 3 and "resources" not in local.cluster_kwargs
     assert RunnerChoice(dask_address="tcp://10.0.0.1:8786").task_runner("cpu").address == "tcp://10.0.0.1:8786"
     with pytest.raises(HSpaceError, match="either --workers .* or --dask-address"):
         RunnerChoice(workers=2, dask_address="tcp://x:1")
