@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
 import dask
 import numpy as np
 import pytest
 
+from flows.cli import main
 from flows.corpus import build_corpus
 from flows.runner import RunnerChoice, gpu_annotation, run_flow
 from hspace.errors import HSpaceError
 from hspace.sampler import derive_seeds, sample, to_uint8
 from storage.corpus import Corpus
+from tasks.corpus import corpus_model, generate_shards, prepare_corpus, sample_shard, write_behind
 
 ARGS = dict(model="tiny", samples=6, steps=8, eta=1.0, batch=4, seed=1, dtype="float16", device="cpu", progress=False)
 
@@ -86,3 +95,98 @@ def test_a_server_that_cannot_start_says_how_to_start_one(monkeypatch):
         flows.server.local_prefect_server(),
     ):
         pass
+
+
+# ----- writes that overlap compute ---------------------------------------------------------------------------
+def test_write_behind_overlaps_each_write_with_the_next_production_and_holds_two_at_most():
+    writing, held, most_held, order = threading.Event(), [0], [0], []
+
+    def produce(item: int) -> int:
+        if item == 1:  # produced while item 0 is being written: write(0) waits for this
+            assert writing.wait(10), "item 1 was not produced during item 0's write"
+        held[0] += 1
+        most_held[0] = max(most_held[0], held[0])
+        order.append(f"produce {item}")
+        return item * 10
+
+    def write(item: int, produced: int) -> None:
+        order.append(f"write {item}")
+        if item == 0:
+            writing.set()
+            time.sleep(0.2)
+        assert produced == item * 10
+        held[0] -= 1
+
+    write_behind(range(4), produce, write)
+    assert [o for o in order if o.startswith("write")] == [f"write {i}" for i in range(4)]
+    assert order.index("produce 1") > order.index("write 0")
+    assert most_held[0] == 2
+
+
+def test_write_behind_raises_a_failed_write_and_stops_producing():
+    produced = []
+
+    def write(item: int, _: int) -> None:
+        if item == 1:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_behind(range(6), lambda i: produced.append(i) or i, write)
+    assert produced == [0, 1, 2]  # item 2 was under way when write 1 failed; nothing after it
+
+
+def test_overlapped_writes_give_the_bytes_of_writing_after_each_shard(tmp_path, tree_bytes):
+    settings = {k: v for k, v in ARGS.items() if k != "progress"} | {"samples": 10, "batch": 3}
+    overlapped, sequential = str(tmp_path / "overlapped"), str(tmp_path / "sequential")
+    prepare_corpus(out=overlapped, **settings)
+    generate_shards.fn(overlapped, [0, 1, 2, 3], "cpu")
+    corpus = prepare_corpus(out=sequential, **settings)
+    model = corpus_model(corpus)
+    for shard in range(4):
+        corpus.write_shard(shard, **sample_shard(corpus, model, shard))
+    assert tree_bytes(tmp_path / "overlapped") == tree_bytes(tmp_path / "sequential")
+
+
+def test_a_write_that_raises_fails_its_task_and_leaves_its_shard_not_done(prefect_harness, tmp_path, monkeypatch):
+    url = str(tmp_path / "c")
+    write_shard = Corpus.write_shard
+
+    def fail_on_shard_1(self, shard, **arrays):
+        if shard == 1:
+            raise RuntimeError("codec failure on shard 1")
+        write_shard(self, shard, **arrays)
+
+    monkeypatch.setattr(Corpus, "write_shard", fail_on_shard_1)
+    with pytest.raises(RuntimeError, match="codec failure on shard 1"):
+        run_flow(build_corpus, out=url, **{**ARGS, "samples": 12, "batch": 3})
+    assert list(Corpus.open(url).done_shards()) == [True, False, True, True]  # one task per shard here
+    monkeypatch.setattr(Corpus, "write_shard", write_shard)
+    assert run_flow(build_corpus, out=url, **{**ARGS, "samples": 12, "batch": 3})["shards_done"] == 4
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys
+import zarr.storage
+set_key = zarr.storage.LocalStore.set
+async def set_then_die(self, key, value):
+    if key.startswith("x0/c/2/"):  # shard 2's h is written, its x0 and done flag are not
+        os.kill(os.getpid(), signal.SIGKILL)
+    await set_key(self, key, value)
+zarr.storage.LocalStore.set = set_then_die
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_a_write_then_a_rerun_gives_the_uninterrupted_corpus(tmp_path, tree_bytes):
+    build = ["corpus", "build", "--model", "tiny", "--samples", "10", "--steps", "6", "--batch", "2", "--seed", "3"]
+    build += ["--no-progress"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    run = subprocess.run([sys.executable, "-c", KILL_DURING_WRITE, *build, str(killed)], env=env, timeout=300)
+    assert run.returncode == -signal.SIGKILL
+    done = Corpus.open(str(killed)).done_shards()
+    assert list(done[:3]) == [True, True, False] and (killed / "h" / "c" / "2").exists()
+    for url in (killed, clean):
+        assert main([*build, str(url)]) == 0
+    assert tree_bytes(killed) == tree_bytes(clean)
