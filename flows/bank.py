@@ -24,11 +24,12 @@ from hspace.annotators import class_thresholds
 from hspace.errors import HSpaceError
 from hspace.names import check_name
 from tasks.bank import evaluate_bank_directions, pca_direction_name, publish_bank
-from tasks.corpus import prepare_corpus
+from tasks.corpus import check_build_arguments, prepare_corpus
 
 DEFAULT_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
 DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (hspace/testbed/faces.py)
 MADE_BY = "rebuild-bank"
+CORPUS_DTYPE = "float16"  # h as stored in the corpus (the authors' choice)
 
 
 def disentangled_name(name: str) -> str:
@@ -65,6 +66,8 @@ def threshold_plan(annotator: str, attributes: Sequence[str], thresholds: dict[s
 # Where the settings are read and written, not what they build: left out of the record in the bank, so that
 # a rebuild from a moved corpus, on another device or with another report folder publishes nothing new.
 NOT_RECORDED = ("bank", "corpus", "report", "device")
+# Settings added after banks began recording them, with the value every bank recorded before them was built with.
+ADDED_SETTINGS: dict[str, Any] = {"precision": "fp32", "microbatch": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,8 +78,8 @@ class RebuildSettings:
     ----------
     bank, corpus : str
         Locations (paths or fsspec URLs); the corpus is created if missing.
-    model, samples, steps, eta, batch, seed
-        The corpus (see ``build_corpus``).
+    model, samples, steps, eta, batch, seed, precision, microbatch
+        The corpus (see ``build_corpus``); the evaluation runs in its precision, and the bank records it.
     annotator, annotator_options
         Scores every sample (``hspace.annotators.load_annotator``).
     attributes : sequence of str
@@ -114,6 +117,8 @@ class RebuildSettings:
     eta: float = 1.0
     batch: int = 32
     seed: int = 0
+    precision: str = "fp32"
+    microbatch: int | None = None
     annotator: str = "testbed"
     annotator_options: dict[str, Any] | None = None
     attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
@@ -137,10 +142,26 @@ class RebuildSettings:
         object.__setattr__(self, "disentangle", disentangle_plan(attributes, self.disentangle))
         object.__setattr__(self, "thresholds", threshold_plan(self.annotator, attributes, self.thresholds))
         check_name(self.pca_run_name, "PCA run")
+        check_build_arguments(
+            samples=self.samples,
+            steps=self.steps,
+            eta=self.eta,
+            batch=self.batch,
+            seed=self.seed,
+            dtype=CORPUS_DTYPE,
+            device=self.device,
+            precision=self.precision,
+            microbatch=self.microbatch,
+        )
 
     def record(self) -> dict[str, Any]:
-        """The settings that decide the bank's content, JSON-ready (recorded in the version's notes)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RECORDED} | {
+        """The settings that decide the bank's content, JSON-ready (recorded in the version's notes).
+
+        Settings added since records began are left out at the value every earlier rebuild had
+        (:data:`ADDED_SETTINGS`), so that such a bank's next rebuild with those values publishes nothing new.
+        """
+        recorded = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RECORDED}
+        return {k: v for k, v in recorded.items() if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]} | {
             "attributes": list(self.attributes)
         }
 
@@ -156,8 +177,10 @@ def check_rebuild_bank(parameters: dict[str, Any]) -> None:
         eta=s.eta,
         batch=s.batch,
         seed=s.seed,
-        dtype="float16",
+        dtype=CORPUS_DTYPE,
         device=s.device,
+        precision=s.precision,
+        microbatch=s.microbatch,
     )
 
 
@@ -182,7 +205,10 @@ def rebuild_bank(
         eta=s.eta,
         batch=s.batch,
         seed=s.seed,
+        dtype=CORPUS_DTYPE,
         device=s.device,
+        precision=s.precision,
+        microbatch=s.microbatch,
         progress=progress,
     )
     annotate(s.corpus, s.annotator, s.annotator_options, progress=progress)

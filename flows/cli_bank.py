@@ -44,7 +44,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     publish.add_argument(
         "--meta",
         required=True,
-        help="JSON: model_fingerprint, sampler {eta, timesteps}, notes, directions {name: {method, "
+        help="JSON: model_fingerprint, sampler {eta, timesteps, precision}, notes, directions {name: {method, "
         "parameters, source, evaluation}} (an exported manifest works too)",
     )
     publish.add_argument("--version", default=None, help="version name (default: the next vNNNN)")
@@ -119,7 +119,7 @@ def _show(args: argparse.Namespace) -> None:
     eta = info["sampler"]["eta"]
     print(
         f"bank {bank.url} version {bank.version} ({bank.created}), model {bank.fingerprint[:12]}, "
-        f"T = {bank.steps}, h = {bank.h_shape}, eta = {eta[0] if len(set(eta)) == 1 else eta}"
+        f"T = {bank.steps}, h = {bank.h_shape}, eta = {eta[0] if len(set(eta)) == 1 else eta}, {bank.precision}"
     )
     if bank.notes:
         print(f"notes: {bank.notes}")

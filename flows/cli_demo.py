@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.cli_args import print_info, save_png
+from flows.cli_args import add_precision_argument, print_info, save_png
 
 DEMO_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat")
 
@@ -19,6 +19,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--steps", type=int, default=50, help="DDIM steps T")
     demo.add_argument("--batch", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
+    add_precision_argument(demo)
     demo.add_argument("--gamma", type=float, default=1.0, help="edit strength of the evaluation and pictures")
     demo.add_argument("--eval-samples", type=int, default=16, help="fresh samples per evaluation repeat")
     demo.set_defaults(func=_demo)
@@ -46,6 +47,7 @@ def _demo(args: argparse.Namespace) -> None:
         eta=1.0,
         batch=args.batch,
         seed=args.seed,
+        precision=args.precision,
         annotator="testbed",
         attributes=DEMO_ATTRIBUTES,
         k=args.samples // 4,
@@ -60,7 +62,7 @@ def _demo(args: argparse.Namespace) -> None:
     corpus = Corpus.open(url)
     save_grid(corpus.read_x0(slice(0, 64)), out / "samples.png")
     # Fig. 3's layout: one row per bank direction, per seed the columns -2g, -g, 0, g, 2g.
-    bank, model = load_bank(bank_url), load_model(args.model)
+    bank, model = load_bank(bank_url), load_model(args.model, precision=args.precision)
     gammas = [-2 * args.gamma, -args.gamma, 0.0, args.gamma, 2 * args.gamma]
     seeds = [int(s) for s in corpus.read_seeds(slice(0, 3))]
     bank.check_model(model)

@@ -10,7 +10,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from flows.cli_args import ints, names, print_info
+from flows.cli_args import add_precision_argument, ints, names, print_info
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -50,6 +50,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     invert.add_argument("--corpus", help="also store the direction in this corpus (same model and steps)")
     invert.add_argument("--name", help="the direction's name (default: the --out file's stem)")
     invert.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_precision_argument(invert)
     invert.add_argument("--overwrite", action="store_true", help="replace a corpus direction of that name")
     invert.add_argument("--json", action="store_true", help="print one JSON object")
     invert.set_defaults(func=_invert)
@@ -167,5 +168,6 @@ def _invert(args: argparse.Namespace) -> None:
         name=args.name,
         device=args.device,
         overwrite=args.overwrite,
+        precision=args.precision,
     )
     print_info(run_flow(inverted, **arguments), args.json)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from flows.cli_args import check_positive, ints, progress_printer
+from flows.cli_args import add_precision_argument, check_positive, ints, progress_printer
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     efficiency.add_argument("--seed", type=int, default=0)
     efficiency.add_argument("--device", default="cpu")
+    add_precision_argument(efficiency)
     efficiency.add_argument("--out", default="hspace-efficiency", help="folder for efficiency.md/.json/.png")
     efficiency.add_argument("--json", action="store_true", help="print the curve as one JSON object")
     efficiency.set_defaults(func=_efficiency)
@@ -62,7 +63,7 @@ def _efficiency(args: argparse.Namespace) -> None:
             f"annotator {annotator.name!r} has no attribute {args.attribute!r}; it scores "
             f"{', '.join(annotator.attributes)}"
         )
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, precision=args.precision)
     # An annotator that says whether an image is a face (the testbed's): factor scores of non-faces mean nothing.
     keep = (lambda scores: scores["face"] > 0.5) if "face" in annotator.attributes else None
     curve = sample_efficiency(

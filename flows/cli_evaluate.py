@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from flows.cli_args import check_positive, names
+from flows.cli_args import add_precision_argument, check_positive, names
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--repeats", type=int, default=10, help="repeats with other samples (paper: 10)")
     evaluate.add_argument("--seed", type=int, default=1)
     evaluate.add_argument("--device", default="cpu")
+    add_precision_argument(evaluate, default=None, note="(default: the corpus's; part of the stored result's key)")
     evaluate.add_argument(
         "--report", default="hspace-evaluation", help="folder for evaluation.csv/.md/.png (as rebuild-bank's --report)"
     )
@@ -69,6 +70,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         seed=args.seed,
         device=args.device,
         report=None,
+        precision=args.precision,
     )
     result = stored_evaluation(Corpus.open(args.url), key)
     assert result is not None  # the task stores it before returning

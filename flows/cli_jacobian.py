@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.cli_args import add_runner_arguments, ints, runner_choice
+from flows.cli_args import add_precision_argument, add_runner_arguments, ints, runner_choice
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -41,6 +41,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "plus -mask<sha256[:8]> with a mask)",
     )
     jacobian.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_precision_argument(jacobian, default=None, note="(default: the corpus's; a parameter of the run)")
     add_runner_arguments(jacobian, "the (sample, step) cells")
     jacobian.add_argument("--json", action="store_true", help="print the run's info as one JSON object")
     jacobian.set_defaults(func=_jacobian)
@@ -87,6 +88,7 @@ def _jacobian(args: argparse.Namespace) -> None:
         tol=args.tol,
         max_iter=args.max_iter,
         device=args.device,
+        precision=args.precision,
         progress=not args.no_progress,
     )
     if args.json:

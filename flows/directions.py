@@ -110,10 +110,11 @@ def inverted(
     name: str | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """DDIM-invert real images (SM -F): their x_T and h to ``out``, or eq. 11 on positives vs negatives.
 
-    See :func:`tasks.inversion.plan_invert` for the argument combinations.
+    See :func:`tasks.inversion.plan_invert` for the argument combinations; ``precision`` is the U-Net's.
     """
     plan = plan_invert(
         model=model,
@@ -125,6 +126,7 @@ def inverted(
         corpus=corpus,
         name=name,
         device=device,
+        precision=precision,
         overwrite=overwrite,
     )
     return invert_task(plan)

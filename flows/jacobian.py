@@ -25,7 +25,10 @@ def check_jacobian_directions(parameters: dict[str, Any]) -> None:
     _prepare(
         parameters["url"],
         parameters["mask_png"],
-        **{k: parameters[k] for k in ("sample_ids", "steps", "k", "run", "algorithm", "block", "tol", "max_iter")},
+        **{
+            k: parameters[k]
+            for k in ("sample_ids", "steps", "k", "run", "algorithm", "block", "tol", "max_iter", "precision")
+        },
     )
 
 
@@ -43,12 +46,14 @@ def jacobian_directions(
     tol: float = 1e-3,
     max_iter: int = 100,
     device: str = "cpu",
+    precision: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Find the top-k Jacobian directions of every missing (sample id, step) of run ``run``; return its info.
 
     ``mask_png``: a PNG of the image region for the masked Jacobian (eq. 9-10): white = region, resized to
-    the image size by nearest neighbour, binarised at 128 (:func:`hspace.images.read_mask_png`).
+    the image size by nearest neighbour, binarised at 128 (:func:`hspace.images.read_mask_png`). ``precision``:
+    the U-Net's (default: the corpus's), a parameter of the run.
     """
     jacobian = _prepare(
         url,
@@ -61,6 +66,7 @@ def jacobian_directions(
         block=block,
         tol=tol,
         max_iter=max_iter,
+        precision=precision,
     )
     missing = jacobian.missing()
     total = len(jacobian.spec.sample_ids) * len(jacobian.spec.steps)

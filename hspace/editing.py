@@ -28,13 +28,16 @@ def edit(
     eta: float | Sequence[float] | None = None,
     asyrp: bool = False,
     microbatch: int | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Sample ``seeds`` with h_t + sum_j gamma_j v_{j,t} at every step (Sec. III, V); uint8 (n, 3, S, S).
 
     Parameters
     ----------
     model : LoadedModel
-        Must have the bank's weight fingerprint and h shape.
+        Must have the bank's weight fingerprint and h shape. Loaded in fp32 (the default), it runs in any
+        precision (:meth:`~hspace.models.LoadedModel.at_precision`: a cast copy per call; to edit often, load
+        it in the bank's precision).
     seeds : int or sequence of int
         One image per seed; the same seed with ``gammas={}`` is the unedited image.
     gammas : dict of str to float
@@ -48,6 +51,9 @@ def edit(
         Asyrp editing (see :func:`hspace.sampler.sample`).
     microbatch : int, optional
         Passed to :func:`hspace.sampler.sample`.
+    precision : str, optional
+        The U-Net's precision (``hspace.models.PRECISIONS``). Default: the one recorded in the bank, the
+        one its directions were found in.
 
     Returns
     -------
@@ -55,6 +61,7 @@ def edit(
         ``to_uint8(sample(model, seeds, steps=T, eta=eta, delta=bank.delta(gammas)).images)``.
     """
     bank.check_model(model)
+    model = model.at_precision(bank.precision if precision is None else precision)
     if steps is not None and steps != bank.steps:
         raise HSpaceError(
             f"the directions of bank {bank.url} version {bank.version} have T = {bank.steps} steps, so "

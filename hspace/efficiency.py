@@ -183,6 +183,7 @@ def sample_efficiency(
     settings = {
         "model": model.name,
         "fingerprint": model.fingerprint,
+        "precision": model.precision,
         "annotator": annotator.name,
         "pool_samples": pool_samples,
         "usable_pool_samples": int(len(scores)),

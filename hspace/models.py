@@ -16,11 +16,12 @@ Weights load through safetensors; a folder with only ``.bin`` weights is read by
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,23 @@ class LoadedModel:
     scheduler_config: dict[str, Any]
     fingerprint: str
     precision: str = "fp32"
+
+    def at_precision(self, precision: str) -> LoadedModel:
+        """This model with its U-Net in ``precision``: itself when it already is, else a cast copy of an fp32 one.
+
+        Only fp32 is cast down: bf16 and fp16 weights have lost bits that a cast back to fp32 (or across to
+        the other half precision) cannot restore, so those are refused rather than silently approximated.
+        """
+        dtype = PRECISIONS[check_precision(precision)]
+        if precision == self.precision:
+            return self
+        if self.precision != "fp32":
+            raise HSpaceError(
+                f"model {self.name!r} was loaded in {self.precision}, which is not cast to {precision} without loss: "
+                f"load the model in fp32 (load_model({self.name!r}), the default), which runs in any precision"
+            )
+        unet = torch.nn.Module.to(copy.deepcopy(self.unet), dtype=dtype)
+        return replace(self, unet=unet, precision=precision)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -3,7 +3,8 @@
 ``evaluations/<key>`` is a group with no arrays: its attributes ``settings`` (what was evaluated how) and
 ``result`` (:meth:`hspace.evaluate.EvaluationResult.to_dict`). The key hashes the directions' bytes and every
 setting (:func:`evaluation_key`); a group is written once, whole, so a key with a result is always a complete
-evaluation.
+evaluation. The U-Net's precision is one of those settings, named only where it is not fp32: results stored
+before precisions existed ran in fp32 and keep their keys.
 """
 
 from __future__ import annotations

@@ -63,6 +63,9 @@ class JacobianSpec:
         sha256 of the binary mask (uint8 0/1, shape (S, S)) of eq. 10, or None.
     tol : float
     max_iter : int
+    precision : str
+        The U-Net's dtype J_t was taken in (``hspace.models.PRECISIONS``; runs made before precisions existed
+        read as fp32, see :data:`storage.runs.ADDED_PARAMETERS`).
     corpus : dict
         The corpus settings, from :func:`storage.runs.corpus_settings`.
     package_version : str
@@ -77,6 +80,7 @@ class JacobianSpec:
     mask_sha256: str | None
     tol: float
     max_iter: int
+    precision: str
     corpus: dict[str, Any]
     package_version: str
 
@@ -230,6 +234,7 @@ class JacobianRun:
             "mask_sha256": spec.mask_sha256,
             "tol": spec.tol,
             "max_iter": spec.max_iter,
+            "precision": spec.precision,
             "done": int(done.sum()),
             "missing": len(self.missing()),
             "model": spec.corpus["model"],

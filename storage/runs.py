@@ -18,13 +18,15 @@ import zarr
 
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from storage.corpus import NOT_COMPARED, Corpus
+from storage.corpus import ADDED_SETTINGS, NOT_COMPARED, Corpus
 from storage.groups import describe_differences, group_at, json_attrs
 
 RESULTS_SCHEMA_VERSION = 1
 # name, (shape, dtype, chunks, dimension names): the arrays of a run, created together.
 ArrayLayout = dict[str, tuple[tuple[int, ...], str, tuple[int, ...], tuple[str, ...]]]
 
+# Run parameters added after RESULTS_SCHEMA_VERSION 1 shipped, with the value every run made before them has.
+ADDED_PARAMETERS: dict[str, dict[str, Any]] = {"pca": {}, "jacobian": {"precision": "fp32"}}
 _WHAT = {"pca": "PCA", "jacobian": "Jacobian"}
 _COMMAND = {"pca": "hspace pca fit", "jacobian": "hspace jacobian"}
 
@@ -81,6 +83,7 @@ def create_or_open_run(
         group = group_at(parent, run)
         existing = json_attrs(group, "hspace")
         if existing:
+            existing = _with_added(kind, existing)
             _check_same_run(corpus.url, kind, run, existing, attrs)
             if existing.get("initialized", False):
                 return group
@@ -102,12 +105,23 @@ def open_run(corpus: Corpus, kind: str, run: str) -> tuple[zarr.Group, dict[str,
             f"no {what} run {run!r} in {corpus.url} (runs: {', '.join(known) or 'none'}); create it with `{command}`"
         )
     group = group_at(corpus.group, f"{kind}/{run}")
-    attrs = json_attrs(group, "hspace")
+    attrs = _with_added(kind, json_attrs(group, "hspace"))
     if attrs.get("kind") != kind or attrs.get("schema_version") != RESULTS_SCHEMA_VERSION:
         raise HSpaceError(f"{corpus.url}/{kind}/{run} is not a {what} run this hspace can read")
     if not attrs.get("initialized", False):
         raise HSpaceError(f"{what} run {run!r} was not fully created; rerun `{command}` with the same settings")
     return group, attrs
+
+
+def _with_added(kind: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """A run's attributes as this hspace writes them: parameters and corpus settings added since it was made
+    (:data:`ADDED_PARAMETERS`, ``storage.corpus.ADDED_SETTINGS``) at the value it was made with."""
+    corpus = attrs.get("corpus")
+    return {
+        **ADDED_PARAMETERS.get(kind, {}),
+        **attrs,
+        **({"corpus": {**ADDED_SETTINGS, **corpus}} if isinstance(corpus, dict) else {}),
+    }
 
 
 def create_arrays(group: zarr.Group, layout: ArrayLayout) -> None:

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from hspace.bank import Direction, publish
 from hspace.errors import HSpaceError
 from hspace.evaluate import EvaluationResult, evaluate_directions
+from hspace.models import check_precision
 from hspace.render import write_files
 from storage.corpus import Corpus
 from storage.directions import read_direction
@@ -93,16 +94,19 @@ def evaluate_bank_directions(
     seed: int,
     device: str = "cpu",
     report: str | None = None,
+    precision: str | None = None,
 ) -> str:
     """Table I for ``names`` (a stored result with the same key is reused); returns the key.
 
-    With ``report``, the CSV, the markdown table and the heatmap are also written to that folder, and the
-    markdown goes into a Prefect artifact.
+    ``precision``: the U-Net's (default: the corpus's); part of the key, so that a result is never reused
+    for another precision. With ``report``, the CSV, the markdown table and the heatmap are also written to
+    that folder, and the markdown goes into a Prefect artifact.
     """
     corpus = Corpus.open(url, writable=True)
     found = gather_directions(url, supervised=supervised, pca_run=pca_run, pca_directions=pca_directions)
     tensors = {name: found[name][0] for name in names}
     spec = corpus.spec
+    precision = check_precision(spec.precision if precision is None else precision)
     settings = {
         "annotator": annotator,
         "options": options_key(annotator_options),
@@ -113,13 +117,15 @@ def evaluate_bank_directions(
         "steps": spec.steps,
         "eta": list(spec.eta),
         "fingerprint": spec.fingerprint,
+        # Only where not fp32, so that the keys of results stored before precisions existed (all fp32) hold.
+        **({} if precision == "fp32" else {"precision": precision}),
     }
     key = evaluation_key(tensors, settings)
     result = stored_evaluation(corpus, key)
     if result is None:
         if len(set(spec.eta)) != 1:
             raise HSpaceError("the evaluation samples with one eta for every step; this corpus has per-step eta")
-        model = corpus_model(corpus, device)
+        model = corpus_model(corpus, device, precision)
         scorer = cached_annotator(annotator, options_key(annotator_options))
         result = evaluate_directions(
             model,
@@ -209,4 +215,5 @@ def publish_bank(
         eta=list(spec.eta),
         timesteps=list(spec.timesteps),
         notes=notes,
+        precision=spec.precision,
     )

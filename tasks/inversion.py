@@ -37,6 +37,7 @@ class InvertPlan:
 
     model: str
     device: str
+    precision: str
     steps: int
     images: dict[str, list[str]]  # "images" or "positives"/"negatives" -> file paths
     out: str | None
@@ -56,6 +57,7 @@ def plan_invert(
     corpus: str | None = None,
     name: str | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
     overwrite: bool = False,
 ) -> InvertPlan:
     """Check folders, model, steps and outputs before any image is inverted.
@@ -64,7 +66,7 @@ def plan_invert(
     their inverted h: a direction, to ``out`` and/or to ``directions/<name>`` of ``corpus``).
     """
     _check_invert_arguments(steps=steps, images=images, positives=positives, negatives=negatives, out=out)
-    loaded = cached_model(model, device)
+    loaded = cached_model(model, device, precision)
     make_scheduler(loaded.scheduler_config, steps)  # steps within the training timesteps
     if images is not None:
         if out is None:
@@ -87,6 +89,7 @@ def plan_invert(
     return InvertPlan(
         model=model,
         device=device,
+        precision=precision,
         steps=steps,
         images=files,
         out=out,
@@ -125,6 +128,7 @@ def _plan_direction(
         "negatives": str(negatives),
         "positive_files": [Path(f).name for f in files["positives"]],
         "negative_files": [Path(f).name for f in files["negatives"]],
+        "precision": loaded.precision,
     }
     record = _direction_record(
         loaded,
@@ -141,7 +145,7 @@ def _plan_direction(
 @task(cache_policy=NO_CACHE, task_run_name="invert-images")
 def invert_task(plan: InvertPlan) -> dict[str, Any]:
     """Invert the plan's images; write x_T and h (``--images``) or the eq. 11 direction; returns a summary."""
-    loaded = cached_model(plan.model, plan.device)
+    loaded = cached_model(plan.model, plan.device, plan.precision)
     shape = loaded.image_shape
     if plan.record is None:
         images = load_image_files(plan.images["images"], shape)
@@ -150,6 +154,7 @@ def invert_task(plan: InvertPlan) -> dict[str, Any]:
         metadata = {
             "model": loaded.name,
             "fingerprint": loaded.fingerprint,
+            "precision": loaded.precision,
             "steps": plan.steps,
             "timesteps": [int(t) for t in scheduler.timesteps],
             "files": [Path(f).name for f in plan.images["images"]],

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 import hspace
 from hspace.errors import HSpaceError
 from hspace.jacobian import check_k, jacobian_directions, parse_block, state_at_step
+from hspace.models import check_precision
 from hspace.sampler import derive_seeds
 from storage.corpus import Corpus
 from storage.jacobian_runs import JacobianCell, JacobianRun, JacobianSpec, mask_sha256
@@ -37,10 +38,12 @@ def prepare_jacobian(
     mask: np.ndarray | None = None,
     tol: float = 1e-3,
     max_iter: int = 100,
+    precision: str | None = None,
 ) -> JacobianRun:
     """Check the arguments, then create or reopen the run (refusing other parameters).
 
-    ``mask`` is M of eq. 10 as (S, S) 0/1 (e.g. from :func:`hspace.images.read_mask_png`).
+    ``mask`` is M of eq. 10 as (S, S) 0/1 (e.g. from :func:`hspace.images.read_mask_png`); ``precision`` the
+    U-Net's (default: the corpus's), a parameter of the run.
     """
     check_run_name(run)
     corpus = Corpus.open(url, writable=True)
@@ -65,6 +68,7 @@ def prepare_jacobian(
         mask_sha256=mask_sha256(mask),
         tol=float(tol),
         max_iter=int(max_iter),
+        precision=check_precision(corpus.spec.precision if precision is None else precision),
         corpus=corpus_settings(corpus),
         package_version=hspace.__version__,
     )
@@ -74,7 +78,7 @@ def prepare_jacobian(
 def find_cell(jacobian: JacobianRun, sample_id: int, step: int, *, device: str = "cpu") -> JacobianCell:
     """Replay the sample to step t (x_t), then the top-k singular triplets of J_t there."""
     corpus, spec = jacobian.corpus, jacobian.spec
-    model = corpus_model(corpus, device)
+    model = corpus_model(corpus, device, spec.precision)
     state = state_at_step(
         model, sample_seed(corpus, sample_id), steps=corpus.spec.steps, step=step, eta=list(corpus.spec.eta)
     )

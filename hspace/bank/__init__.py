@@ -9,8 +9,9 @@ safetensors and JSON files::
     <bank>/versions/.staging-<uuid>/               a local publish in progress (never read)
 
 ``manifest.json`` holds ``schema_version``, ``version``, ``created`` (UTC), ``model_fingerprint``,
-``h_shape`` (C, H, W), ``sampler`` (``steps`` T, ``eta`` one per step, ``timesteps`` or null: the
-settings the directions belong to, so that :func:`hspace.editing.edit` samples with the same T), ``notes``,
+``h_shape`` (C, H, W), ``sampler`` (``steps`` T, ``eta`` one per step, ``timesteps`` or null, and
+``precision`` unless fp32: the settings the directions belong to, so that :func:`hspace.editing.edit`
+samples with the same T, in the same precision), ``notes``,
 ``package_version``, ``content_sha256`` (over the tensors' dtype, shape and bytes and every field above
 except ``version``, ``created`` and ``package_version``: what "the same content" means), the
 ``directions`` (per name: ``file``, ``sha256`` of the file, ``dtype``, ``shape``, ``method``,

@@ -36,6 +36,9 @@ class Bank:
         One eta per step, the sampler setting the directions were found with.
     timesteps : tuple of int or None
         The T training timesteps in sampling order, when recorded.
+    precision : str
+        The U-Net precision the directions were found in (``hspace.models.PRECISIONS``; a manifest
+        without one, as every bank published before precisions existed, means fp32).
     h_shape : tuple of int
         (C, H, W).
     """
@@ -51,6 +54,7 @@ class Bank:
         self.timesteps: tuple[int, ...] | None = (
             None if sampler["timesteps"] is None else tuple(int(t) for t in sampler["timesteps"])
         )
+        self.precision: str = sampler.get("precision", "fp32")
         self.h_shape: tuple[int, int, int] = tuple(manifest["h_shape"])
         self.created: str = manifest["created"]
         self.notes: str | None = manifest["notes"]
@@ -128,7 +132,7 @@ class Bank:
             "created": self.created,
             "model_fingerprint": self.fingerprint,
             "h_shape": list(self.h_shape),
-            "sampler": manifest["sampler"],
+            "sampler": {**manifest["sampler"], "precision": self.precision},
             "notes": self.notes,
             "package_version": manifest["package_version"],
             "content_sha256": manifest["content_sha256"],
@@ -165,6 +169,7 @@ class Bank:
             eta=self.eta,
             timesteps=self.timesteps,
             notes=self.notes,
+            precision=self.precision,
         )
         return [f"{out} (version {version})"]
 

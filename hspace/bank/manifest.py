@@ -17,6 +17,7 @@ import torch
 
 from hspace import names
 from hspace.errors import HSpaceError
+from hspace.models import check_precision
 from hspace.sampler import parse_eta
 
 SCHEMA_VERSION = 1
@@ -159,9 +160,11 @@ def new_manifest(
     eta: float | Sequence[float],
     timesteps: Sequence[int] | None,
     notes: str | None,
+    precision: str = "fp32",
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The file bytes per direction name, and the manifest without ``version``, ``created`` and its seal."""
     directions = list(directions)
+    check_precision(precision)
     steps, *h_shape = check_directions(directions, fingerprint)
     if notes is not None and not isinstance(notes, str):
         raise HSpaceError("notes must be a string")
@@ -174,7 +177,12 @@ def new_manifest(
         "schema_version": SCHEMA_VERSION,
         "model_fingerprint": fingerprint,
         "h_shape": h_shape,
-        "sampler": {"steps": steps, "eta": list(parse_eta(eta, steps)), "timesteps": timesteps},
+        "sampler": {
+            "steps": steps,
+            "eta": list(parse_eta(eta, steps)),
+            "timesteps": timesteps,
+            **sampler_precision(precision),
+        },
         "notes": notes,
         "directions": {
             d.name: {
@@ -201,6 +209,16 @@ def new_manifest(
     manifest["package_version"] = __version__
     manifest["content_sha256"] = sha256_hex(canonical_json(content).encode())
     return files, manifest
+
+
+def sampler_precision(precision: str) -> dict[str, str]:
+    """The manifest sampler's ``precision`` entry: none for fp32, which is what a sampler without one means.
+
+    Banks published before precisions existed ran in fp32; leaving the entry out for fp32 keeps their
+    content_sha256, and that of every fp32 version since, what it was (a rebuild publishes nothing new, and
+    their exports publish again).
+    """
+    return {} if precision == "fp32" else {"precision": precision}
 
 
 def seal(manifest: dict[str, Any]) -> bytes:

@@ -33,6 +33,7 @@ def publish(
     eta: float | Sequence[float] = 1.0,
     timesteps: Sequence[int] | None = None,
     notes: str | None = None,
+    precision: str = "fp32",
 ) -> str:
     """Publish ``directions`` as one new immutable version of the bank at ``url``; the version's name.
 
@@ -53,13 +54,16 @@ def publish(
         The training timesteps of the T sampling steps (``SampleResult.timesteps``); :func:`hspace.editing.edit`
         then refuses a model whose scheduler gives others.
     notes : str, optional
+    precision : str
+        The U-Net precision the directions were found in (``hspace.models.PRECISIONS``);
+        :func:`hspace.editing.edit` samples in it by default.
 
     Raises
     ------
     HSpaceError
         For invalid directions or names, or a version name that exists with other content.
     """
-    payloads, manifest = new_manifest(directions, model_fingerprint, eta, timesteps, notes)
+    payloads, manifest = new_manifest(directions, model_fingerprint, eta, timesteps, notes, precision)
     fs, root = open_fs(url)
     published = scan(fs, root)
     newest = published[-1] if published else None
@@ -90,7 +94,7 @@ def publish(
 def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Keyword arguments of :func:`publish` from named tensors and their JSON metadata.
 
-    ``meta`` is ``{"model_fingerprint", "sampler": {"eta", "timesteps"}?, "notes"?, "directions": {name:
+    ``meta`` is ``{"model_fingerprint", "sampler": {"eta", "timesteps"?, "precision"?}?, "notes"?, "directions": {name:
     {"method", "parameters"?, "source"?, "fingerprint"?, "evaluation"?}}}``; a manifest (as
     :meth:`Bank.export` writes it) is accepted too, its bookkeeping fields ignored. Every tensor needs an
     entry and every entry a tensor.
@@ -124,19 +128,27 @@ def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]
         directions.append(Direction(name=name, tensor=tensors[name], **{"fingerprint": fingerprint, **given}))
     sampler = meta.get("sampler") or {}
     if not isinstance(sampler, dict):
-        raise HSpaceError("the metadata's sampler must be a JSON object with eta and optionally timesteps")
+        raise HSpaceError(
+            "the metadata's sampler must be a JSON object with eta and optionally timesteps and precision"
+        )
     arguments = {
         "directions": directions,
         "model_fingerprint": fingerprint,
         "eta": sampler.get("eta", 1.0),
         "timesteps": sampler.get("timesteps"),
         "notes": meta.get("notes"),
+        "precision": sampler.get("precision", "fp32"),
     }
     if "content_sha256" in meta:
         # An exported manifest seals the tensors too (by content_sha256): a changed byte in the
         # .safetensors beside it must not be republished as the version it claims to copy.
         _, resealed = new_manifest(
-            directions, fingerprint, arguments["eta"], arguments["timesteps"], arguments["notes"]
+            directions,
+            fingerprint,
+            arguments["eta"],
+            arguments["timesteps"],
+            arguments["notes"],
+            arguments["precision"],
         )
         if resealed["content_sha256"] != meta["content_sha256"]:
             raise HSpaceError(EDITED_EXPORT.format(what="the tensors or metadata do not match its content_sha256"))
