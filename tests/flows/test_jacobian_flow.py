@@ -143,7 +143,7 @@ def test_corpus_model_refuses_other_weights(url, monkeypatch, tiny):
     import dataclasses
 
     other = dataclasses.replace(tiny, fingerprint="0" * 64)
-    monkeypatch.setattr(tasks.corpus, "cached_model", lambda name, device: other)
+    monkeypatch.setattr(tasks.corpus, "cached_model", lambda name, device, precision: other)
     with pytest.raises(HSpaceError, match="differ from those the corpus was built with"):
         tasks.corpus.corpus_model(Corpus.open(url))
 
