@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 # Before Prefect is imported: no telemetry, and only warnings from Prefect's own loggers on the terminal.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -44,9 +45,16 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line, which says what to run for help (argparse prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``hspace`` argument parser with every command module's commands."""
-    top = argparse.ArgumentParser(prog="hspace", description=__doc__.splitlines()[0] if __doc__ else None)
+    top = OneLineErrors(prog="hspace", description=__doc__.splitlines()[0] if __doc__ else None)
     top.add_argument("--version", action="version", version=f"hspace {_version()}")
     commands = top.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli_args import add_precision_argument, add_runner_arguments, eta, print_info, runner_choice
+from flows.cli_args import (
+    add_microbatch_argument,
+    add_precision_argument,
+    add_runner_arguments,
+    eta,
+    print_info,
+    runner_choice,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -27,12 +34,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage dtype of h")
     build.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(build, note="(a corpus setting: a resume uses the same)")
-    build.add_argument(
-        "--microbatch",
-        type=int,
-        help="samples per U-Net pass (a corpus setting). Default: 1 on the CPU, where a sample is then bitwise "
-        "the same in any batch (32 is about 3x faster there); the whole shard on a GPU",
-    )
+    add_microbatch_argument(build)
     add_runner_arguments(build, "the shards")
     build.set_defaults(func=_build)
 

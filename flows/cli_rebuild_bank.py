@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.cli_args import add_precision_argument, add_runner_arguments, names, runner_choice
+from flows.cli_args import add_microbatch_argument, add_precision_argument, add_runner_arguments, names, runner_choice
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rebuild.add_argument("--batch", type=int, default=32)
     rebuild.add_argument("--seed", type=int, default=0)
     add_precision_argument(rebuild, note="(a corpus setting; the bank records it and `edit` uses it)")
-    rebuild.add_argument("--microbatch", type=int, default=None, help="samples per U-Net pass (see corpus build)")
+    add_microbatch_argument(rebuild)
     rebuild.add_argument("--annotator", default="testbed")
     rebuild.add_argument(
         "--attributes",
