@@ -69,21 +69,60 @@ def explicit_singular_values(model, state, k: int) -> torch.Tensor:
     return torch.linalg.svdvals(jac.double().cpu())[:k]
 
 
+def time_runs(
+    model, state, settings: dict, *, runs: dict[str, dict] | None = None, warm_up: bool
+) -> dict[str, tuple[float, JacobianResult]]:
+    """Wall time and result of each run (default :data:`RUNS`) on the same J_t, all stopped by ``settings``'
+    tolerance; a run's own options (e.g. its ``max_iter``) take precedence over ``settings``.
+
+    The clock is read after ``jacobian_directions`` returns its results on the CPU, so on a GPU it includes all
+    the device work. ``warm_up`` first runs one iteration at k and at 1 column (first-call allocations and, on
+    a GPU, kernel selection), untimed: cheap on ``tiny`` and on a GPU only.
+    """
+    options = {key: settings[key] for key in ("tol", "max_iter", "chunk")}
+    if warm_up:
+        for k in (settings["k"], 1):
+            jacobian_directions(model, state.x_t, state.t, k, max_iter=1, chunk=settings["chunk"])
+    results = {}
+    for label, run in (RUNS if runs is None else runs).items():
+        run = {**options, **run}
+        if run.get("lock") and run["max_iter"] == 1:
+            continue  # with one iteration nothing is ever locked: the same run as alg1
+        start = time.perf_counter()
+        result = jacobian_directions(model, state.x_t, state.t, settings["k"], **run)
+        results[label] = (time.perf_counter() - start, result)
+    return results
+
+
 def bench(name: str, settings: dict, device: str) -> tuple[dict[str, tuple[float, JacobianResult]], str]:
     model = load_model(name, device=device)
     state = state_at_step(model, 0, steps=settings["steps"], step=settings["step"])
-    options = {key: settings[key] for key in ("tol", "max_iter", "chunk")}
-    if name == "tiny":  # warm-up (first-call allocations), cheap here only
-        jacobian_directions(model, state.x_t, state.t, settings["k"], max_iter=1)
-    results = {}
-    for label, run in RUNS.items():
-        if run.get("lock") and settings["max_iter"] == 1:
-            continue  # with one iteration nothing is ever locked: the same run as alg1
-        start = time.perf_counter()
-        result = jacobian_directions(model, state.x_t, state.t, settings["k"], **run, **options)
-        results[label] = (time.perf_counter() - start, result)
+    results = time_runs(model, state, settings, warm_up=name == "tiny" or device != "cpu")
     reference = explicit_singular_values(model, state, settings["k"]) if name == "tiny" else None
     return results, _table(name, settings, state.t, results, reference)
+
+
+def compare_runs(results: dict[str, tuple[float, JacobianResult]], reference: torch.Tensor | None) -> dict[str, dict]:
+    """Per run: wall time, iterations, column-iterations (the work), seconds per column-iteration, the largest
+    residual, whether tol was met, the singular values' largest relative difference to the ``alg1`` run and to
+    ``reference`` (None without one), and the ``alg2 b=1`` run's wall time over this run's."""
+    alg1 = results["alg1"][1].singular_values.double()
+    alg2_time = results["alg2 b=1"][0]
+    rows = {}
+    for label, (seconds, r) in results.items():
+        sigma = r.singular_values.double()
+        rows[label] = {
+            "seconds": seconds,
+            "iterations": r.iterations,
+            "column_iterations": r.column_iterations,
+            "seconds_per_column_iteration": seconds / r.column_iterations,
+            "max_residual": float(r.residuals.max()),
+            "converged": r.converged,
+            "dsigma_alg1": float(((sigma - alg1).abs() / alg1).max()),
+            "dsigma_exact": None if reference is None else float(((sigma - reference).abs() / reference).max()),
+            "alg2_over_this": alg2_time / seconds,
+        }
+    return rows
 
 
 def _table(name, settings, t, results, reference) -> str:
@@ -95,16 +134,12 @@ def _table(name, settings, t, results, reference) -> str:
         f"{'run':<11}{'wall s':>9}{'iters':>7}{'col-its':>9}{'s/col-it':>10}{'max resid':>11}{'conv':>6}"
         f"{'dsigma alg1':>13}{'dsigma exact':>14}{'alg2/this':>11}"
     )
-    alg1 = results["alg1"][1].singular_values.double()
-    alg2_time = results["alg2 b=1"][0]
-    for label, (seconds, r) in results.items():
-        sigma = r.singular_values.double()
-        vs_alg1 = float(((sigma - alg1).abs() / alg1).max())
-        vs_exact = "" if reference is None else f"{float(((sigma - reference).abs() / reference).max()):.1e}"
+    for label, row in compare_runs(results, reference).items():
+        exact = "" if row["dsigma_exact"] is None else f"{row['dsigma_exact']:.1e}"
         lines.append(
-            f"{label:<11}{seconds:>9.2f}{r.iterations:>7}{r.column_iterations:>9}"
-            f"{seconds / r.column_iterations:>10.4f}{float(r.residuals.max()):>11.1e}{str(r.converged):>6}"
-            f"{vs_alg1:>13.1e}{vs_exact:>14}{alg2_time / seconds:>11.2f}"
+            f"{label:<11}{row['seconds']:>9.2f}{row['iterations']:>7}{row['column_iterations']:>9}"
+            f"{row['seconds_per_column_iteration']:>10.4f}{row['max_residual']:>11.1e}{str(row['converged']):>6}"
+            f"{row['dsigma_alg1']:>13.1e}{exact:>14}{row['alg2_over_this']:>11.2f}"
         )
     return "\n".join(lines)
 
