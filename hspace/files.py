@@ -1,4 +1,4 @@
-"""Local files: one content hash and one atomic write for the whole project.
+"""Files: one content hash and one atomic write for the whole project, and one way to open a URL's filesystem.
 
 Object stores need no atomic write (a PUT is whole); see ``hspace.bank`` for those.
 """
@@ -11,7 +11,35 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import fsspec
+
+from hspace.errors import HSpaceError
+
 BLOCK = 1 << 20
+# fsspec backends that an hspace extra installs, by URL scheme.
+EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
+
+
+def url_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of ``url`` (a path or an fsspec URL) and the path on it.
+
+    Raises
+    ------
+    HSpaceError
+        If the URL's backend is not installed (naming the extra that installs it) or the URL is malformed.
+    """
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as error:
+        scheme = url.split("://", 1)[0]
+        if scheme in EXTRAS:
+            package, extra = EXTRAS[scheme]
+            raise HSpaceError(
+                f"{url} needs {package}, which is not installed: pip install 'hspace[{extra}]'"
+            ) from error
+        raise HSpaceError(f"cannot open {url}: {error} (install the fsspec backend for {scheme}://)") from error
+    except ValueError as error:
+        raise HSpaceError(f"cannot open {url}: {error}") from error
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:

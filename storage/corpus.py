@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import zarr
 import zarr.errors
@@ -34,6 +33,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from hspace.errors import HSpaceError
+from hspace.files import url_filesystem
 from storage.groups import ShardFlags, array_at, check_shapes, describe_differences, read_array
 
 SCHEMA_VERSION = 1
@@ -190,7 +190,7 @@ class Corpus(ShardFlags):
         return attrs
 
     def bytes_on_disk(self) -> int:
-        fs, path = fsspec.core.url_to_fs(self.url)
+        fs, path = url_filesystem(self.url)
         return int(fs.du(path, total=True))
 
     def info(self) -> dict[str, Any]:
@@ -232,13 +232,14 @@ def _is_url(url: str) -> bool:
 
 def _store(url: str, *, read_only: bool) -> Store:
     if _is_url(url):
+        url_filesystem(url)  # a missing backend (s3fs for s3://) is one line naming the extra to install
         return FsspecStore.from_url(url, read_only=read_only)
     return LocalStore(Path(url.removeprefix("file://")), read_only=read_only)
 
 
 def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
     """The ``hspace`` group attribute at ``url``; None if nothing is there (and that is allowed)."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = url_filesystem(url)
     if not fs.exists(f"{path}/zarr.json"):
         if must_exist:
             raise HSpaceError(f"no corpus at {url}: build one with `hspace corpus build {url} ...`")
@@ -263,7 +264,7 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
 
 
 def _refuse_non_empty(url: str) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = url_filesystem(url)
     try:
         if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
             raise HSpaceError(f"{url} exists and is not an hspace corpus: choose another corpus location or remove it")

@@ -16,7 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from hspace.bank.manifest import NAME, SCHEMA_VERSION, check_name, parse_manifest, sha256_hex
 from hspace.errors import HSpaceError
-from hspace.files import atomic_write_bytes
+from hspace.files import atomic_write_bytes, url_filesystem
 
 
 def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -24,10 +24,7 @@ def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     url = os.fspath(url)
     if not url:
         raise HSpaceError("the bank URL is empty: give a path or an fsspec URL")
-    try:
-        fs, root = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as error:
-        raise HSpaceError(f"cannot open {url}: {error} (install the fsspec backend for this URL scheme)") from error
+    fs, root = url_filesystem(url)
     return fs, root.rstrip("/") or root
 
 
