@@ -8,9 +8,9 @@ Prints one JSON object and writes it to ``DIR/bench_gpu-<gpu|dry>-<UTC time>.jso
 batches (the test ``tests/bench/test_bench_gpu.py`` runs it, so the script never rots). Parts:
 
 * ``authors`` -- (a) the authors' way: batch 1, float32, one image at a time in a Python loop, with torch's
-  default fp32 settings (read at start, before ``load_model`` sets TF32 process-wide): samples/s.
+  default fp32 settings (read at start; its loop calls the U-Net itself, without hspace's TF32): samples/s.
 * ``ours`` -- (b) ``hspace.sampler.sample`` with capture, one U-Net pass per batch, at each batch size in fp32
-  (TF32, as ``load_model`` sets it on CUDA), bf16 and fp16: samples/s, the ratio to (a), model FLOP utilisation
+  (TF32, as the sampler runs it on CUDA), bf16 and fp16: samples/s, the ratio to (a), model FLOP utilisation
   and peak GPU memory.
 * ``precision`` -- (c) on the same seeds, the per-step relative error ||h_p - h_ref|| / ||h_ref|| (max and mean
   over steps) and the mean absolute image error of each setting against float32 with TF32 off (``ieee``).
@@ -53,7 +53,8 @@ from hspace.jacobian import jacobian_directions, state_at_step
 from hspace.models import LoadedModel, load_model
 from hspace.sampler import derive_seeds, sample
 
-# torch's own fp32 settings (matmul, cuDNN conv), read before load_model sets both to TF32 for the process.
+# torch's own fp32 settings (matmul, cuDNN conv), read at start. hspace's sampler runs an fp32 U-Net's passes in
+# TF32 only while matmul is at torch's default ("none"): under IEEE below it leaves them IEEE.
 TORCH_DEFAULT_FP32 = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
 IEEE, TF32 = ("ieee", "ieee"), ("tf32", "tf32")
 
@@ -230,7 +231,7 @@ def part_ours(sizes: Sizes, done: dict) -> dict:
     for precision in sizes.precisions:
         model = load_model(sizes.model, device=sizes.device, precision=precision)
         flops = forward_flops(model)
-        with fp32_precision(*TF32):  # fp32 is fp32 + TF32 here, as load_model sets it on CUDA
+        with fp32_precision(*TF32):  # fp32 is fp32 + TF32 here, as the sampler runs it on CUDA
             for batch in sizes.batches:
                 row = sampling_rate(
                     model, derive_seeds(0, 0, batch), sizes, "tf32" if precision == "fp32" else precision, flops

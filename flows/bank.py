@@ -23,6 +23,7 @@ from flows.runner import RunnerChoice, checked_by
 from hspace.annotators import class_thresholds
 from hspace.errors import HSpaceError
 from hspace.names import check_name
+from storage.corpus import ADDED_SETTINGS
 from tasks.bank import evaluate_bank_directions, pca_direction_name, publish_bank
 from tasks.corpus import check_build_arguments, prepare_corpus
 
@@ -66,8 +67,6 @@ def threshold_plan(annotator: str, attributes: Sequence[str], thresholds: dict[s
 # Where the settings are read and written, not what they build: left out of the record in the bank, so that
 # a rebuild from a moved corpus, on another device or with another report folder publishes nothing new.
 NOT_RECORDED = ("bank", "corpus", "report", "device")
-# Settings added after banks began recording them, with the value every bank recorded before them was built with.
-ADDED_SETTINGS: dict[str, Any] = {"precision": "fp32", "microbatch": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,8 +156,8 @@ class RebuildSettings:
     def record(self) -> dict[str, Any]:
         """The settings that decide the bank's content, JSON-ready (recorded in the version's notes).
 
-        Settings added since records began are left out at the value every earlier rebuild had
-        (:data:`ADDED_SETTINGS`), so that such a bank's next rebuild with those values publishes nothing new.
+        Corpus settings added since records began are left out at the value every earlier rebuild had
+        (``storage.corpus.ADDED_SETTINGS``), so that such a bank's next rebuild with those values publishes nothing new.
         """
         recorded = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RECORDED}
         return {k: v for k, v in recorded.items() if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]} | {

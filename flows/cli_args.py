@@ -91,15 +91,12 @@ def add_precision_argument(parser: argparse.ArgumentParser, default: str | None 
     )
 
 
-def add_microbatch_argument(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+def add_microbatch_argument(parser: argparse.ArgumentParser) -> None:
     """``--microbatch N``: samples per U-Net pass, a corpus setting (a resumed build uses the same)."""
     parser.add_argument(
         "--microbatch",
         type=int,
-        default=default,
-        help=f"samples per U-Net pass (a corpus setting; default {default})"
-        if default
-        else "samples per U-Net pass (a corpus setting). Default: 1 on the CPU, where a sample is then bitwise "
+        help="samples per U-Net pass (a corpus setting). Default: 1 on the CPU, where a sample is then bitwise "
         "the same in any batch (32 is about 3x faster there); the whole shard on a GPU",
     )
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.cli_args import add_microbatch_argument, add_precision_argument, print_info, save_png
+from flows.cli_args import add_precision_argument, print_info, save_png
 
 DEMO_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat")
+# 32 samples per pass: about 3x the CPU throughput of one (docs/results.md), the demo's main cost; its samples
+# are then not bitwise those of a one-per-pass corpus, which the demo does not need.
+DEMO_MICROBATCH = 32
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -20,9 +23,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--batch", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
     add_precision_argument(demo)
-    # 32 samples per pass: about 3x the CPU throughput of one (docs/results.md), the demo's main cost; its
-    # samples are then not bitwise those of a one-per-pass corpus, which the demo does not need.
-    add_microbatch_argument(demo, default=32)
+    demo.add_argument(
+        "--microbatch",
+        type=int,
+        help=f"samples per U-Net pass (default {DEMO_MICROBATCH}; a demo folder made before keeps its corpus's)",
+    )
     demo.add_argument("--gamma", type=float, default=1.0, help="edit strength of the evaluation and pictures")
     demo.add_argument("--eval-samples", type=int, default=16, help="fresh samples per evaluation repeat")
     demo.set_defaults(func=_demo)
@@ -50,7 +55,7 @@ def _demo(args: argparse.Namespace) -> None:
         batch=args.batch,
         seed=args.seed,
         precision=args.precision,
-        microbatch=args.microbatch,
+        microbatch=_microbatch(args.microbatch, out / "corpus.zarr"),
         annotator="testbed",
         attributes=DEMO_ATTRIBUTES,
         k=args.samples // 4,
@@ -90,3 +95,13 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"bank {bank_url}: version {result['version']} with {', '.join(result['directions'])}")
     for name in ("samples.png", "edits.png", "evaluation.png", "evaluation.md"):
         print(f"{name}: {out / name}")
+
+
+def _microbatch(given: int | None, corpus: Path) -> int | None:
+    """The demo corpus's samples per pass: as given; else its own where it exists (one made before the default
+    moved to 32 resumes with null); else :data:`DEMO_MICROBATCH`."""
+    from storage.corpus import Corpus
+
+    if given is not None:
+        return given
+    return Corpus.open(str(corpus)).spec.microbatch if (corpus / "zarr.json").exists() else DEMO_MICROBATCH

@@ -125,6 +125,10 @@ class RunnerChoice:
             return
         if self.dask_address is not None:
             return  # the workers are elsewhere: only they know their GPUs
+        if self.workers is not None and device != "cuda":
+            raise HSpaceError(
+                f"--device {device} with --workers: each worker sees only its own GPU, as cuda; give --device cuda"
+            )
         if self.workers is not None and not self.gpus():
             raise HSpaceError("--device cuda with --workers, but no GPU is visible here: use --device cpu")
         import torch

@@ -16,11 +16,12 @@ Weights load through safetensors; a folder with only ``.bin`` weights is read by
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,37 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # The dtype the U-Net runs in. The scheduler arithmetic (eq. 2-5) stays float32 whatever the precision: the
 # sampler casts x_t to the U-Net's dtype for each pass and eps back to float32 (hspace.sampler.predict_eps).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def tf32_passes(unet: torch.nn.Module) -> Iterator[None]:
+    """Within the block, an fp32 U-Net on CUDA runs its matmuls and convolutions in TF32 (10 mantissa bits,
+    float32 range: the tensor-core rate); elsewhere, for other dtypes, and where the caller chose the matmul
+    precision (``torch.backends.cuda.matmul.fp32_precision`` not torch's default ``"none"``, e.g. ``"ieee"``
+    for an IEEE fp32 reference), nothing changes.
+
+    Scoped to the sampler's U-Net passes rather than set for the process, so that what else runs in fp32 on
+    the GPU (PCA's Gram products, the Jacobian's products near their tolerance, annotators) stays as torch
+    runs it whatever ran before. torch's switches are process-wide: threads sampling on one GPU share them.
+    """
+    parameter = next(unet.parameters())
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv  # type: ignore[attr-defined]
+    if parameter.device.type != "cuda" or parameter.dtype != torch.float32 or matmul.fp32_precision != "none":
+        yield
+        return
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    matmul.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before
+
+
+def precision_entry(precision: str) -> dict[str, str]:
+    """``{"precision": precision}`` for a record (a bank's sampler, an evaluation key, a direction's
+    parameters), or nothing for fp32: records written before precisions existed were all fp32, and leaving
+    fp32 out keeps their content hashes and keys, and those of every fp32 record since, what they were."""
+    return {} if precision == "fp32" else {"precision": precision}
 
 
 def check_precision(precision: str) -> str:
@@ -193,9 +225,9 @@ def check_same_weights(model: LoadedModel, fingerprint: str, *, owner: str, advi
 def load_model(name: str, *, device: str | torch.device = "cpu", precision: str = "fp32") -> LoadedModel:
     """Load a U-Net and its scheduler config by built-in name, directory or hub id.
 
-    The U-Net is cast once, here, to ``precision`` (:data:`PRECISIONS`). On CUDA, fp32 runs its matmuls and
-    convolutions in TF32 (10 mantissa bits, float32 range): set for the whole process, as a model loaded for
-    speed on a tensor-core GPU wants; bf16 and fp16 are the faster, rougher choices (docs/results.md).
+    The U-Net is cast once, here, to ``precision`` (:data:`PRECISIONS`). On CUDA, the sampler runs an fp32
+    U-Net's matmuls and convolutions in TF32 (:func:`tf32_passes`); bf16 and fp16 are the faster, rougher
+    choices (docs/results.md).
 
     Raises
     ------
@@ -226,9 +258,6 @@ def load_model(name: str, *, device: str | torch.device = "cpu", precision: str 
     # torch's own .to: diffusers' override warns about keeping fp32 modules even when, as for every
     # UNet2DModel, the list of such modules is empty.
     unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
-    if unet.device.type == "cuda" and dtype == torch.float32:
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"  # type: ignore[attr-defined]
     return LoadedModel(
         name=name, unet=unet, scheduler_config=scheduler_config, fingerprint=fingerprint, precision=precision
     )

@@ -27,7 +27,7 @@ from diffusers import DDIMScheduler
 
 from hspace.errors import HSpaceError
 from hspace.hook import HHook, h_hook
-from hspace.models import LoadedModel
+from hspace.models import LoadedModel, tf32_passes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,14 +209,15 @@ def predict_eps(
     outputs: list[torch.Tensor] = []
     captures: list[torch.Tensor] = []
     hook.capture = capture
-    for start in range(0, x.shape[0], microbatch):
-        part = slice(start, start + microbatch)
-        hook.delta = None if delta_t is None else delta_t[part]
-        hook.replace = None if replace_t is None else replace_t[part]
-        outputs.append(unet(x[part].to(dtype), t).sample.float())
-        if capture:
-            assert hook.captured is not None  # the hook records h_t on every pass while capture is on
-            captures.append(hook.captured)
+    with tf32_passes(unet):
+        for start in range(0, x.shape[0], microbatch):
+            part = slice(start, start + microbatch)
+            hook.delta = None if delta_t is None else delta_t[part]
+            hook.replace = None if replace_t is None else replace_t[part]
+            outputs.append(unet(x[part].to(dtype), t).sample.float())
+            if capture:
+                assert hook.captured is not None  # the hook records h_t on every pass while capture is on
+                captures.append(hook.captured)
     hook.delta, hook.replace, hook.capture, hook.captured = None, None, False, None
     return torch.cat(outputs), (torch.cat(captures) if capture else None)
 

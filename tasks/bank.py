@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from hspace.bank import Direction, publish
 from hspace.errors import HSpaceError
 from hspace.evaluate import EvaluationResult, evaluate_directions
-from hspace.models import check_precision
+from hspace.models import check_precision, precision_entry
 from hspace.render import write_files
 from storage.corpus import Corpus
 from storage.directions import read_direction
@@ -117,8 +117,7 @@ def evaluate_bank_directions(
         "steps": spec.steps,
         "eta": list(spec.eta),
         "fingerprint": spec.fingerprint,
-        # Only where not fp32, so that the keys of results stored before precisions existed (all fp32) hold.
-        **({} if precision == "fp32" else {"precision": precision}),
+        **precision_entry(precision),
     }
     key = evaluation_key(tensors, settings)
     result = stored_evaluation(corpus, key)

@@ -115,7 +115,8 @@ def prepare_corpus(
         precision=precision,
         microbatch=microbatch,
     )
-    loaded = cached_model(model, device, precision)
+    # On the CPU: only the fingerprint and shapes are needed here, and the GPU belongs to the workers.
+    loaded = cached_model(model, "cpu", precision)
     spec = corpus_spec(
         loaded, samples=samples, steps=steps, eta=etas, batch=batch, seed=seed, dtype=dtype, microbatch=microbatch
     )
@@ -161,7 +162,13 @@ def write_behind(items: Iterable[T], produce: Callable[[T], P], write: Callable[
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hspace-writer") as writer:
         pending: Future[None] | None = None
         for item in items:
-            produced = produce(item)
+            try:
+                produced = produce(item)
+            except BaseException as error:
+                if pending is not None and pending.exception() is not None:
+                    # Both failed: raise the write's (an I/O error the task retries), the other chained.
+                    raise pending.exception() from error  # type: ignore[misc]
+                raise
             if pending is not None:
                 pending.result()
             pending = writer.submit(write, item, produced)

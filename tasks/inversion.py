@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from hspace.errors import HSpaceError
 from hspace.images import load_image_files, load_images
 from hspace.inversion import direction_from_images, invert
-from hspace.models import LoadedModel, check_same_weights
+from hspace.models import LoadedModel, check_same_weights, precision_entry
 from hspace.names import check_name
 from hspace.sampler import make_scheduler
 from storage.corpus import Corpus
@@ -128,7 +128,7 @@ def _plan_direction(
         "negatives": str(negatives),
         "positive_files": [Path(f).name for f in files["positives"]],
         "negative_files": [Path(f).name for f in files["negatives"]],
-        "precision": loaded.precision,
+        **precision_entry(loaded.precision),
     }
     record = _direction_record(
         loaded,
@@ -154,7 +154,7 @@ def invert_task(plan: InvertPlan) -> dict[str, Any]:
         metadata = {
             "model": loaded.name,
             "fingerprint": loaded.fingerprint,
-            "precision": loaded.precision,
+            **precision_entry(loaded.precision),
             "steps": plan.steps,
             "timesteps": [int(t) for t in scheduler.timesteps],
             "files": [Path(f).name for f in plan.images["images"]],

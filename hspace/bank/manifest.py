@@ -17,7 +17,7 @@ import torch
 
 from hspace import names
 from hspace.errors import HSpaceError
-from hspace.models import check_precision
+from hspace.models import check_precision, precision_entry
 from hspace.sampler import parse_eta
 
 SCHEMA_VERSION = 1
@@ -181,7 +181,7 @@ def new_manifest(
             "steps": steps,
             "eta": list(parse_eta(eta, steps)),
             "timesteps": timesteps,
-            **sampler_precision(precision),
+            **precision_entry(precision),
         },
         "notes": notes,
         "directions": {
@@ -209,16 +209,6 @@ def new_manifest(
     manifest["package_version"] = __version__
     manifest["content_sha256"] = sha256_hex(canonical_json(content).encode())
     return files, manifest
-
-
-def sampler_precision(precision: str) -> dict[str, str]:
-    """The manifest sampler's ``precision`` entry: none for fp32, which is what a sampler without one means.
-
-    Banks published before precisions existed ran in fp32; leaving the entry out for fp32 keeps their
-    content_sha256, and that of every fp32 version since, what it was (a rebuild publishes nothing new, and
-    their exports publish again).
-    """
-    return {} if precision == "fp32" else {"precision": precision}
 
 
 def seal(manifest: dict[str, Any]) -> bytes:

@@ -191,3 +191,27 @@ def test_sigkill_during_a_write_then_a_rerun_gives_the_uninterrupted_corpus(tmp_
     for url in (killed, clean):
         assert main([*build, str(url)]) == 0
     assert tree_bytes(killed) == tree_bytes(clean)
+
+
+def test_write_behind_raises_the_write_error_when_sampling_fails_too():
+    def produce(item: int) -> int:
+        if item == 1:
+            raise ValueError("sampling failed")
+        return item
+
+    def write(item: int, _: int) -> None:
+        raise OSError("disk full")  # an I/O error: what the task's retry condition retries
+
+    with pytest.raises(OSError, match="disk full") as raised:
+        write_behind(range(3), produce, write)
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_the_demo_resumes_a_corpus_made_before_its_microbatch_default(tmp_path):
+    from flows.cli_demo import DEMO_MICROBATCH, _microbatch
+
+    old = tmp_path / "corpus.zarr"
+    prepare_corpus(out=str(old), **{k: v for k, v in ARGS.items() if k != "progress"})  # microbatch null
+    assert _microbatch(None, old) is None
+    assert _microbatch(None, tmp_path / "new.zarr") == DEMO_MICROBATCH == 32
+    assert _microbatch(4, old) == 4
