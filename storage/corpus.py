@@ -240,7 +240,14 @@ def _store(url: str, *, read_only: bool) -> Store:
 def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
     """The ``hspace`` group attribute at ``url``; None if nothing is there (and that is allowed)."""
     fs, path = url_filesystem(url)
-    if not fs.exists(f"{path}/zarr.json"):
+    try:
+        exists = fs.exists(f"{path}/zarr.json")
+    except PermissionError as error:
+        raise HSpaceError(
+            f"cannot read {url}: access refused ({error}); check the credentials this process uses for it "
+            "(for s3://: AWS_ACCESS_KEY_ID / AWS_PROFILE) and its permissions"
+        ) from error
+    if not exists:
         if must_exist:
             raise HSpaceError(f"no corpus at {url}: build one with `hspace corpus build {url} ...`")
         return None

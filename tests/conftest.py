@@ -7,6 +7,7 @@ subprocesses, Prefect servers or Dask clusters, for a quick loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -159,9 +160,9 @@ def use_prefect_server(prefect_server, monkeypatch):
         yield prefect_server
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """moto's standalone S3 server (a real S3 API over HTTP) on a free loopback port; its endpoint URL."""
+@contextlib.contextmanager
+def moto_server(**env: str) -> Iterator[str]:
+    """moto's standalone S3 server (a real S3 API over HTTP) on a free loopback port; yields its endpoint URL."""
     import socket
     import subprocess
     import sys
@@ -174,6 +175,7 @@ def s3_server() -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
     try:
         deadline = time.monotonic() + 60
@@ -189,6 +191,20 @@ def s3_server() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """An S3 server that accepts any credentials (the test ones below)."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_server_checking_credentials() -> Iterator[str]:
+    """An S3 server that refuses every request whose credentials it does not know (moto's IAM checks on)."""
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -60,3 +60,16 @@ def test_an_s3_url_without_s3fs_says_which_extra_to_install(tmp_path):
     assert result.stderr.strip() == (
         "hspace: error: s3://bucket/c.zarr needs s3fs, which is not installed: pip install 'hspace[s3]'"
     )
+
+
+def test_refused_credentials_are_one_line_and_create_nothing(s3_server_checking_credentials, monkeypatch, capsys):
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server_checking_credentials)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unknown")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unknown")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert main([*BUILD, "s3://hspace-any/c.zarr"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "access refused" in err and "AWS_ACCESS_KEY_ID" in err and "\n" not in err
