@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 from flows.cli import main
 from storage.corpus import Corpus
@@ -73,3 +77,70 @@ def test_refused_credentials_are_one_line_and_create_nothing(s3_server_checking_
     assert main([*BUILD, "s3://hspace-any/c.zarr"]) == 1
     err = capsys.readouterr().err.strip()
     assert "access refused" in err and "AWS_ACCESS_KEY_ID" in err and "\n" not in err
+
+
+REBUILD = [
+    "rebuild-bank",
+    "--model",
+    "tiny",
+    "--samples",
+    "24",
+    "--steps",
+    "30",
+    "--batch",
+    "2",
+    "--seed",
+    "4",
+    "--attributes",
+    "smile,hat",
+    "--k",
+    "4",
+    "--pca-components",
+    "2",
+    "--pca-directions",
+    "1",
+    "--eval-samples",
+    "4",
+    "--repeats",
+    "2",
+    "--no-progress",
+]
+
+
+@pytest.mark.slow
+def test_rebuild_bank_on_s3_with_two_workers_killed_mid_corpus_then_rerun_equals_an_uninterrupted_one(
+    s3_bucket, use_prefect_server
+):
+    """Corpus and bank on S3, the corpus on a 2-worker Dask cluster reporting to the local Prefect server."""
+    import s3fs
+    import zarr
+
+    from hspace.bank import load_bank
+
+    corpus, bank = f"{s3_bucket}/c.zarr", f"{s3_bucket}/bank"
+    command = [*REBUILD, bank, "--corpus", corpus, "--workers", "2"]
+    assert main(command) == 0
+    uninterrupted = load_bank(bank).info()["content_sha256"]
+    s3fs.S3FileSystem().rm(f"{corpus.removeprefix('s3://')}", recursive=True)
+    s3fs.S3FileSystem().rm(f"{bank.removeprefix('s3://')}", recursive=True)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    done = np.zeros(12, dtype=bool)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(Exception):  # not created yet
+            done = zarr.open_group(corpus, mode="r")["done"][:]
+        if done.sum() >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 2 <= done.sum() < 12, f"the build was not caught part-way: done={done}, {process.stderr.read()}"
+
+    assert main(command) == 0
+    assert load_bank(bank).info()["content_sha256"] == uninterrupted
