@@ -141,17 +141,23 @@ class RebuildSettings:
         object.__setattr__(self, "disentangle", disentangle_plan(attributes, self.disentangle))
         object.__setattr__(self, "thresholds", threshold_plan(self.annotator, attributes, self.thresholds))
         check_name(self.pca_run_name, "PCA run")
-        check_build_arguments(
-            samples=self.samples,
-            steps=self.steps,
-            eta=self.eta,
-            batch=self.batch,
-            seed=self.seed,
-            dtype=CORPUS_DTYPE,
-            device=self.device,
-            precision=self.precision,
-            microbatch=self.microbatch,
-        )
+        check_build_arguments(**{k: v for k, v in self.corpus_arguments().items() if k not in ("out", "model")})
+
+    def corpus_arguments(self) -> dict[str, Any]:
+        """The corpus's settings as ``prepare_corpus`` and ``build_corpus`` take them."""
+        return {
+            "out": self.corpus,
+            "model": self.model,
+            "samples": self.samples,
+            "steps": self.steps,
+            "eta": self.eta,
+            "batch": self.batch,
+            "seed": self.seed,
+            "dtype": CORPUS_DTYPE,
+            "device": self.device,
+            "precision": self.precision,
+            "microbatch": self.microbatch,
+        }
 
     def record(self) -> dict[str, Any]:
         """The settings that decide the bank's content, JSON-ready (recorded in the version's notes).
@@ -167,20 +173,7 @@ class RebuildSettings:
 
 def check_rebuild_bank(parameters: dict[str, Any]) -> None:
     """The corpus settings are checked here (the corpus created if missing)."""
-    s: RebuildSettings = parameters["settings"]
-    prepare_corpus(
-        out=s.corpus,
-        model=s.model,
-        samples=s.samples,
-        steps=s.steps,
-        eta=s.eta,
-        batch=s.batch,
-        seed=s.seed,
-        dtype=CORPUS_DTYPE,
-        device=s.device,
-        precision=s.precision,
-        microbatch=s.microbatch,
-    )
+    prepare_corpus(**parameters["settings"].corpus_arguments())
 
 
 @checked_by(check_rebuild_bank)
@@ -196,20 +189,7 @@ def rebuild_bank(
     """
     s = settings
     runner = corpus_runner or RunnerChoice()
-    build_corpus.with_options(task_runner=runner.task_runner(s.device))(
-        model=s.model,
-        samples=s.samples,
-        steps=s.steps,
-        out=s.corpus,
-        eta=s.eta,
-        batch=s.batch,
-        seed=s.seed,
-        dtype=CORPUS_DTYPE,
-        device=s.device,
-        precision=s.precision,
-        microbatch=s.microbatch,
-        progress=progress,
-    )
+    build_corpus.with_options(task_runner=runner.task_runner(s.device))(**s.corpus_arguments(), progress=progress)
     annotate(s.corpus, s.annotator, s.annotator_options, progress=progress)
     pca_run = None
     if s.pca_components > 0:
