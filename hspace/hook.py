@@ -1,11 +1,14 @@
 """The h hook: read and edit h_t, the output of ``unet.mid_block`` (Sec. III of the paper).
 
 The hook is set per U-Net pass by the sampler (which step, which edit) and is always removed when the
-``with`` block ends, also on errors, so a model is never left edited.
+``with`` block ends, also on errors, so a model is never left edited. A hook acts only on the passes of the
+thread that attached it: threads sampling with one shared model (a thread runner's tasks, a server's
+requests) each attach their own, and every pass runs every attached hook.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,14 +40,19 @@ class HHook:
         Used instead of the U-Net's own h_t (before ``delta``): the h-swap of Fig. 2a.
     captured : Tensor or None
         After a pass with ``capture`` set, h_t as the rest of the U-Net saw it (edit included).
+    thread : int
+        The thread whose passes it reads and edits (``threading.get_ident()``); others' pass through.
     """
 
     delta: torch.Tensor | None = None
     replace: torch.Tensor | None = None
     capture: bool = False
     captured: torch.Tensor | None = field(default=None, repr=False)
+    thread: int = field(default_factory=threading.get_ident)
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if threading.get_ident() != self.thread:
+            return output  # another thread's pass of a shared model
         h = output if self.replace is None else self.replace.to(output.dtype).expand_as(output)
         h = h if self.delta is None else h + self.delta.to(output.dtype)
         if self.capture:

@@ -168,3 +168,29 @@ def test_replacing_h_with_another_samples_h(tiny):
     assert not torch.equal(swapped.images, own.images)
     # Replacing h by the sample's own h changes nothing.
     assert torch.equal(sample(tiny, [32], steps=STEPS, replace_h=own.h).images, own.images)
+
+
+def test_threads_sampling_one_shared_model_each_get_their_own_edit_and_capture(tiny):
+    """Each thread's hook acts on its own passes only: a thread runner's tasks share the cached model."""
+    import threading
+
+    delta = 50.0 * torch.randn(STEPS, *tiny.h_shape, generator=torch.Generator().manual_seed(3))
+    jobs = {"edited": dict(seeds=[1], delta=delta), "plain": dict(seeds=[2])}
+    alone = {name: sample(tiny, steps=STEPS, capture=True, **job) for name, job in jobs.items()}
+    together: dict[str, list] = {name: [] for name in jobs}
+    start = threading.Barrier(len(jobs))
+
+    def run(name: str) -> None:
+        start.wait()
+        for _ in range(4):
+            together[name].append(sample(tiny, steps=STEPS, capture=True, **jobs[name]))
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in jobs:
+        assert len(together[name]) == 4
+        for result in together[name]:
+            assert torch.equal(result.images, alone[name].images) and torch.equal(result.h, alone[name].h), name
