@@ -70,7 +70,7 @@ def jacobian_directions(
     )
     missing = jacobian.missing()
     total = len(jacobian.spec.sample_ids) * len(jacobian.spec.steps)
-    bar = Progress(total=total, done=total - len(missing), desc=f"jacobian {run}", show=progress)
+    bar = Progress(total=total, done=total - len(missing), unit="cell", desc=f"jacobian {run}", show=progress)
     submit_all(
         compute_jacobian, [(url, run, sample_id, step, device) for sample_id, step in missing], bar, device=device
     )

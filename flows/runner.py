@@ -4,7 +4,7 @@ Every flow that fans tasks out is run the same way (:func:`run_flow`): its param
 store prepared first, so bad input fails in seconds and writes nothing before a server or cluster starts;
 then the task runner is chosen, and a real Prefect server is started only when worker processes will
 report to it (:func:`flows.server.prefect_api_for_workers`). Inside a flow, :func:`submit_all` submits one
-task per item and follows them with a progress bar.
+task per item and follows them with a progress bar and artifact (:mod:`flows.progress`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import dask
 from prefect import Flow, Task
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from tqdm import tqdm
 
+from flows.progress import Progress, track
 from flows.server import prefect_api_for_workers
 from hspace.errors import HSpaceError
 
@@ -211,17 +211,6 @@ def _device(parameters: dict[str, Any]) -> str:
     return devices.pop() if len(devices) == 1 else "cpu"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Progress:
-    """A progress bar: ``total`` units, ``done`` of them before this run; hidden unless ``show``."""
-
-    total: int
-    done: int = 0
-    unit: str = "step"
-    desc: str = ""
-    show: bool = True
-
-
 def submit_all(
     task: Task[..., R],
     arguments: Iterable[tuple[Any, ...]],
@@ -232,7 +221,8 @@ def submit_all(
 ) -> list[R]:
     """Submit ``task(*a)`` for every ``a`` in ``arguments`` and wait for all; results in completion order.
 
-    Each finished task advances the bar by ``weight(result)``; ``device`` cuda sends the tasks to GPU workers
+    Each finished task advances the progress (:func:`flows.progress.track`: a bar, and the run's progress
+    artifact) by ``weight(result)``; ``device`` cuda sends the tasks to GPU workers
     (:func:`gpu_annotation`).
     """
     futures = []
@@ -240,11 +230,9 @@ def submit_all(
         with gpu_annotation(device):
             futures.append(task.submit(*args))
     results = []
-    with tqdm(
-        total=progress.total, initial=progress.done, unit=progress.unit, desc=progress.desc, disable=not progress.show
-    ) as bar:
+    with track(progress) as tracker:
         for future in as_completed(futures):
             result = future.result()
-            bar.update(weight(result))
+            tracker.update(weight(result))
             results.append(result)
     return results
