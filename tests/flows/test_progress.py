@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -17,11 +18,12 @@ from flows.corpus import build_corpus
 from flows.progress import ProgressArtifact, stage_progress, track
 from flows.runner import Progress
 
-CORPUS = dict(model="tiny", samples=6, steps=2, eta=1.0, batch=2, seed=4, dtype="float16", device="cpu")
+CORPUS: dict[str, Any] = dict(model="tiny", samples=6, steps=2, eta=1.0, batch=2, seed=4, dtype="float16", device="cpu")
 
 
-def run_artifacts(flow_run_id: UUID, key: str) -> list:
+def run_artifacts(flow_run_id: UUID | None, key: str) -> list:
     """The artifacts with ``key`` of one flow run, read back through the Prefect client."""
+    assert flow_run_id is not None
     artifact_filter = ArtifactFilter(
         key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
     )
