@@ -44,9 +44,10 @@ import torch
 from hspace.annotators import load_annotator
 from hspace.annotators.base import Annotator
 from hspace.directions import supervised_direction, top_bottom
-from hspace.evaluate import Samples, evaluate_directions, generate
+from hspace.evaluate import evaluate_directions
 from hspace.models import load_model
 from hspace.sampler import derive_seeds, sample, to_uint8
+from hspace.scoring import Samples, generate
 
 ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
 LOWER = ("bf16", "fp16")
@@ -279,7 +280,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=16)
     parser.add_argument("--gamma", type=float, default=1.0)
     parser.add_argument("--microbatch", type=int, default=64, help="samples per U-Net pass, corpora")
-    parser.add_argument("--eval-batch", type=int, default=128, help="samples per U-Net pass, evaluation")
+    parser.add_argument("--eval-batch", type=int, default=8, help="samples per U-Net pass, evaluation (each with all its edits)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--skip-big", action="store_true", help="no celebahq-shape")
     parser.add_argument("--skip-directions", action="store_true")

@@ -8,6 +8,7 @@ point finishes the job with the result an uninterrupted run gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -18,14 +19,17 @@ from prefect import flow
 from flows.annotate import annotate
 from flows.corpus import build_corpus
 from flows.directions import disentangled, supervised
+from flows.evaluate import evaluate_directions
 from flows.pca import fit_pca
+from flows.progress import stage_progress
 from flows.runner import RunnerChoice, checked_by
 from hspace.annotators import class_thresholds
 from hspace.errors import HSpaceError
 from hspace.names import check_name
 from storage.corpus import ADDED_SETTINGS
-from tasks.bank import evaluate_bank_directions, pca_direction_name, publish_bank
+from tasks.bank import pca_direction_name, publish_bank
 from tasks.corpus import check_build_arguments, prepare_corpus
+from tasks.evaluate import EvaluationSpec
 
 DEFAULT_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
 DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (hspace/testbed/faces.py)
@@ -66,7 +70,8 @@ def threshold_plan(annotator: str, attributes: Sequence[str], thresholds: dict[s
 
 # Where the settings are read and written, not what they build: left out of the record in the bank, so that
 # a rebuild from a moved corpus, on another device or with another report folder publishes nothing new.
-NOT_RECORDED = ("bank", "corpus", "report", "device")
+# The evaluation's batch and block are how it runs: a stored evaluation is reused whatever they were.
+NOT_RECORDED = ("bank", "corpus", "report", "device", "eval_batch", "eval_block")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +107,8 @@ class RebuildSettings:
     gamma, eval_samples, repeats, eval_seed
         The evaluation (Table I): every direction edits ``eval_samples`` fresh samples per repeat at
         ``gamma``, against a norm-matched random direction.
+    eval_batch, eval_block
+        Evaluation samples per U-Net pass (each with all its edits) and per task (``flows.evaluate``).
     report : str, optional
         A folder for evaluation.csv / .md / .png.
     device : str
@@ -132,6 +139,8 @@ class RebuildSettings:
     eval_samples: int = 100
     repeats: int = 10
     eval_seed: int = 1
+    eval_batch: int = 8
+    eval_block: int = 32
     report: str | None = None
     device: str = "cpu"
 
@@ -141,6 +150,9 @@ class RebuildSettings:
         object.__setattr__(self, "disentangle", disentangle_plan(attributes, self.disentangle))
         object.__setattr__(self, "thresholds", threshold_plan(self.annotator, attributes, self.thresholds))
         check_name(self.pca_run_name, "PCA run")
+        for name in ("eval_samples", "repeats", "eval_batch", "eval_block"):
+            if getattr(self, name) < 1:
+                raise HSpaceError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(self, name)}")
         check_build_arguments(**{k: v for k, v in self.corpus_arguments().items() if k not in ("out", "model")})
 
     def corpus_arguments(self) -> dict[str, Any]:
@@ -158,6 +170,27 @@ class RebuildSettings:
             "precision": self.precision,
             "microbatch": self.microbatch,
         }
+
+    def evaluation_spec(
+        self, names: list[str], *, supervised: list[str], pca_run: str | None, pca_directions: int
+    ) -> EvaluationSpec:
+        """The evaluation (Table I) of ``names``: stored directions ``supervised`` and the top PCA ones."""
+        return EvaluationSpec(
+            url=self.corpus,
+            names=tuple(names),
+            supervised=tuple(supervised),
+            pca_run=pca_run,
+            pca_directions=pca_directions,
+            annotator=self.annotator,
+            annotator_options=self.annotator_options,
+            gamma=self.gamma,
+            samples=self.eval_samples,
+            repeats=self.repeats,
+            seed=self.eval_seed,
+            batch=self.eval_batch,
+            block=self.eval_block,
+            device=self.device,
+        )
 
     def record(self) -> dict[str, Any]:
         """The settings that decide the bank's content, JSON-ready (recorded in the version's notes).
@@ -179,51 +212,49 @@ def check_rebuild_bank(parameters: dict[str, Any]) -> None:
 @checked_by(check_rebuild_bank)
 @flow(name="rebuild-bank")
 def rebuild_bank(
-    settings: RebuildSettings, corpus_runner: RunnerChoice | None = None, progress: bool = False
+    settings: RebuildSettings, runner: RunnerChoice | None = None, progress: bool = False
 ) -> dict[str, Any]:
     """Rebuild the direction bank ``settings.bank`` from the corpus ``settings.corpus``; returns the version.
 
-    ``corpus_runner``: where the corpus generation runs (threads by default); worker processes need a real
-    Prefect server (``PREFECT_API_URL``, or :func:`flows.runner.run_flow` starts one). The later stages are
-    light next to it and run in this process.
+    ``runner``: where the corpus generation and the evaluation, the heavy stages, run (threads by default);
+    worker processes need a real Prefect server (``PREFECT_API_URL``, or :func:`flows.runner.run_flow` starts
+    one). The other stages are light next to them and run in this process.
     """
     s = settings
-    runner = corpus_runner or RunnerChoice()
-    build_corpus.with_options(task_runner=runner.task_runner(s.device))(**s.corpus_arguments(), progress=progress)
-    annotate(s.corpus, s.annotator, s.annotator_options, progress=progress)
-    pca_run = None
-    if s.pca_components > 0:
-        pca_run = s.pca_run_name
-        fit_pca(s.corpus, s.pca_components, run=pca_run, device=s.device, progress=progress)
-    named = _supervised_directions(s)
+    runner = runner or RunnerChoice()
+    stages = ["corpus", "annotate", *(["pca"] if s.pca_components > 0 else []), "directions", "evaluate", "publish"]
+
+    def stage(name: str) -> contextlib.AbstractContextManager[None]:
+        return stage_progress("rebuild-bank", stages.index(name) + 1, len(stages), name, show=progress)
+
+    with stage("corpus"):
+        build_corpus.with_options(task_runner=runner.task_runner(s.device))(**s.corpus_arguments(), progress=progress)
+    with stage("annotate"):
+        annotate(s.corpus, s.annotator, s.annotator_options, progress=progress)
+    pca_run = s.pca_run_name if s.pca_components > 0 else None
+    if pca_run is not None:
+        with stage("pca"):
+            fit_pca(s.corpus, s.pca_components, run=pca_run, device=s.device, progress=progress)
+    with stage("directions"):
+        named = _supervised_directions(s)
     pca_directions = s.pca_directions if pca_run else 0
     names = named + [pca_direction_name(j) for j in range(pca_directions)]
-    key = evaluate_bank_directions(
-        s.corpus,
-        names,
-        pca_run=pca_run,
-        pca_directions=pca_directions,
-        supervised=named,
-        annotator=s.annotator,
-        annotator_options=s.annotator_options,
-        gamma=s.gamma,
-        samples=s.eval_samples,
-        repeats=s.repeats,
-        seed=s.eval_seed,
-        device=s.device,
-        report=s.report,
-    )
-    notes = json.dumps({"rebuild_settings": s.record()}, sort_keys=True)
-    version = publish_bank(
-        s.corpus,
-        s.bank,
-        names,
-        pca_run=pca_run,
-        pca_directions=pca_directions,
-        supervised=named,
-        evaluation_key=key,
-        notes=notes,
-    )
+    with stage("evaluate"):
+        spec = s.evaluation_spec(names, supervised=named, pca_run=pca_run, pca_directions=pca_directions)
+        key = evaluate_directions.with_options(task_runner=runner.task_runner(s.device))(
+            spec, report=s.report, progress=progress
+        )
+    with stage("publish"):
+        version = publish_bank(
+            s.corpus,
+            s.bank,
+            names,
+            pca_run=pca_run,
+            pca_directions=pca_directions,
+            supervised=named,
+            evaluation_key=key,
+            notes=json.dumps({"rebuild_settings": s.record()}, sort_keys=True),
+        )
     return {"bank": s.bank, "version": version, "directions": names, "evaluation": key, "corpus": s.corpus}
 
 

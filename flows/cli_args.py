@@ -101,6 +101,22 @@ def add_microbatch_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_evaluation_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--<prefix>batch`` and ``--<prefix>block``: how an evaluation is cut into U-Net passes and tasks."""
+    parser.add_argument(
+        f"--{prefix}batch",
+        type=int,
+        default=8,
+        help="evaluation samples per U-Net pass, each with all its edits (the passes decide the bits)",
+    )
+    parser.add_argument(
+        f"--{prefix}block",
+        type=int,
+        default=32,
+        help="evaluation samples per task, in whole passes (any block gives the same result)",
+    )
+
+
 def runner_choice(args: argparse.Namespace) -> RunnerChoice:
     """The :class:`flows.runner.RunnerChoice` of the arguments of :func:`add_runner_arguments` (checked)."""
     from flows.runner import RunnerChoice

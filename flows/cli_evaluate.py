@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from flows.cli_args import add_precision_argument, check_positive, names
+from flows.cli_args import add_evaluation_arguments, add_precision_argument, add_runner_arguments, names, runner_choice
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -30,7 +30,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--samples", type=int, default=100, help="fresh samples per repeat (paper: 100)")
     evaluate.add_argument("--repeats", type=int, default=10, help="repeats with other samples (paper: 10)")
     evaluate.add_argument("--seed", type=int, default=1)
+    add_evaluation_arguments(evaluate)
     evaluate.add_argument("--device", default="cpu")
+    add_runner_arguments(evaluate, "the evaluation's blocks")
     add_precision_argument(evaluate, default=None, note="(default: the corpus's; part of the stored result's key)")
     evaluate.add_argument(
         "--report", default="hspace-evaluation", help="folder for evaluation.csv/.md/.png (as rebuild-bank's --report)"
@@ -42,12 +44,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from flows.evaluate import evaluate_directions
+    from flows.runner import run_flow
     from hspace.errors import HSpaceError
     from storage.corpus import Corpus
     from storage.evaluations import stored_evaluation
-    from tasks.bank import evaluate_bank_directions, pca_direction_name, write_report
+    from tasks.bank import pca_direction_name, write_report
+    from tasks.evaluate import EvaluationSpec
 
-    check_positive(args, "samples", "repeats")
     pca = [n for n in args.directions if n.startswith("pca-")]
     if pca and args.pca_run is None:
         raise HSpaceError(f"{pca[0]} names a PCA direction: give --pca-run")
@@ -56,24 +60,25 @@ def _evaluate(args: argparse.Namespace) -> None:
     except ValueError:
         raise HSpaceError(f"PCA directions are named pca-<j>, j an integer; got {pca}") from None
     supervised = [n for n in args.directions if n not in {pca_direction_name(j) for j in range(top)}]
-    key = evaluate_bank_directions.fn(
-        args.url,
-        args.directions,
+    spec = EvaluationSpec(
+        url=args.url,
+        names=tuple(args.directions),
+        supervised=tuple(supervised),
         pca_run=args.pca_run,
         pca_directions=top,
-        supervised=supervised,
         annotator=args.annotator,
-        annotator_options=None,
         gamma=args.gamma,
         samples=args.samples,
         repeats=args.repeats,
         seed=args.seed,
-        device=args.device,
-        report=None,
         precision=args.precision,
+        batch=args.batch,
+        block=args.block,
+        device=args.device,
     )
+    key = run_flow(evaluate_directions, spec, runner=runner_choice(args), progress=not args.no_progress)
     result = stored_evaluation(Corpus.open(args.url), key)
-    assert result is not None  # the task stores it before returning
+    assert result is not None  # the flow stores it before returning
     paths = write_report(result, Path(args.report))
     if args.json:
         print(json.dumps({"key": key, "files": [str(p) for p in paths], **result.to_dict()}))

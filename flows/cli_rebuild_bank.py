@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.cli_args import add_microbatch_argument, add_precision_argument, add_runner_arguments, names, runner_choice
+from flows.cli_args import (
+    add_evaluation_arguments,
+    add_microbatch_argument,
+    add_precision_argument,
+    add_runner_arguments,
+    names,
+    runner_choice,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -64,9 +71,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rebuild.add_argument("--gamma", type=float, default=1.0)
     rebuild.add_argument("--eval-samples", type=int, default=100)
     rebuild.add_argument("--repeats", type=int, default=10)
+    add_evaluation_arguments(rebuild, "eval-")
     rebuild.add_argument("--report", default=None, help="folder for the evaluation's CSV, markdown and heatmap")
     rebuild.add_argument("--device", default="cpu")
-    add_runner_arguments(rebuild, "the corpus generation")
+    add_runner_arguments(rebuild, "the corpus generation and the evaluation")
     rebuild.add_argument("--json", action="store_true")
     rebuild.set_defaults(func=_rebuild)
 
@@ -134,10 +142,12 @@ def _rebuild(args: argparse.Namespace) -> None:
         gamma=args.gamma,
         eval_samples=args.eval_samples,
         repeats=args.repeats,
+        eval_batch=args.eval_batch,
+        eval_block=args.eval_block,
         report=args.report,
         device=args.device,
     )
-    result = run_flow(rebuild_bank, settings=settings, corpus_runner=runner, progress=not args.no_progress)
+    result = run_flow(rebuild_bank, settings=settings, runner=runner, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result))
     else:

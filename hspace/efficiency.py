@@ -2,7 +2,7 @@
 
 :func:`sample_efficiency` builds eq. 11 directions from the top-n vs bottom-n of an annotated pool, once
 with q = h_{T:1} and once with q = x_T, applies them to fresh samples, and reports the attribute's change
-as n grows (:class:`EfficiencyCurve`). Sampling, batching and seeds are those of :mod:`hspace.evaluate`.
+as n grows (:class:`EfficiencyCurve`). Sampling and batching are those of :mod:`hspace.scoring`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from PIL import Image
 from hspace.annotators.base import Annotator
 from hspace.directions import per_step_norm, random_direction_like, supervised_direction, top_bottom
 from hspace.errors import HSpaceError
-from hspace.evaluate import Edit, Progress, generate, scores_of_edits
 from hspace.models import LoadedModel
 from hspace.render import line_plot
 from hspace.sampler import derive_seeds, initial_noise
+from hspace.scoring import Edit, Progress, generate, scores_of_edits
 
 
 @dataclass(frozen=True, kw_only=True)

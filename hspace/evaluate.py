@@ -6,15 +6,16 @@
   and std over repeats with different samples. Norm-matched random directions (Fig. 4's baseline) get rows
   of their own. Original vs disentangled (eq. 12) is two entries of the same dict of directions
   (:func:`hspace.directions.disentangled_set` builds them).
-* :func:`generate` and :func:`scores_of_edits`: sampling and scoring, shared with
-  :func:`hspace.efficiency.sample_efficiency` (Fig. 8a).
+* The parts of a distributed evaluation (``flows/evaluate.py``): :func:`plan_evaluation` fixes the rows and
+  edits, :func:`score_samples` scores any part of a repeat, :func:`summarize` makes the result from all
+  of them. :func:`evaluate_directions` is these three in one process.
 
 A direction of shape (T, C_h, H_h, W_h) edits h (``sample(delta=...)``); one of shape (C, S, S), the
 model's image shape, edits x_T (``sample(noise_delta=...)``). Both kinds can be mixed in one evaluation.
 
-Batching: every edit of one repeat (all directions, their random twins and the unedited samples) runs in
-the same U-Net passes, with per-sample deltas, ``batch`` samples per pass. Evaluation needs no bitwise batch
-independence, so passes are whole batches (on the CPU too).
+Batching: every edit of a sample (all directions, their random twins and the unedited sample) runs in the
+same U-Net pass, ``batch`` samples per pass (:func:`hspace.scoring.scores_of_edits`); a pass is fixed by its
+samples, so a part of a repeat that starts on a pass boundary computes the bits the whole repeat computes.
 
 Seeds: repeat r uses samples ``r * samples .. (r + 1) * samples - 1`` of the stream
 ``derive_seeds(seed, ...)``, so repeats never share a sample. Use another ``seed`` than the corpus the
@@ -25,8 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,90 +38,10 @@ from hspace.directions import random_direction_like
 from hspace.errors import HSpaceError
 from hspace.models import LoadedModel
 from hspace.render import labelled_heatmap
-from hspace.sampler import derive_seeds, sample, to_uint8
+from hspace.sampler import derive_seeds
+from hspace.scoring import Edit, Progress, scores_of_edits
 
-Progress = Callable[[str], None]
 UNITS = ("score", "std")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Generating and scoring
-
-
-@dataclass(frozen=True, kw_only=True)
-class Samples:
-    """Generated samples with their scores.
-
-    Attributes
-    ----------
-    seeds : list of int, n of them
-    images : ndarray of shape (n, 3, S, S), uint8
-    h : Tensor of shape (n, T, C, H, W), or None without capture
-    scores : dict of attribute -> ndarray of shape (n,)
-    """
-
-    seeds: list[int]
-    images: np.ndarray
-    h: torch.Tensor | None
-    scores: dict[str, np.ndarray]
-
-
-def generate(
-    model: LoadedModel,
-    annotator: Annotator,
-    seeds: Sequence[int],
-    *,
-    steps: int,
-    eta: float = 1.0,
-    delta: torch.Tensor | None = None,
-    noise_delta: torch.Tensor | None = None,
-    replace_h: torch.Tensor | None = None,
-    capture: bool = False,
-    batch: int = 128,
-) -> Samples:
-    """Sample (whole batches per U-Net pass: evaluation needs no bitwise batch independence) and score.
-
-    ``delta``, ``noise_delta`` and ``replace_h`` are as in :func:`hspace.sampler.sample`; per-sample ones
-    (leading dimension n) are split with the seeds.
-    """
-    seeds = list(seeds)
-    images: list[np.ndarray] = []
-    hs: list[torch.Tensor] = []
-    for start in range(0, len(seeds), batch):
-        part = slice(start, start + batch)
-        d = delta if delta is None or delta.ndim == 4 else delta[part]
-        x = noise_delta if noise_delta is None or noise_delta.ndim == 3 else noise_delta[part]
-        r = None if replace_h is None else replace_h[part]
-        result = sample(
-            model,
-            seeds[part],
-            steps=steps,
-            eta=eta,
-            delta=d,
-            noise_delta=x,
-            replace_h=r,
-            capture=capture,
-            microbatch=batch,
-        )
-        images.append(to_uint8(result.images).numpy())
-        if capture:
-            assert result.h is not None  # sample returns h whenever capture is on
-            hs.append(result.h)
-    images_all = np.concatenate(images)
-    return Samples(
-        seeds=seeds,
-        images=images_all,
-        h=torch.cat(hs) if capture else None,
-        scores=annotator.scores_by_attribute(images_all),
-    )
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One row of a batched run: an h delta (T, C, H, W) and/or an x_T delta (C, S, S), or neither."""
-
-    h: torch.Tensor | None = None
-    x_T: torch.Tensor | None = None
 
 
 def _direction_kind(name: str, direction: torch.Tensor, model: LoadedModel, steps: int) -> str:
@@ -139,56 +59,6 @@ def _direction_kind(name: str, direction: torch.Tensor, model: LoadedModel, step
 def _edit(direction: torch.Tensor, kind: str, gamma: float) -> Edit:
     scaled = gamma * direction.float()
     return Edit(h=scaled) if kind == "h" else Edit(x_T=scaled)
-
-
-def scores_of_edits(
-    model: LoadedModel,
-    annotator: Annotator,
-    seeds: Sequence[int],
-    edits: Sequence[Edit],
-    *,
-    steps: int,
-    eta: float,
-    batch: int,
-    say: Progress,
-    label: str,
-) -> dict[str, np.ndarray]:
-    """Every edit applied to every seed, in shared passes of ``batch`` samples.
-
-    Returns attribute -> scores of shape (len(edits), len(seeds)).
-    """
-    n = len(seeds)
-    items = [(e, i) for e in range(len(edits)) for i in range(n)]  # row-major: edit, then sample
-    h_zero = torch.zeros(steps, *model.h_shape)
-    x_zero = torch.zeros(model.image_shape)
-    images = []
-    chunks = math.ceil(len(items) / batch)
-    for c, start in enumerate(range(0, len(items), batch)):
-        say(f"{label}: pass {c + 1}/{chunks} ({len(items)} edited and unedited samples, {steps} steps)")
-        part = items[start : start + batch]
-        rows = [edits[e] for e, _ in part]
-        # Rows without an edit of a kind get exact zeros: adding 0.0 leaves h_t and x_T bitwise unchanged.
-        delta = (
-            torch.stack([h_zero if r.h is None else r.h for r in rows]) if any(r.h is not None for r in rows) else None
-        )
-        noise = (
-            torch.stack([x_zero if r.x_T is None else r.x_T for r in rows])
-            if any(r.x_T is not None for r in rows)
-            else None
-        )
-        result = sample(
-            model,
-            [seeds[i] for _, i in part],
-            steps=steps,
-            eta=eta,
-            delta=delta,
-            noise_delta=noise,
-            capture=False,
-            microbatch=batch,
-        )
-        images.append(to_uint8(result.images).numpy())
-    scores = annotator.scores_by_attribute(np.concatenate(images))
-    return {a: s.reshape(len(edits), n) for a, s in scores.items()}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -324,7 +194,7 @@ def evaluate_directions(
     seed: int = 0,
     random_baseline: bool = True,
     attributes: Sequence[str] | None = None,
-    batch: int = 128,
+    batch: int = 8,
     progress: Progress | None = None,
 ) -> EvaluationResult:
     """Table I: the change of every attribute under every direction, mean ± std over repeats.
@@ -342,26 +212,102 @@ def evaluate_directions(
     repeats : int
         Repeats with different samples (the paper: 10).
     seed : int
-        Base of the evaluation seeds (repeat r: ``derive_seeds(seed, r * samples, (r + 1) * samples)``) and
-        of the random baselines (one generator seeded with it, directions in the order given).
+        Base of the evaluation seeds (:func:`evaluation_seeds`) and of the random baselines (one generator
+        seeded with it, directions in the order given).
     random_baseline : bool
         Add a row ``"random(<name>)"`` per direction: a Gaussian direction with the same per-step norm
         (h) or the same norm (x_T), Fig. 4's baseline.
     attributes : sequence of str, optional
         Columns; all of the annotator's by default.
     batch : int
-        Samples per U-Net pass.
+        Samples per U-Net pass, each with all its edits (1 + 2 x directions rows per sample).
     progress : callable taking a message, optional
 
     Returns
     -------
     EvaluationResult
+        The same bits as the distributed evaluation (``flows/evaluate.py``) with the same ``batch``.
     """
-    say = progress or (lambda message: None)
+    plan = plan_evaluation(
+        model,
+        annotator,
+        directions,
+        gamma=gamma,
+        steps=steps,
+        samples=samples,
+        repeats=repeats,
+        eta=eta,
+        seed=seed,
+        random_baseline=random_baseline,
+        attributes=attributes,
+    )
+    check_batch(batch)
+    scores = np.stack(
+        [
+            score_samples(
+                model,
+                annotator,
+                plan,
+                evaluation_seeds(plan, r, 0, samples),
+                batch=batch,
+                say=progress,
+                label=f"repeat {r + 1}/{repeats}",
+            )
+            for r in range(repeats)
+        ]
+    )
+    return summarize(plan, scores)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationPlan:
+    """What an evaluation applies and measures; every part of a distributed one rebuilds the same plan.
+
+    Attributes
+    ----------
+    rows : tuple of str, D of them
+        Applied directions, then their random twins.
+    columns : tuple of str, A of them
+        Measured attributes.
+    edits : tuple of Edit, 1 + D of them
+        The unedited sample first, then one per row.
+    settings : dict
+        What is run (JSON-able): the result's ``settings``.
+    """
+
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    edits: tuple[Edit, ...]
+    settings: dict
+
+    @property
+    def samples(self) -> int:
+        return int(self.settings["samples"])
+
+    @property
+    def repeats(self) -> int:
+        return int(self.settings["repeats"])
+
+
+def plan_evaluation(
+    model: LoadedModel,
+    annotator: Annotator,
+    directions: Mapping[str, torch.Tensor],
+    *,
+    gamma: float | Mapping[str, float],
+    steps: int,
+    samples: int,
+    repeats: int,
+    eta: float,
+    seed: int,
+    random_baseline: bool = True,
+    attributes: Sequence[str] | None = None,
+) -> EvaluationPlan:
+    """Check the arguments (as :func:`evaluate_directions` takes them) and fix the rows, edits and columns."""
     if not directions:
         raise HSpaceError("evaluate_directions needs at least one direction")
-    if samples < 1 or repeats < 1 or batch < 1:
-        raise HSpaceError(f"samples, repeats and batch must be positive; got {samples}, {repeats}, {batch}")
+    if samples < 1 or repeats < 1:
+        raise HSpaceError(f"samples and repeats must be positive; got {samples}, {repeats}")
     columns = tuple(annotator.attributes if attributes is None else attributes)
     unknown = [a for a in columns if a not in annotator.attributes]
     if unknown or not columns:
@@ -376,28 +322,6 @@ def evaluate_directions(
     if random_baseline:
         twin_rows, twin_edits = _random_twins(directions, kinds, gammas, seed)
         rows, edits = rows + twin_rows, edits + twin_edits
-    effects = np.zeros((repeats, len(rows), len(columns)))
-    abs_effects = np.zeros_like(effects)
-    unedited = []
-    for r in range(repeats):
-        seeds = derive_seeds(seed, r * samples, (r + 1) * samples)
-        scores = scores_of_edits(
-            model,
-            annotator,
-            seeds,
-            [Edit()] + edits,
-            steps=steps,
-            eta=eta,
-            batch=batch,
-            say=say,
-            label=f"repeat {r + 1}/{repeats}",
-        )
-        for j, a in enumerate(columns):
-            change = scores[a][1:] - scores[a][0]  # (D, samples)
-            effects[r, :, j] = change.mean(1)
-            abs_effects[r, :, j] = np.abs(change).mean(1)
-        unedited.append(np.stack([scores[a][0] for a in columns], axis=1))
-    scale = np.concatenate(unedited).std(0)
     settings = {
         "model": model.name,
         "fingerprint": model.fingerprint,
@@ -411,8 +335,57 @@ def evaluate_directions(
         "random_baseline": random_baseline,
         "kinds": kinds,
     }
+    return EvaluationPlan(rows=tuple(rows), columns=columns, edits=(Edit(), *edits), settings=settings)
+
+
+def check_batch(batch: int) -> None:
+    if batch < 1:
+        raise HSpaceError(f"batch (samples per U-Net pass) must be a positive integer; got {batch}")
+
+
+def evaluation_seeds(plan: EvaluationPlan, repeat: int, start: int, stop: int) -> list[int]:
+    """Seeds of samples ``start:stop`` of ``repeat``: repeat r uses samples ``r * samples .. (r + 1) * samples - 1``
+    of the stream ``derive_seeds(seed, ...)``, so repeats never share a sample."""
+    base = repeat * plan.samples
+    return derive_seeds(int(plan.settings["seed"]), base + start, base + stop)
+
+
+def score_samples(
+    model: LoadedModel,
+    annotator: Annotator,
+    plan: EvaluationPlan,
+    seeds: Sequence[int],
+    *,
+    batch: int,
+    say: Progress | None = None,
+    label: str = "evaluation",
+) -> np.ndarray:
+    """Scores of ``seeds`` unedited and under each row's edit: float64 of shape (len(seeds), 1 + D, A).
+
+    ``batch`` seeds per U-Net pass (:func:`hspace.scoring.scores_of_edits`): a part of a repeat that starts
+    on a pass boundary gets the bits that the whole repeat gets.
+    """
+    s = plan.settings
+    scores = scores_of_edits(
+        model, annotator, seeds, plan.edits, steps=s["steps"], eta=s["eta"], batch=batch, say=say, label=label
+    )
+    return np.stack([scores[a].T for a in plan.columns], axis=-1)
+
+
+def summarize(plan: EvaluationPlan, scores: np.ndarray) -> EvaluationResult:
+    """The Table I result from every repeat's scores, shape (repeats, samples, 1 + D, A) (:func:`score_samples`)."""
+    expected = (plan.repeats, plan.samples, len(plan.edits), len(plan.columns))
+    if scores.shape != expected:
+        raise HSpaceError(f"evaluation scores have shape {scores.shape}; the plan needs {expected}")
+    change = scores[:, :, 1:] - scores[:, :, :1]  # (R, samples, D, A): edited - unedited
     return EvaluationResult(
-        rows=tuple(rows), attributes=columns, effects=effects, abs_effects=abs_effects, scale=scale, settings=settings
+        rows=plan.rows,
+        attributes=plan.columns,
+        effects=change.mean(1),
+        abs_effects=np.abs(change).mean(1),
+        # The unit of units="std": the unedited scores' std over all repeats' samples.
+        scale=scores[:, :, 0].reshape(-1, len(plan.columns)).std(0),
+        settings=plan.settings,
     )
 
 

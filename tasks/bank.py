@@ -1,9 +1,6 @@
-"""Bank tasks: gather a corpus's directions, evaluate them (Table I), publish them as a bank version.
+"""Bank tasks: gather a corpus's directions, publish them with their evaluation (``tasks.evaluate``) as a bank version.
 
-Each task reads its inputs from storage and returns small things (names, a version, a path). The evaluation
-is the costly part (every direction edits ``samples`` x ``repeats`` fresh samples), so its result is kept
-in the corpus under ``evaluations/<key>``, where the key hashes the directions' bytes and every setting: a
-rerun after a crash, or a scheduled rebuild with nothing new, reuses it instead of sampling again.
+Each task reads its inputs from storage and returns small things (names, a version, a path).
 """
 
 from __future__ import annotations
@@ -14,20 +11,16 @@ from typing import Any
 import numpy as np
 import torch
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hspace.bank import Direction, publish
 from hspace.errors import HSpaceError
-from hspace.evaluate import EvaluationResult, evaluate_directions
-from hspace.models import check_precision, precision_entry
+from hspace.evaluate import EvaluationResult
 from hspace.render import write_files
 from storage.corpus import Corpus
 from storage.directions import read_direction
-from storage.evaluations import evaluation_key, stored_evaluation, write_evaluation
+from storage.evaluations import stored_evaluation
 from storage.pca_runs import PCARun, read_pca_directions
-from tasks.annotate import cached_annotator, options_key
-from tasks.corpus import corpus_model
 
 
 def pca_direction_name(j: int) -> str:
@@ -76,76 +69,6 @@ def gather_directions(
                 },
             )
     return out
-
-
-@task(cache_policy=NO_CACHE, task_run_name="evaluate-directions")
-def evaluate_bank_directions(
-    url: str,
-    names: list[str],
-    *,
-    pca_run: str | None,
-    pca_directions: int,
-    supervised: list[str],
-    annotator: str,
-    annotator_options: dict[str, Any] | None,
-    gamma: float,
-    samples: int,
-    repeats: int,
-    seed: int,
-    device: str = "cpu",
-    report: str | None = None,
-    precision: str | None = None,
-) -> str:
-    """Table I for ``names`` (a stored result with the same key is reused); returns the key.
-
-    ``precision``: the U-Net's (default: the corpus's); part of the key, so that a result is never reused
-    for another precision. With ``report``, the CSV, the markdown table and the heatmap are also written to
-    that folder, and the markdown goes into a Prefect artifact.
-    """
-    corpus = Corpus.open(url, writable=True)
-    found = gather_directions(url, supervised=supervised, pca_run=pca_run, pca_directions=pca_directions)
-    tensors = {name: found[name][0] for name in names}
-    spec = corpus.spec
-    precision = check_precision(spec.precision if precision is None else precision)
-    settings = {
-        "annotator": annotator,
-        "options": options_key(annotator_options),
-        "gamma": gamma,
-        "samples": samples,
-        "repeats": repeats,
-        "seed": seed,
-        "steps": spec.steps,
-        "eta": list(spec.eta),
-        "fingerprint": spec.fingerprint,
-        **precision_entry(precision),
-    }
-    key = evaluation_key(tensors, settings)
-    result = stored_evaluation(corpus, key)
-    if result is None:
-        if len(set(spec.eta)) != 1:
-            raise HSpaceError("the evaluation samples with one eta for every step; this corpus has per-step eta")
-        model = corpus_model(corpus, device, precision)
-        scorer = cached_annotator(annotator, options_key(annotator_options))
-        result = evaluate_directions(
-            model,
-            scorer,
-            {n: torch.from_numpy(t) for n, t in tensors.items()},
-            gamma=gamma,
-            steps=spec.steps,
-            samples=samples,
-            repeats=repeats,
-            eta=spec.eta[0],
-            seed=seed,
-        )
-        write_evaluation(corpus, key, settings, result)
-    if report is not None:
-        write_report(result, Path(report))
-        create_markdown_artifact(
-            markdown=result.to_markdown("std"),
-            key="bank-evaluation",
-            description="Table I: change of each attribute (stds) per direction",
-        )
-    return key
 
 
 def write_report(result: EvaluationResult, folder: Path) -> list[Path]:

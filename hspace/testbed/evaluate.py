@@ -23,9 +23,9 @@ import torch
 from hspace.annotators.base import Annotator
 from hspace.directions import random_direction_like, supervised_direction, top_bottom
 from hspace.errors import HSpaceError
-from hspace.evaluate import Samples, generate
 from hspace.models import LoadedModel
 from hspace.sampler import derive_seeds
+from hspace.scoring import Samples, generate
 from hspace.testbed.faces import BINARY_FACTORS, FACTORS, render_dataset
 
 FACE_THRESHOLD = 0.5

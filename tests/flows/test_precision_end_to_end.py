@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from flows.bank import RebuildSettings, rebuild_bank
+from flows.evaluate import evaluate_directions
 from flows.runner import run_flow
 from hspace.bank import load_bank
 from hspace.editing import edit, edit_grid
@@ -23,7 +24,7 @@ from storage.directions import new_record, write_direction
 from storage.evaluations import evaluation_key, stored_evaluation
 from storage.groups import group_at, json_attrs
 from storage.jacobian_runs import JacobianRun
-from tasks.bank import evaluate_bank_directions
+from tasks.evaluate import EvaluationSpec
 from tasks.jacobian import prepare_jacobian
 from tasks.pca import prepare_pca
 
@@ -91,7 +92,7 @@ def test_half_precision_end_to_end(prefect_harness, tmp_path, corpus_factory, ti
     # The evaluation ran in the corpus's precision; its key is not the fp32 one.
     evaluation = stored_evaluation(corpus, result["evaluation"])
     assert evaluation is not None and np.isfinite(evaluation.mean()).all()
-    fp32_key = evaluate_bank_directions.fn(corpus_url, ["smile"], **evaluation_arguments(settings), precision="fp32")
+    fp32_key = evaluate_smile(corpus_url, settings, precision="fp32")
     assert fp32_key != result["evaluation"]
     fp32_result = stored_evaluation(Corpus.open(corpus_url), fp32_key)
     assert fp32_result is not None and not np.array_equal(fp32_result.mean(), evaluation.mean())
@@ -113,34 +114,35 @@ def test_half_precision_end_to_end(prefect_harness, tmp_path, corpus_factory, ti
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-def evaluation_arguments(settings: RebuildSettings) -> dict:
-    return dict(
-        pca_run=None,
-        pca_directions=0,
-        supervised=["smile"],
+def evaluate_smile(url: str, settings: RebuildSettings, **changes) -> str:
+    """The key of the evaluation flow's run on the corpus's ``smile`` direction, as rebuild-bank evaluates."""
+    arguments = dict(
         annotator=settings.annotator,
-        annotator_options=None,
         gamma=settings.gamma,
         samples=settings.eval_samples,
         repeats=settings.repeats,
         seed=settings.eval_seed,
     )
+    spec = EvaluationSpec(url=url, names=("smile",), supervised=("smile",), **(arguments | changes))
+    return run_flow(evaluate_directions, spec, progress=False)
 
 
-def test_fp32_evaluations_keep_their_keys_and_other_precisions_get_their_own(corpus_factory, copy_corpus):
+def test_fp32_evaluations_keep_their_keys_and_other_precisions_get_their_own(
+    prefect_harness, corpus_factory, copy_corpus
+):
     url = copy_corpus(corpus_factory(**CORPUS))
     corpus = Corpus.open(url, writable=True)
     tensor = np.random.default_rng(0).standard_normal((3, 32, 8, 8)).astype(np.float32)
     record = new_record(corpus, "smile", method="examples", space="h", parameters={})
     write_direction(corpus, record, tensor)
-    arguments = dict(evaluation_arguments(RebuildSettings(bank="b", corpus=url, **REBUILD)), repeats=1)
-    key = evaluate_bank_directions.fn(url, ["smile"], **arguments)
+    settings = RebuildSettings(bank="b", corpus=url, **REBUILD)
+    key = evaluate_smile(url, settings, repeats=1)
     # The key the same evaluation had before precisions existed: its settings had no precision.
     spec = corpus.spec
     old = {"annotator": "testbed", "options": "{}", "gamma": 2.0, "samples": 2, "repeats": 1, "seed": 1}
     old |= {"steps": 3, "eta": list(spec.eta), "fingerprint": spec.fingerprint}
     assert key == evaluation_key({"smile": tensor}, old)
-    bf16_key = evaluate_bank_directions.fn(url, ["smile"], **arguments, precision="bf16")
+    bf16_key = evaluate_smile(url, settings, repeats=1, precision="bf16")
     assert bf16_key != key
     stored = json_attrs(group_at(Corpus.open(url).group, f"evaluations/{bf16_key}"), "settings")
     assert stored["precision"] == "bf16"

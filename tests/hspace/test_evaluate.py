@@ -15,8 +15,9 @@ from hspace.annotators.base import Annotator
 from hspace.directions import disentangled_set, per_step_norm, random_direction_like
 from hspace.efficiency import sample_efficiency
 from hspace.errors import HSpaceError
-from hspace.evaluate import EvaluationResult, evaluate_directions, generate
+from hspace.evaluate import EvaluationResult, evaluate_directions
 from hspace.sampler import derive_seeds, sample, to_uint8
+from hspace.scoring import generate
 
 SLOW = os.environ.get("HSPACE_SLOW") == "1"
 
