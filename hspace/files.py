@@ -1,15 +1,19 @@
 """Files: one content hash and one atomic write for the whole project, and one way to open a URL's filesystem.
 
-Object stores need no atomic write (a PUT is whole); see ``hspace.bank`` for those.
+Object stores need no atomic write (a PUT is whole); see ``hspace.bank`` for those. An object store that stops
+answering for a while (a restart, a network blip) is waited for: every request is retried with backoff
+(:func:`storage_options`), and one still failing after that is one line naming the URL (:func:`reachable`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fsspec
 
@@ -18,10 +22,44 @@ from hspace.errors import HSpaceError
 BLOCK = 1 << 20
 # fsspec backends that an hspace extra installs, by URL scheme.
 EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
+# Attempts per S3 request (botocore's 'standard' retries: a random wait of up to min(2**i, 20) s before retry i),
+# so that an endpoint down for 10-20 s is waited for (about a minute on average, at most two, before giving up).
+S3_MAX_ATTEMPTS = 10
 
 
-def url_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def storage_options(url: str) -> dict[str, Any]:
+    """The fsspec options hspace opens ``url`` with (for s3://: retries); the same for Zarr stores.
+
+    The retry mode and attempts are botocore's, set here only where the user set none: ``AWS_RETRY_MODE`` and
+    ``AWS_MAX_ATTEMPTS``, or ``retry_mode`` and ``max_attempts`` in the AWS config file's profile, win.
+    """
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme not in EXTRAS:
+        return {}
+    try:
+        import botocore.exceptions  # type: ignore[import-untyped]
+        import botocore.session  # type: ignore[import-untyped]
+    except ImportError:  # url_filesystem names the extra to install
+        return {}
+    try:
+        profile = botocore.session.Session().get_scoped_config()
+    except botocore.exceptions.ProfileNotFound:  # s3fs refuses it when it opens the URL
+        profile = {}
+    retries = {
+        key: value
+        for key, value, env, name in (
+            ("mode", "standard", "AWS_RETRY_MODE", "retry_mode"),
+            ("total_max_attempts", S3_MAX_ATTEMPTS, "AWS_MAX_ATTEMPTS", "max_attempts"),
+        )
+        if env not in os.environ and name not in profile
+    }
+    return {"config_kwargs": {"retries": retries}} if retries else {}
+
+
+def url_filesystem(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem of ``url`` (a path or an fsspec URL) and the path on it.
+
+    It is opened with :func:`storage_options` and ``options`` (e.g. ``asynchronous=True``).
 
     Raises
     ------
@@ -29,7 +67,7 @@ def url_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         If the URL's backend is not installed (naming the extra that installs it) or the URL is malformed.
     """
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **storage_options(url), **options)
     except ImportError as error:
         scheme = url.split("://", 1)[0]
         if scheme in EXTRAS:
@@ -40,6 +78,35 @@ def url_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         raise HSpaceError(f"cannot open {url}: {error} (install the fsspec backend for {scheme}://)") from error
     except ValueError as error:
         raise HSpaceError(f"cannot open {url}: {error}") from error
+
+
+@contextlib.contextmanager
+def reachable(url: str) -> Iterator[None]:
+    """Raise a connection failure that outlived the retries of :func:`storage_options` as one line naming ``url``.
+
+    Raises
+    ------
+    HSpaceError
+        If the body fails because the store at ``url`` could not be reached (refused, dropped, timed out).
+    """
+    try:
+        yield
+    except Exception as error:
+        if not _is_connection_failure(error):
+            raise
+        raise HSpaceError(
+            f"cannot reach {url} ({error}), still after retrying: check that its endpoint is up and reachable "
+            "(for s3://: AWS_ENDPOINT_URL; AWS_MAX_ATTEMPTS sets how long to retry), then rerun the same command "
+            "to resume"
+        ) from error
+
+
+def _is_connection_failure(error: BaseException) -> bool:
+    try:
+        from botocore.exceptions import ConnectionError, HTTPClientError
+    except ImportError:
+        return False
+    return isinstance(error, ConnectionError | HTTPClientError)
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:

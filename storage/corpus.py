@@ -22,6 +22,7 @@ every array exists, so a crash during creation is repaired by the next open.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,10 @@ import numpy as np
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from hspace.errors import HSpaceError
-from hspace.files import url_filesystem
+from hspace.files import reachable, storage_options, url_filesystem
 from storage.groups import ShardFlags, array_at, check_shapes, describe_differences, read_array
 
 SCHEMA_VERSION = 1
@@ -191,7 +192,8 @@ class Corpus(ShardFlags):
 
     def bytes_on_disk(self) -> int:
         fs, path = url_filesystem(self.url)
-        return int(fs.du(path, total=True))
+        with reachable(self.url):
+            return int(fs.du(path, total=True))
 
     def info(self) -> dict[str, Any]:
         """Settings and progress, as one JSON-ready dict (``hspace corpus info --json``)."""
@@ -233,15 +235,53 @@ def _is_url(url: str) -> bool:
 def _store(url: str, *, read_only: bool) -> Store:
     if _is_url(url):
         url_filesystem(url)  # a missing backend (s3fs for s3://) is one line naming the extra to install
-        return FsspecStore.from_url(url, read_only=read_only)
+        return _Reachable(FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only), url)
     return LocalStore(Path(url.removeprefix("file://")), read_only=read_only)
+
+
+class _Reachable(WrapperStore[Store]):
+    """A store on a URL whose connection failures, once retried (``hspace.files.storage_options``), are one line
+    naming the corpus (``hspace.files.reachable``) instead of a transport error from inside Zarr."""
+
+    def __init__(self, store: Store, url: str) -> None:
+        super().__init__(store)
+        self.url = url
+
+    def _with_store(self, store: Store) -> _Reachable:
+        return type(self)(store, self.url)
+
+
+def _naming_url(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def method(self: _Reachable, *args: Any, **kwargs: Any) -> Any:
+        with reachable(self.url):
+            return await getattr(self._store, name)(*args, **kwargs)
+
+    return method
+
+
+def _naming_url_in_iteration(name: str) -> Callable[..., AsyncIterator[Any]]:
+    async def method(self: _Reachable, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        with reachable(self.url):
+            async for item in getattr(self._store, name)(*args, **kwargs):
+                yield item
+
+    return method
+
+
+# Every Store method that reaches the storage (WrapperStore's own ones pass each call on unchanged).
+_READS = ("get", "get_partial_values", "exists", "getsize", "getsize_prefix", "is_empty")
+for _name in (*_READS, "set", "set_if_not_exists", "_set_many", "delete", "delete_dir", "clear"):
+    setattr(_Reachable, _name, _naming_url(_name))
+for _name in ("_get_many", "list", "list_prefix", "list_dir"):
+    setattr(_Reachable, _name, _naming_url_in_iteration(_name))
 
 
 def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
     """The ``hspace`` group attribute at ``url``; None if nothing is there (and that is allowed)."""
     fs, path = url_filesystem(url)
     try:
-        exists = fs.exists(f"{path}/zarr.json")
+        with reachable(url):
+            exists = fs.exists(f"{path}/zarr.json")
     except PermissionError as error:
         raise HSpaceError(
             f"cannot read {url}: access refused ({error}); check the credentials this process uses for it "
@@ -252,7 +292,8 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
             raise HSpaceError(f"no corpus at {url}: build one with `hspace corpus build {url} ...`")
         return None
     try:
-        metadata = json.loads(fs.cat_file(f"{path}/zarr.json"))
+        with reachable(url):
+            metadata = json.loads(fs.cat_file(f"{path}/zarr.json"))
     except (ValueError, UnicodeDecodeError) as error:
         raise HSpaceError(
             f"{url} holds a damaged Zarr group ({path}/zarr.json is not valid JSON: {error}); "
@@ -273,10 +314,12 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
 def _refuse_non_empty(url: str) -> None:
     fs, path = url_filesystem(url)
     try:
-        if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
-            raise HSpaceError(f"{url} exists and is not an hspace corpus: choose another corpus location or remove it")
+        with reachable(url):
+            taken = fs.exists(path) and (not fs.isdir(path) or fs.ls(path))
     except PermissionError as error:
         raise HSpaceError(f"cannot read {url}: {error}") from error
+    if taken:
+        raise HSpaceError(f"{url} exists and is not an hspace corpus: choose another corpus location or remove it")
 
 
 def _check_same(url: str, attrs: dict[str, Any], spec: CorpusSpec) -> None:

@@ -227,3 +227,128 @@ def s3_bucket(s3_server, monkeypatch) -> str:
     bucket = f"hspace-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem().mkdir(bucket)
     return f"s3://{bucket}"
+
+
+class OutageProxy:
+    """A TCP proxy on loopback in front of an S3 server, that can go down the way a restarting server does: while
+    stopped nothing listens on its port (connections are refused) and every open connection is dropped; started
+    again, it listens on the same port. moto keeps its objects in memory, so the server itself must keep running.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+
+        host, port = upstream.removeprefix("http://").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.lock = threading.Lock()
+        self.connections: set = set()
+        self.trigger: tuple[bytes, float | None] | None = None
+        self.outages = 0
+        self.closed = False
+        self.listener = None
+        self.port = 0
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Listen (again, on the same port) and forward every connection to the server."""
+        import socket
+        import threading
+
+        with self.lock:
+            if self.listener is not None or self.closed:
+                return
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(64)
+            self.listener, self.port = listener, listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self, seconds: float | None = None) -> None:
+        """Refuse new connections and drop the open ones; start again after ``seconds`` (None: on :meth:`start`)."""
+        import threading
+
+        with self.lock:
+            listener, self.listener = self.listener, None
+            dropped, self.connections = self.connections, set()
+        if listener is not None:
+            listener.close()
+            self.outages += 1
+        for connection in dropped:
+            _close(connection)
+        if seconds is not None:
+            timer = threading.Timer(seconds, self.start)
+            timer.daemon = True
+            timer.start()
+
+    def close(self) -> None:
+        """Stop for good."""
+        self.closed = True
+        self.stop()
+
+    def stop_after(self, marker: bytes, seconds: float | None = None) -> None:
+        """:meth:`stop` right after forwarding the first request that contains ``marker`` (its answer is lost)."""
+        self.trigger = (marker, seconds)
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # stopped
+                return
+            server = socket.create_connection(self.upstream)
+            with self.lock:
+                stopped = self.listener is not listener
+                if not stopped:
+                    self.connections |= {client, server}
+            if stopped:  # meanwhile
+                _close(client)
+                _close(server)
+                continue
+            threading.Thread(target=self._forward, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._forward, args=(server, client, False), daemon=True).start()
+
+    def _forward(self, source, target, requests: bool) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                target.sendall(data)
+                with self.lock:
+                    trigger = self.trigger if requests and self.trigger and self.trigger[0] in data else None
+                    if trigger is not None:
+                        self.trigger = None
+                if trigger is not None:
+                    self.stop(trigger[1])
+        except OSError:
+            pass
+        finally:
+            _close(source)
+            _close(target)
+
+
+def _close(connection) -> None:
+    import socket
+
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+    connection.close()
+
+
+@pytest.fixture
+def s3_outage(s3_server, s3_bucket, monkeypatch) -> Iterator[OutageProxy]:
+    """An :class:`OutageProxy` in front of the S3 server, through which this process (and its children) reach
+    ``s3_bucket``: ``stop``/``start`` it, or ``stop_after`` a given request, to take the store away for a while."""
+    import s3fs
+
+    proxy = OutageProxy(s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield proxy
+    proxy.close()
+    s3fs.S3FileSystem.clear_instance_cache()
