@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from flows.cli_args import add_precision_argument, check_positive, ints, progress_printer
+from flows.cli_args import add_precision_argument, add_runner_arguments, ints, runner_choice
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -37,61 +38,64 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="apply eq. 11 as it comes (its norm shrinks with n) instead of rescaling every "
         "direction to the norm of the largest n's",
     )
+    efficiency.add_argument(
+        "--all-examples",
+        action="store_true",
+        help="let every pool sample be an example (by default, with an annotator that scores `face`, only the "
+        "samples it takes for faces: their factor scores are the only ones that mean something)",
+    )
     efficiency.add_argument("--seed", type=int, default=0)
     efficiency.add_argument("--device", default="cpu")
     add_precision_argument(efficiency)
-    efficiency.add_argument("--out", default="hspace-efficiency", help="folder for efficiency.md/.json/.png")
+    efficiency.add_argument(
+        "--batch", type=int, default=16, help="samples per U-Net pass, each with all its edits (decides the bits)"
+    )
+    efficiency.add_argument(
+        "--block", type=int, default=64, help="samples per task, in whole passes (any block gives the same curve)"
+    )
+    add_runner_arguments(efficiency, "the pool's and the edits' blocks")
+    efficiency.add_argument(
+        "--out",
+        default="hspace-efficiency",
+        help="folder for efficiency.md/.json/.png and the run's parts (parts.zarr: a rerun resumes them)",
+    )
     efficiency.add_argument("--json", action="store_true", help="print the curve as one JSON object")
     efficiency.set_defaults(func=_efficiency)
 
 
 def _efficiency(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from flows.efficiency import sample_efficiency
+    from flows.runner import run_flow
+    from tasks.annotate import cached_annotator
+    from tasks.efficiency import EfficiencySpec
 
-    from hspace.annotators import load_annotator
-    from hspace.efficiency import sample_efficiency
-    from hspace.errors import HSpaceError
-    from hspace.models import load_model
-    from hspace.render import write_files
-
-    check_positive(args, "pool", "eval_samples", "steps")
-    if not 0.0 <= args.eta <= 1.0:
-        raise HSpaceError(f"--eta must lie in [0, 1]; got {args.eta}")
-    annotator = load_annotator(args.annotator)
-    if args.attribute not in annotator.attributes:
-        raise HSpaceError(
-            f"annotator {annotator.name!r} has no attribute {args.attribute!r}; it scores "
-            f"{', '.join(annotator.attributes)}"
-        )
-    model = load_model(args.model, device=args.device, precision=args.precision)
-    # An annotator that says whether an image is a face (the testbed's): factor scores of non-faces mean nothing.
-    keep = (lambda scores: scores["face"] > 0.5) if "face" in annotator.attributes else None
-    curve = sample_efficiency(
-        model,
-        annotator,
+    spec = EfficiencySpec(
+        out=args.out,
         attribute=args.attribute,
+        counts=tuple(args.counts),
+        model=args.model,
+        annotator=args.annotator,
+        pool_samples=args.pool,
+        eval_samples=args.eval_samples,
         gamma_h=args.gamma_h,
         gamma_x=args.gamma_x,
         steps=args.steps,
-        example_counts=args.counts,
-        pool_samples=args.pool,
-        eval_samples=args.eval_samples,
         eta=args.eta,
         seed=args.seed,
         normalize=not args.raw,
-        keep=keep,
-        progress=progress_printer("efficiency"),
+        # An annotator that says whether an image is a face (the testbed's): factor scores of non-faces mean nothing.
+        keep_above=None
+        if args.all_examples or "face" not in cached_annotator(args.annotator).attributes
+        else ("face", 0.5),
+        precision=args.precision,
+        device=args.device,
+        batch=args.batch,
+        block=args.block,
     )
-    paths = write_files(
-        Path(args.out),
-        {
-            "efficiency.png": lambda p: curve.plot().save(p, format="PNG"),
-            "efficiency.md": lambda p: p.write_text(curve.to_markdown()),
-            "efficiency.json": lambda p: p.write_text(json.dumps(curve.to_dict(), indent=1) + "\n"),
-        },
-    )
+    curve = run_flow(sample_efficiency, spec, runner=runner_choice(args), progress=not args.no_progress)
+    files = [str(Path(args.out) / name) for name in ("efficiency.png", "efficiency.md", "efficiency.json")]
     if args.json:
-        print(json.dumps({"files": [str(p) for p in paths], **curve.to_dict()}))
+        print(json.dumps({"files": files, **curve.to_dict()}))
     else:
         print(curve.to_markdown())
-        print(f"written: {', '.join(str(p) for p in paths)}", file=sys.stderr)
+        print(f"written: {', '.join(files)}", file=sys.stderr)

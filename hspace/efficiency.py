@@ -3,6 +3,13 @@
 :func:`sample_efficiency` builds eq. 11 directions from the top-n vs bottom-n of an annotated pool, once
 with q = h_{T:1} and once with q = x_T, applies them to fresh samples, and reports the attribute's change
 as n grows (:class:`EfficiencyCurve`). Sampling and batching are those of :mod:`hspace.scoring`.
+
+The parts of a distributed run (``flows/efficiency.py``), which :func:`sample_efficiency` runs in one process:
+:func:`plan_efficiency` fixes the settings; :func:`sample_pool` samples and scores any passes of the pool,
+:func:`example_directions` makes eq. 11 per count from the pool's scores and the h_{T:1} of only the top and
+bottom examples (the pool's h may stay on disk), :func:`score_edits` scores any passes of the evaluation
+samples, each with all its edits, and :func:`summarize` makes the curve. Passes are of ``batch`` samples and
+are scored one by one (:mod:`hspace.scoring`): any split on pass boundaries gives the same bits.
 """
 
 from __future__ import annotations
@@ -18,10 +25,13 @@ from PIL import Image
 from hspace.annotators.base import Annotator
 from hspace.directions import per_step_norm, random_direction_like, supervised_direction, top_bottom
 from hspace.errors import HSpaceError
+from hspace.evaluate import check_batch
 from hspace.models import LoadedModel
 from hspace.render import line_plot
 from hspace.sampler import derive_seeds, initial_noise
 from hspace.scoring import Edit, Progress, generate, scores_of_edits
+
+Keep = Callable[[dict[str, np.ndarray]], np.ndarray]  # the pool's scores by attribute -> bool mask of examples
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +83,20 @@ class EfficiencyCurve:
             "settings": dict(self.settings),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> EfficiencyCurve:
+        """Inverse of :meth:`to_dict`."""
+        arrays = ("effect_h", "effect_x", "se_h", "se_x", "cosine_h", "cosine_x")
+        return cls(
+            attribute=data["attribute"],
+            counts=tuple(int(n) for n in data["counts"]),
+            scale=float(data["scale"]),
+            random_h=(float(data["random_h"][0]), float(data["random_h"][1])),
+            random_x=(float(data["random_x"][0]), float(data["random_x"][1])),
+            settings=dict(data.get("settings", {})),
+            **{k: np.asarray(data[k], dtype=np.float64) for k in arrays},
+        )
+
     def to_markdown(self) -> str:
         s = self.settings
         lines = [
@@ -109,6 +133,58 @@ class EfficiencyCurve:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class EfficiencyPlan:
+    """What a Fig. 8a run measures; every part of a distributed one rebuilds the same plan.
+
+    Attributes
+    ----------
+    attribute : str
+    counts : tuple of int, k of them, ascending
+    pool_samples, eval_samples : int
+    columns : tuple of str
+        The annotator's attributes: the columns of the pool's scores.
+    settings : dict
+        What is run (JSON-able): the curve's ``settings`` (less ``usable_pool_samples``).
+    """
+
+    attribute: str
+    counts: tuple[int, ...]
+    pool_samples: int
+    eval_samples: int
+    columns: tuple[str, ...]
+    settings: dict
+
+    @property
+    def edits(self) -> int:
+        """Rows of :func:`score_edits`: the unedited sample, h and x_T per count, two random directions."""
+        return 3 + 2 * len(self.counts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExampleDirections:
+    """eq. 11 from the top n vs bottom n of the pool, per count n, as applied (rescaled where asked).
+
+    Attributes
+    ----------
+    h, x_T : Tensors of shape (k, T, C, H, W) and (k, C, S, S)
+    random_h, random_x : Tensors of shape (T, C, H, W) and (C, S, S)
+        Gaussian directions with the norm of the largest n's (h: per step).
+    cosine_h, cosine_x : ndarrays of shape (k,)
+        Cosine of each (unrescaled) direction with the largest n's.
+    usable : int
+        Pool samples that passed ``keep``.
+    """
+
+    h: torch.Tensor
+    x_T: torch.Tensor
+    random_h: torch.Tensor
+    random_x: torch.Tensor
+    cosine_h: np.ndarray
+    cosine_x: np.ndarray
+    usable: int
+
+
 def sample_efficiency(
     model: LoadedModel,
     annotator: Annotator,
@@ -123,7 +199,7 @@ def sample_efficiency(
     eta: float = 0.0,
     seed: int = 0,
     normalize: bool = True,
-    keep: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+    keep: Keep | None = None,
     batch: int = 128,
     progress: Progress | None = None,
 ) -> EfficiencyCurve:
@@ -132,7 +208,7 @@ def sample_efficiency(
     An annotated pool of ``pool_samples`` samples (seeds ``derive_seeds(seed, 0, pool_samples)``) gives, for
     each n, the top-n and bottom-n samples by ``attribute``; eq. 11 over their h_{T:1} and over their x_T
     gives two directions, each applied to the same ``eval_samples`` fresh samples (the next seeds of the
-    same stream). All edits share U-Net passes.
+    same stream). All edits of a sample share its U-Net pass.
 
     Parameters
     ----------
@@ -147,124 +223,216 @@ def sample_efficiency(
     keep : callable taking the pool's scores (attribute -> (pool_samples,)) and returning a bool mask, optional
         Which pool samples may serve as examples, e.g. ``lambda s: s["face"] > 0.5`` for the testbed, whose
         factor scores of non-faces mean nothing. All of them by default.
+    batch : int
+        Samples per U-Net pass, in the pool and in the edits (each sample with all its edits).
 
     Returns
     -------
     EfficiencyCurve
+        The same bits as the distributed run (``flows/efficiency.py``) with the same ``batch``.
     """
     say = progress or (lambda message: None)
-    counts = tuple(sorted({int(n) for n in example_counts}))
-    _check_arguments(annotator, attribute, counts, pool_samples, eval_samples)
-    say(f"sampling and annotating a pool of {pool_samples} samples with h_{{T:1}} ({steps} steps, eta {eta})")
-    h, x_T, scores = _annotated_pool(
-        model, annotator, attribute, counts, pool_samples, steps=steps, eta=eta, seed=seed, keep=keep, batch=batch
-    )
-    v_h, v_x = _example_directions(h, x_T, scores, counts)
-    cos_h = np.array([_cosine(v, v_h[-1]) for v in v_h])
-    cos_x = np.array([_cosine(v, v_x[-1]) for v in v_x])
-    if normalize:
-        v_h, v_x = _rescale_to_largest(v_h, v_x)
-    generator = torch.Generator().manual_seed(seed)
-    random_h = random_direction_like(v_h[-1], generator)
-    random_x = random_direction_like(v_x[-1].unsqueeze(0), generator)[0]
-    edits = (
-        [Edit()]
-        + [Edit(h=gamma_h * v) for v in v_h]
-        + [Edit(x_T=gamma_x * v) for v in v_x]
-        + [Edit(h=gamma_h * random_h), Edit(x_T=gamma_x * random_x)]
-    )
-    eval_seeds = derive_seeds(seed, pool_samples, pool_samples + eval_samples)
-    measured = scores_of_edits(
-        model, annotator, eval_seeds, edits, steps=steps, eta=eta, batch=batch, say=say, label="edits"
-    )[attribute]
-    change = measured[1:] - measured[0]  # (2 * len(counts) + 2, eval_samples)
-    mean, se = change.mean(1), change.std(1, ddof=1 if eval_samples > 1 else 0) / math.sqrt(eval_samples)
-    k = len(counts)
-    settings = {
-        "model": model.name,
-        "fingerprint": model.fingerprint,
-        "precision": model.precision,
-        "annotator": annotator.name,
-        "pool_samples": pool_samples,
-        "usable_pool_samples": int(len(scores)),
-        "eval_samples": eval_samples,
-        "gamma_h": gamma_h,
-        "gamma_x": gamma_x,
-        "steps": steps,
-        "eta": eta,
-        "seed": seed,
-        "normalize": normalize,
-    }
-    return EfficiencyCurve(
+    plan = plan_efficiency(
+        model,
+        annotator,
         attribute=attribute,
-        counts=counts,
-        effect_h=mean[:k],
-        effect_x=mean[k : 2 * k],
-        se_h=se[:k],
-        se_x=se[k : 2 * k],
-        cosine_h=cos_h,
-        cosine_x=cos_x,
-        scale=float(measured[0].std()),
-        random_h=(float(mean[2 * k]), float(se[2 * k])),
-        random_x=(float(mean[2 * k + 1]), float(se[2 * k + 1])),
-        settings=settings,
+        gamma_h=gamma_h,
+        gamma_x=gamma_x,
+        steps=steps,
+        example_counts=example_counts,
+        pool_samples=pool_samples,
+        eval_samples=eval_samples,
+        eta=eta,
+        seed=seed,
+        normalize=normalize,
     )
+    check_batch(batch)
+    say(f"sampling and annotating a pool of {pool_samples} samples with h_{{T:1}} ({steps} steps, eta {eta})")
+    h, scores = sample_pool(model, annotator, plan, pool_seeds(plan, 0, pool_samples), batch=batch)
+    directions = example_directions(model, plan, scores, lambda rows: h[torch.from_numpy(rows)], keep=keep)
+    seeds = evaluation_seeds(plan, 0, eval_samples)
+    return summarize(plan, directions, score_edits(model, annotator, plan, directions, seeds, batch=batch, say=say))
 
 
-def _check_arguments(
-    annotator: Annotator, attribute: str, counts: tuple[int, ...], pool_samples: int, eval_samples: int
-) -> None:
-    """Raise if the annotator lacks ``attribute`` or the example counts or sample counts cannot work."""
+def plan_efficiency(
+    model: LoadedModel,
+    annotator: Annotator,
+    *,
+    attribute: str,
+    gamma_h: float,
+    gamma_x: float,
+    steps: int,
+    example_counts: Sequence[int],
+    pool_samples: int,
+    eval_samples: int,
+    eta: float,
+    seed: int,
+    normalize: bool,
+) -> EfficiencyPlan:
+    """Check the arguments (as :func:`sample_efficiency` takes them) and fix the plan."""
+    counts = tuple(sorted({int(n) for n in example_counts}))
     if attribute not in annotator.attributes:
         raise HSpaceError(
             f"annotator {annotator.name!r} has no attribute {attribute!r}; it scores {', '.join(annotator.attributes)}"
         )
+    if pool_samples < 1 or eval_samples < 1:
+        raise HSpaceError(f"pool_samples and eval_samples must be positive; got {pool_samples}, {eval_samples}")
     if not counts or counts[0] < 1 or counts[-1] > pool_samples // 2:
         raise HSpaceError(
             f"example counts must lie in 1..{pool_samples // 2} (half of the {pool_samples} pool "
             f"samples: top n and bottom n must not overlap); got {list(counts)}"
         )
-    if eval_samples < 1:
-        raise HSpaceError(f"eval_samples must be positive; got {eval_samples}")
+    samples = {"pool_samples": pool_samples, "eval_samples": eval_samples}
+    settings: dict[str, object] = {"model": model.name, "fingerprint": model.fingerprint, "precision": model.precision}
+    settings.update(annotator=annotator.name, **samples)
+    settings.update(gamma_h=gamma_h, gamma_x=gamma_x, steps=steps, eta=eta, seed=seed, normalize=normalize)
+    columns = tuple(annotator.attributes)
+    return EfficiencyPlan(attribute=attribute, counts=counts, columns=columns, settings=settings, **samples)
 
 
-def _annotated_pool(
+def pool_seeds(plan: EfficiencyPlan, start: int, stop: int) -> list[int]:
+    """Seeds of pool samples ``start:stop``: the first ``pool_samples`` of the stream ``derive_seeds(seed, ...)``."""
+    return derive_seeds(int(plan.settings["seed"]), start, stop)
+
+
+def evaluation_seeds(plan: EfficiencyPlan, start: int, stop: int) -> list[int]:
+    """Seeds of evaluation samples ``start:stop``: the stream's next ``eval_samples`` after the pool's."""
+    return derive_seeds(int(plan.settings["seed"]), plan.pool_samples + start, plan.pool_samples + stop)
+
+
+def sample_pool(
+    model: LoadedModel, annotator: Annotator, plan: EfficiencyPlan, seeds: Sequence[int], *, batch: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """h_{T:1} (n, T, C, H, W) and every attribute's score (float64 (n, A), ``plan.columns``) of pool ``seeds``.
+
+    ``batch`` seeds per U-Net pass, each pass scored on its own: a part of the pool that starts on a pass
+    boundary gets the bits that the whole pool gets.
+    """
+    seeds = list(seeds)
+    s = plan.settings
+    hs, scores = [], []
+    for start in range(0, len(seeds), batch):
+        part = generate(
+            model, annotator, seeds[start : start + batch], steps=s["steps"], eta=s["eta"], capture=True, batch=batch
+        )
+        assert part.h is not None  # generated with capture=True
+        hs.append(part.h)
+        scores.append(np.stack([np.asarray(part.scores[a], dtype=np.float64) for a in plan.columns], axis=1))
+    return torch.cat(hs), np.concatenate(scores)
+
+
+def usable_examples(plan: EfficiencyPlan, scores: np.ndarray, keep: Keep | None) -> np.ndarray:
+    """Indices of the pool samples that may serve as examples (``keep``); refused if too few for the counts."""
+    if keep is None:
+        return np.arange(plan.pool_samples)
+    usable = np.flatnonzero(np.asarray(keep(dict(zip(plan.columns, scores.T, strict=True))), dtype=bool))
+    if plan.counts[-1] > len(usable) // 2:
+        raise HSpaceError(
+            f"only {len(usable)} of the {plan.pool_samples} pool samples pass `keep`; the largest example "
+            f"count ({plan.counts[-1]}) needs {2 * plan.counts[-1]}: enlarge the pool or lower the counts"
+        )
+    return usable
+
+
+def example_directions(
+    model: LoadedModel,
+    plan: EfficiencyPlan,
+    scores: np.ndarray,
+    read_h: Callable[[np.ndarray], torch.Tensor],
+    *,
+    keep: Keep | None = None,
+) -> ExampleDirections:
+    """eq. 11 from the top n vs bottom n by ``plan.attribute`` for each count n, in h_{T:1} and in x_T.
+
+    ``scores`` are the whole pool's (:func:`sample_pool`); ``read_h(rows)`` returns the h_{T:1} of the pool
+    samples ``rows`` (ascending indices): only the examples' are read. The random directions come from a
+    generator seeded with the plan's seed.
+    """
+    usable = usable_examples(plan, scores, keep)
+    ranked = scores[usable, plan.columns.index(plan.attribute)]
+    examples = [tuple(usable[side] for side in top_bottom(ranked, n)) for n in plan.counts]
+    rows = np.unique(np.concatenate([side for pair in examples for side in pair]))
+    h = read_h(rows)
+    seeds = pool_seeds(plan, 0, plan.pool_samples)
+    x_T = initial_noise(model, [seeds[i] for i in rows])  # each sample's own first draw: no pool-wide x_T
+    v_h, v_x = [], []
+    for top, bottom in examples:
+        top_rows, bottom_rows = (torch.from_numpy(np.searchsorted(rows, side)) for side in (top, bottom))
+        v_h.append(supervised_direction(h[top_rows], h[bottom_rows]))  # eq. 11, q = h_{T:1}
+        v_x.append(supervised_direction(x_T[top_rows], x_T[bottom_rows]))  # eq. 11, q = x_T
+    cosine_h = np.array([_cosine(v, v_h[-1]) for v in v_h])
+    cosine_x = np.array([_cosine(v, v_x[-1]) for v in v_x])
+    if plan.settings["normalize"]:
+        v_h, v_x = _rescale_to_largest(v_h, v_x)
+    generator = torch.Generator().manual_seed(int(plan.settings["seed"]))
+    return ExampleDirections(
+        h=torch.stack(v_h),
+        x_T=torch.stack(v_x),
+        random_h=random_direction_like(v_h[-1], generator),
+        random_x=random_direction_like(v_x[-1].unsqueeze(0), generator)[0],
+        cosine_h=cosine_h,
+        cosine_x=cosine_x,
+        usable=len(usable),
+    )
+
+
+def efficiency_edits(plan: EfficiencyPlan, directions: ExampleDirections) -> list[Edit]:
+    """The edits of every evaluation sample: none, h per count, x_T per count, random h, random x_T."""
+    gamma_h, gamma_x = float(plan.settings["gamma_h"]), float(plan.settings["gamma_x"])
+    return (
+        [Edit()]
+        + [Edit(h=gamma_h * v) for v in directions.h]
+        + [Edit(x_T=gamma_x * v) for v in directions.x_T]
+        + [Edit(h=gamma_h * directions.random_h), Edit(x_T=gamma_x * directions.random_x)]
+    )
+
+
+def score_edits(
     model: LoadedModel,
     annotator: Annotator,
-    attribute: str,
-    counts: tuple[int, ...],
-    pool_samples: int,
+    plan: EfficiencyPlan,
+    directions: ExampleDirections,
+    seeds: Sequence[int],
     *,
-    steps: int,
-    eta: float,
-    seed: int,
-    keep: Callable[[dict[str, np.ndarray]], np.ndarray] | None,
     batch: int,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Generate and annotate the pool; h_{T:1}, x_T and ``attribute`` scores of its samples that pass ``keep``."""
-    pool_seeds = derive_seeds(seed, 0, pool_samples)
-    pool = generate(model, annotator, pool_seeds, steps=steps, eta=eta, capture=True, batch=batch)
-    usable = np.arange(pool_samples) if keep is None else np.flatnonzero(np.asarray(keep(pool.scores), dtype=bool))
-    if counts[-1] > len(usable) // 2:
-        raise HSpaceError(
-            f"only {len(usable)} of the {pool_samples} pool samples pass `keep`; the largest example "
-            f"count ({counts[-1]}) needs {2 * counts[-1]}: enlarge the pool or lower the counts"
-        )
-    x_T = initial_noise(model, pool_seeds)[usable]
-    assert pool.h is not None  # generated with capture=True
-    return pool.h[usable], x_T, pool.scores[attribute][usable]
+    say: Progress | None = None,
+) -> np.ndarray:
+    """``plan.attribute`` of evaluation ``seeds`` under each edit: float64 of shape (``plan.edits``, len(seeds)).
+
+    ``batch`` seeds per U-Net pass, each with all its edits (:func:`hspace.scoring.scores_of_edits`): a part
+    that starts on a pass boundary gets the bits that all the evaluation samples get.
+    """
+    s = plan.settings
+    edits = efficiency_edits(plan, directions)
+    return scores_of_edits(
+        model, annotator, seeds, edits, steps=s["steps"], eta=s["eta"], batch=batch, say=say, label="edits"
+    )[plan.attribute]
 
 
-def _example_directions(
-    h: torch.Tensor, x_T: torch.Tensor, scores: np.ndarray, counts: tuple[int, ...]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Eq. 11 from the top n vs bottom n by score, for each n of ``counts``: in h_{T:1} and in x_T."""
-    v_h, v_x = [], []
-    for n in counts:
-        top, bottom = top_bottom(scores, n)
-        v_h.append(supervised_direction(h[top], h[bottom]))  # eq. 11, q = h_{T:1}
-        v_x.append(supervised_direction(x_T[top], x_T[bottom]))  # eq. 11, q = x_T
-    return v_h, v_x
+def summarize(plan: EfficiencyPlan, directions: ExampleDirections, measured: np.ndarray) -> EfficiencyCurve:
+    """The curve from every evaluation sample's scores, shape (``plan.edits``, eval_samples) (:func:`score_edits`)."""
+    n = plan.eval_samples
+    if measured.shape != (plan.edits, n):
+        raise HSpaceError(f"efficiency scores have shape {measured.shape}; the plan needs {(plan.edits, n)}")
+    change = measured[1:] - measured[0]  # (2 * len(counts) + 2, eval_samples)
+    mean, se = change.mean(1), change.std(1, ddof=1 if n > 1 else 0) / math.sqrt(n)
+    k = len(plan.counts)
+    settings = dict(plan.settings)
+    settings["usable_pool_samples"] = directions.usable
+    return EfficiencyCurve(
+        attribute=plan.attribute,
+        counts=plan.counts,
+        effect_h=mean[:k],
+        effect_x=mean[k : 2 * k],
+        se_h=se[:k],
+        se_x=se[k : 2 * k],
+        cosine_h=directions.cosine_h,
+        cosine_x=directions.cosine_x,
+        scale=float(measured[0].std()),
+        random_h=(float(mean[2 * k]), float(se[2 * k])),
+        random_x=(float(mean[2 * k + 1]), float(se[2 * k + 1])),
+        settings=settings,
+    )
 
 
 def _rescale_to_largest(

@@ -203,61 +203,6 @@ def test_sample_efficiency_is_eq_11_replayed_by_hand(tiny):
     assert curve.plot().size == (480, 300)
 
 
-def test_efficiency_command_writes_the_curve_of_the_library_call(tmp_path, capsys):
-    """`hspace efficiency` on the testbed model with its annotator, small: the curve in its files is the one
-    `sample_efficiency` gives for the same settings (faces-only pool), and bad input writes nothing."""
-    from flows.cli import main
-    from hspace.annotators import load_annotator
-    from hspace.models import load_model
-
-    out = tmp_path / "fig8a"
-    settings = [
-        "--attribute",
-        "smile",
-        "--counts",
-        "2,4",
-        "--pool",
-        "32",
-        "--eval-samples",
-        "3",
-        "--steps",
-        "10",
-        "--gamma-h",
-        "2",
-        "--gamma-x",
-        "0.5",
-        "--seed",
-        "5",
-    ]
-    assert main(["efficiency", *settings, "--out", str(out), "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert sorted(p.name for p in out.iterdir()) == ["efficiency.json", "efficiency.md", "efficiency.png"]
-    stored = json.loads((out / "efficiency.json").read_text())
-    expected = sample_efficiency(
-        load_model("testbed"),
-        load_annotator("testbed"),
-        attribute="smile",
-        gamma_h=2.0,
-        gamma_x=0.5,
-        steps=10,
-        example_counts=(2, 4),
-        pool_samples=32,
-        eval_samples=3,
-        eta=0.0,
-        seed=5,
-        keep=lambda scores: scores["face"] > 0.5,
-    ).to_dict()
-    for key in ("counts", "effect_h", "effect_x", "cosine_h", "cosine_x"):
-        np.testing.assert_allclose(stored[key], expected[key], atol=1e-6)
-        assert printed[key] == stored[key]
-    assert stored["settings"]["usable_pool_samples"] == expected["settings"]["usable_pool_samples"]
-    bad = tmp_path / "bad"
-    assert main(["efficiency", "--attribute", "wings", "--out", str(bad)]) == 1
-    assert "no attribute 'wings'" in capsys.readouterr().err and not bad.exists()
-    assert main(["efficiency", "--attribute", "smile", "--pool", "0", "--out", str(bad)]) == 1
-    assert not bad.exists()
-
-
 # ------------------------------------------------------------------------------------------ the testbed
 
 
