@@ -10,7 +10,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from flows.cli_args import add_precision_argument, ints, names, print_info
+from flows.cli_args import add_precision_argument, add_runner_arguments, ints, names, print_info, runner_choice
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -51,6 +51,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     invert.add_argument("--name", help="the direction's name (default: the --out file's stem)")
     invert.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(invert)
+    invert.add_argument(
+        "--batch",
+        type=int,
+        help="images per U-Net pass (default: 1 on the CPU, where an image is then bitwise the same in any batch; "
+        "16 elsewhere); the passes decide the bits",
+    )
+    invert.add_argument(
+        "--block", type=int, default=16, help="images per task, in whole passes (any block gives the same result)"
+    )
+    add_runner_arguments(invert, "the inversion's blocks")
     invert.add_argument("--overwrite", action="store_true", help="replace a corpus direction of that name")
     invert.add_argument("--json", action="store_true", help="print one JSON object")
     invert.set_defaults(func=_invert)
@@ -154,7 +164,7 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _invert(args: argparse.Namespace) -> None:
-    from flows.directions import inverted
+    from flows.inversion import invert_images
     from flows.runner import run_flow
 
     arguments = dict(
@@ -169,5 +179,8 @@ def _invert(args: argparse.Namespace) -> None:
         device=args.device,
         overwrite=args.overwrite,
         precision=args.precision,
+        batch=args.batch,
+        block=args.block,
+        progress=not args.no_progress,
     )
-    print_info(run_flow(inverted, **arguments), args.json)
+    print_info(run_flow(invert_images, runner=runner_choice(args), **arguments), args.json)

@@ -1,7 +1,10 @@
 """Inversion tasks: x_T and h_{T:1} of DDIM-inverted real images, and eq. 11 directions from them (SM -F).
 
-:func:`plan_invert` checks every argument and opens everything it needs, and raises before any work or
-write; :func:`invert_task` runs a plan and writes its result last.
+:func:`plan_invert` checks every argument and opens everything it needs (every image is read and hashed),
+and raises before any work or write. Then :func:`invert_passes` tasks invert blocks of images, storing each
+image's x_T and h under ``inversions/<key>`` (:mod:`storage.inversions`) with a done flag per pass, and
+:func:`finish_inversion` reduces them in image order into what the plan writes, last. The images are cut into
+U-Net passes of ``batch`` images, so the result is bitwise the same for any split of the passes into tasks.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from hspace.errors import HSpaceError
 from hspace.images import load_image_files, load_images
-from hspace.inversion import direction_from_images, invert
+from hspace.inversion import invert
 from hspace.models import LoadedModel, check_same_weights, precision_entry
 from hspace.names import check_name
 from hspace.sampler import make_scheduler
@@ -27,23 +32,49 @@ from storage.directions import (
     write_direction,
     write_direction_file,
 )
+from storage.groups import group_at
+from storage.inversions import (
+    INVERSIONS,
+    InversionParts,
+    image_digest,
+    inversion_key,
+    remove_standalone,
+    standalone_root,
+)
 from tasks.corpus import cached_model
 from tasks.directions import direction_summary
+
+DEFAULT_BLOCK = 16  # images per task
+EQ11_BATCH = 16  # images per float64 partial sum: hspace.inversion.direction_from_images' default, the same bits
 
 
 @dataclass(frozen=True, kw_only=True)
 class InvertPlan:
-    """Inputs of an inversion: the model, the images, and where the result goes."""
+    """Inputs of an inversion: the model, the images, how they are cut into passes and tasks, where the result goes."""
 
     model: str
     device: str
     precision: str
     steps: int
     images: dict[str, list[str]]  # "images" or "positives"/"negatives" -> file paths
+    digests: dict[str, list[str]]  # the same sides -> each image's storage.inversions.image_digest
     out: str | None
     corpus: str | None
     record: DirectionRecord | None  # None: invert only (x_T and h to ``out``)
     overwrite: bool
+    batch: int  # images per U-Net pass (on a GPU it decides the bits)
+    block: int  # images per task, in whole passes (at least one): any block gives the same bits
+    settings: dict[str, Any]  # what decides the bits besides the images; hashed with them into ``key``
+    key: str
+
+    @property
+    def passes_per_task(self) -> int:
+        return max(1, self.block // self.batch)
+
+    @property
+    def standalone(self) -> str:
+        """Where the parts are kept without a corpus: a Zarr folder next to ``out``, removed once it is written."""
+        return str(Path(str(self.out)).resolve().with_suffix(".inversion.zarr"))
 
 
 def plan_invert(
@@ -59,24 +90,29 @@ def plan_invert(
     device: str = "cpu",
     precision: str = "fp32",
     overwrite: bool = False,
+    batch: int | None = None,
+    block: int = DEFAULT_BLOCK,
 ) -> InvertPlan:
-    """Check folders, model, steps and outputs before any image is inverted.
+    """Check folders, model, steps, outputs, ``batch`` and ``block`` before any image is inverted.
 
     Either ``images`` (write their x_T and h_{T:1} to ``out``), or ``positives`` and ``negatives`` (eq. 11 on
-    their inverted h: a direction, to ``out`` and/or to ``directions/<name>`` of ``corpus``).
+    their inverted h: a direction, to ``out`` and/or to ``directions/<name>`` of ``corpus``). ``batch``:
+    images per U-Net pass (default 1 on the CPU, where an image is then bitwise the same in any batch, else
+    16); ``block``: images per task.
     """
     _check_invert_arguments(steps=steps, images=images, positives=positives, negatives=negatives, out=out)
+    batch = _check_batch_and_block(batch, block, device)
     loaded = cached_model(model, device, precision)
-    make_scheduler(loaded.scheduler_config, steps)  # steps within the training timesteps
+    scheduler = make_scheduler(loaded.scheduler_config, steps)  # steps within the training timesteps
     if images is not None:
         if out is None:
             raise HSpaceError("--images needs --out FILE.safetensors for the inverted x_T and h")
         if corpus is not None or name is not None:
             raise HSpaceError("--corpus and --name store directions; with --images nothing but --out is written")
-        files = {"images": _image_files(images, loaded.image_shape)}
+        files, digests = _image_files({"images": images}, loaded.image_shape)
         record: DirectionRecord | None = None
     else:
-        files, record = _plan_direction(
+        files, digests, record = _plan_direction(
             loaded,
             steps=steps,
             positives=positives,
@@ -86,16 +122,29 @@ def plan_invert(
             name=name,
             overwrite=overwrite,
         )
+    settings = {
+        "fingerprint": loaded.fingerprint,
+        **precision_entry(loaded.precision),
+        "device": torch.device(device).type,
+        "steps": steps,
+        "timesteps": [int(t) for t in scheduler.timesteps],
+        "batch": batch,
+    }
     return InvertPlan(
         model=model,
         device=device,
         precision=precision,
         steps=steps,
         images=files,
+        digests=digests,
         out=out,
         corpus=corpus,
         record=record,
         overwrite=overwrite,
+        batch=batch,
+        block=block,
+        settings=settings,
+        key=inversion_key(digests, settings),
     )
 
 
@@ -109,8 +158,8 @@ def _plan_direction(
     corpus: str | None,
     name: str | None,
     overwrite: bool,
-) -> tuple[dict[str, list[str]], DirectionRecord]:
-    """The image files and the checked direction record of ``--positives`` vs ``--negatives`` (eq. 11)."""
+) -> tuple[dict[str, list[str]], dict[str, list[str]], DirectionRecord]:
+    """The image files, their digests and the checked direction record of ``--positives`` vs ``--negatives``."""
     if positives is None or negatives is None:
         raise HSpaceError("give --images FOLDER, or both --positives FOLDER and --negatives FOLDER")
     if out is None and corpus is None:
@@ -119,10 +168,7 @@ def _plan_direction(
         raise HSpaceError("--corpus needs --name: the direction is stored as directions/<name>")
     name = name if name is not None else Path(str(out)).stem
     check_name(name, "direction")
-    files = {
-        "positives": _image_files(positives, loaded.image_shape),
-        "negatives": _image_files(negatives, loaded.image_shape),
-    }
+    files, digests = _image_files({"positives": positives, "negatives": negatives}, loaded.image_shape)
     parameters = {
         "positives": str(positives),
         "negatives": str(negatives),
@@ -139,41 +185,83 @@ def _plan_direction(
         source=f"{positives} vs {negatives}",
         overwrite=overwrite,
     )
-    return files, record
+    return files, digests, record
+
+
+def inversion_parts(plan: InvertPlan, *, create: bool = False) -> InversionParts:
+    """The parts of ``plan`` (in its corpus, else next to ``out``): made or reopened with ``create``, else reopened."""
+    if plan.corpus is not None:
+        root = Corpus.open(plan.corpus, writable=True).group
+    else:
+        root = standalone_root(plan.standalone)
+    if not create:
+        return InversionParts(group_at(root, f"{INVERSIONS}/{plan.key}"))
+    loaded = cached_model(plan.model, plan.device, plan.precision)
+    return InversionParts.create_or_open(
+        root,
+        plan.key,
+        plan.settings,
+        counts={side: len(files) for side, files in plan.images.items()},
+        image_shape=loaded.image_shape,
+        h_shape=(plan.steps, *loaded.h_shape),
+        batch=plan.batch,
+    )
+
+
+@task(cache_policy=NO_CACHE, task_run_name="invert-side-{side}-passes-{passes}")
+def invert_passes(plan: InvertPlan, side: int, passes: list[int]) -> int:
+    """DDIM-invert ``passes`` of side ``side`` and store each (its done flag last); returns the images inverted."""
+    loaded = cached_model(plan.model, plan.device, plan.precision)
+    parts = inversion_parts(plan)
+    name = parts.sides[side]
+    inverted = 0
+    for p in passes:
+        start, stop = parts.pass_range(side, p)
+        # The plan carries paths, not pixels, through Prefect: the images are read again here, and checked.
+        # Contiguous: load_image_files gives a transposed (channels-last) layout, which the U-Net's CPU
+        # convolutions round differently (x_T by up to 1.5e-6, tiny model): an image's bits would depend on it.
+        images = np.ascontiguousarray(load_image_files(plan.images[name][start:stop], loaded.image_shape))
+        if [image_digest(image) for image in images] != plan.digests[name][start:stop]:
+            raise HSpaceError(f"{name} images {start} to {stop - 1} changed since the inversion began: rerun it")
+        result = invert(loaded, images, steps=plan.steps, microbatch=plan.batch)
+        parts.write(side, p, result.x_T.numpy(), result.h.numpy())
+        inverted += stop - start
+    return inverted
+
+
+@task(cache_policy=NO_CACHE, task_run_name="finish-inversion")
+def finish_inversion(plan: InvertPlan) -> dict[str, Any]:
+    """From every stored pass: write x_T and h (``--images``) or the eq. 11 direction, last; returns a summary."""
+    parts = inversion_parts(plan)
+    parts.check_complete()
+    summary = _write_inversions(plan, parts) if plan.record is None else _write_direction(plan, parts)
+    if plan.corpus is None:
+        remove_standalone(plan.standalone)
+    return summary
 
 
 @task(cache_policy=NO_CACHE, task_run_name="invert-images")
 def invert_task(plan: InvertPlan) -> dict[str, Any]:
-    """Invert the plan's images; write x_T and h (``--images``) or the eq. 11 direction; returns a summary."""
-    loaded = cached_model(plan.model, plan.device, plan.precision)
-    shape = loaded.image_shape
-    if plan.record is None:
-        images = load_image_files(plan.images["images"], shape)
-        result = invert(loaded, images, steps=plan.steps)
-        scheduler = make_scheduler(loaded.scheduler_config, plan.steps)
-        metadata = {
-            "model": loaded.name,
-            "fingerprint": loaded.fingerprint,
-            **precision_entry(loaded.precision),
-            "steps": plan.steps,
-            "timesteps": [int(t) for t in scheduler.timesteps],
-            "files": [Path(f).name for f in plan.images["images"]],
-        }
-        assert plan.out is not None
-        write_direction_file(plan.out, {"x_T": result.x_T.numpy(), "h": result.h.numpy()}, metadata)
-        return {
-            "out": plan.out,
-            "images": len(images),
-            "x_T_shape": list(result.x_T.shape),
-            "h_shape": list(result.h.shape),
-        }
-    # The plan carries paths, not pixels, through Prefect: the images are read again here.
-    direction = direction_from_images(
-        loaded,
-        load_image_files(plan.images["positives"], shape),
-        load_image_files(plan.images["negatives"], shape),
-        steps=plan.steps,
-    ).numpy()
+    """The whole inversion in this one task: every missing pass in order, then :func:`finish_inversion`."""
+    for side, p in inversion_parts(plan, create=True).missing():
+        invert_passes.fn(plan, side, [p])
+    return finish_inversion.fn(plan)
+
+
+# ----- private helpers ---------------------------------------------------------------------------
+def _mean_h(parts: InversionParts, side: int) -> torch.Tensor:
+    """Mean h of a side's images, float64, summed as :func:`hspace.inversion.direction_from_images` sums them."""
+    n = parts.counts[parts.sides[side]]
+    total = torch.zeros(parts.read(side, "h", 0, 1).shape[1:], dtype=torch.float64)
+    for start in range(0, n, EQ11_BATCH):
+        total += torch.from_numpy(parts.read(side, "h", start, start + EQ11_BATCH)).double().sum(0)
+    return total / n
+
+
+def _write_direction(plan: InvertPlan, parts: InversionParts) -> dict[str, Any]:
+    """eq. 11 on the stored h: the positives' mean minus the negatives' mean, written where the plan says."""
+    assert plan.record is not None
+    direction = (_mean_h(parts, 0) - _mean_h(parts, 1)).float().numpy()
     if plan.corpus is not None:
         write_direction(Corpus.open(plan.corpus, writable=True), plan.record, direction, overwrite=plan.overwrite)
     if plan.out is not None:
@@ -181,7 +269,31 @@ def invert_task(plan: InvertPlan) -> dict[str, Any]:
     return {**direction_summary(plan.record, direction), "out": plan.out, "corpus": plan.corpus}
 
 
-# ----- private helpers ---------------------------------------------------------------------------
+def _write_inversions(plan: InvertPlan, parts: InversionParts) -> dict[str, Any]:
+    """Every image's x_T and h to ``out`` (safetensors), with the model, steps and file names."""
+    x_T, h = parts.read(0, "x_T"), parts.read(0, "h")
+    metadata = {
+        "model": cached_model(plan.model, plan.device, plan.precision).name,
+        "fingerprint": plan.settings["fingerprint"],
+        **precision_entry(plan.precision),
+        "steps": plan.steps,
+        "timesteps": plan.settings["timesteps"],
+        "files": [Path(f).name for f in plan.images["images"]],
+    }
+    assert plan.out is not None
+    write_direction_file(plan.out, {"x_T": x_T, "h": h}, metadata)
+    return {"out": plan.out, "images": len(x_T), "x_T_shape": list(x_T.shape), "h_shape": list(h.shape)}
+
+
+def _check_batch_and_block(batch: int | None, block: int, device: str) -> int:
+    """Refuse a ``batch`` or ``block`` that is not a positive integer; returns the batch, its default filled in."""
+    batch = (1 if torch.device(device).type == "cpu" else 16) if batch is None else batch
+    for option, value in (("batch", batch), ("block", block)):
+        if not isinstance(value, int) or value <= 0:
+            raise HSpaceError(f"--{option} must be a positive integer; got {value!r}")
+    return batch
+
+
 def _check_invert_arguments(
     *, steps: int, images: str | None, positives: str | None, negatives: str | None, out: str | None
 ) -> None:
@@ -238,7 +350,14 @@ def _direction_record(
     )
 
 
-def _image_files(folder: str, shape: tuple[int, int, int]) -> list[str]:
-    """The image files of a folder, each read once now so an empty folder or a broken file fails before any
-    inversion."""
-    return [str(path) for path in load_images(folder, shape)[1]]
+def _image_files(
+    folders: dict[str, str], shape: tuple[int, int, int]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Each side's image files (absolute, sorted by name) and digests: every image is read now, so an empty
+    folder or a broken file fails before any inversion."""
+    files, digests = {}, {}
+    for side, folder in folders.items():
+        images, paths = load_images(folder, shape)
+        files[side] = [str(path.resolve()) for path in paths]
+        digests[side] = [image_digest(image) for image in images]
+    return files, digests

@@ -1,4 +1,6 @@
-"""DDIM inversion (SM -F): against diffusers' own inverse loop, reconstruction, step order, image folders, CLI."""
+"""DDIM inversion (SM -F): against diffusers' own inverse loop, reconstruction, step order, image folders, CLI;
+the flow of blocks of images gives the single-process bits for any block, runner or crash, and reruns only
+the missing passes."""
 
 from __future__ import annotations
 
@@ -11,12 +13,17 @@ from diffusers import DDIMInverseScheduler
 from PIL import Image
 
 import flows.cli
+import tasks.inversion as inversion_tasks
+from flows.inversion import invert_images
+from flows.runner import RunnerChoice, run_flow
 from hspace.errors import HSpaceError
 from hspace.images import load_images
 from hspace.inversion import direction_from_images, invert, make_inverse_scheduler
 from hspace.models import load_model
 from hspace.sampler import initial_noise, make_scheduler, sample, to_uint8
-from storage.directions import read_direction_file
+from storage.corpus import Corpus
+from storage.directions import read_direction, read_direction_file
+from storage.inversions import INVERSIONS
 
 
 def random_images(n: int, size: int, seed: int) -> np.ndarray:
@@ -174,3 +181,125 @@ def test_cli_invert_writes_a_direction_and_inversions(prefect_harness, tmp_path,
         err = capsys.readouterr().err.strip()
         assert err.startswith("hspace: error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.npy").exists()
+
+
+# ----- the flow: blocks of images as tasks ----------------------------------------------------------
+POSITIVES, NEGATIVES = random_images(3, 16, seed=6), random_images(2, 16, seed=7)  # passes of 1: 3 + 2
+
+
+@pytest.fixture
+def one_thread():
+    """CPU kernels' last bits depend on the thread count: bitwise comparisons run on one, as Dask's workers do."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny) -> np.ndarray:
+    """The single-process direction: hspace.inversion.direction_from_images, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    direction = direction_from_images(tiny, POSITIVES, NEGATIVES, steps=3).numpy()
+    torch.set_num_threads(before)
+    return direction
+
+
+@pytest.fixture
+def folders(tmp_path) -> dict[str, str]:
+    pos, neg = write_folder(tmp_path / "pos", POSITIVES), write_folder(tmp_path / "neg", NEGATIVES)
+    return {"model": "tiny", "steps": 3, "positives": str(pos), "negatives": str(neg), "progress": False}
+
+
+@pytest.mark.parametrize(("block", "threads"), [(1, 1), (2, 2), (100, 1)])
+def test_any_block_and_thread_count_gives_the_single_process_direction(
+    prefect_harness, one_thread, folders, tmp_path, reference, block, threads
+):
+    out = tmp_path / "smile.safetensors"
+    run_flow(invert_images, runner=RunnerChoice(threads=threads), out=str(out), block=block, **folders)
+    assert np.array_equal(read_direction_file(out)[0]["direction"], reference)
+    assert np.abs(reference).max() > 0
+    assert not (tmp_path / "smile.inversion.zarr").exists()  # the parts next to --out go once it is written
+
+
+def test_images_mode_stores_the_single_process_x_T_and_h(prefect_harness, one_thread, tiny, tmp_path):
+    folder = write_folder(tmp_path / "pos", POSITIVES)
+    out = tmp_path / "both.safetensors"
+    run_flow(invert_images, model="tiny", steps=3, images=str(folder), out=str(out), block=2, progress=False)
+    tensors, metadata = read_direction_file(out)
+    alone = invert(tiny, POSITIVES, steps=3)
+    assert np.array_equal(tensors["x_T"], alone.x_T.numpy()) and np.array_equal(tensors["h"], alone.h.numpy())
+    assert metadata["files"] == ["00.png", "01.png", "02.png"] and metadata["timesteps"] == [666, 333, 0]
+
+
+def test_a_crash_between_blocks_then_a_rerun_inverts_only_the_missing_passes(
+    prefect_harness, one_thread, folders, corpus_factory, copy_corpus, reference, monkeypatch
+):
+    url = copy_corpus(corpus_factory(samples=4, steps=3, batch=4, seed=1))
+    arguments = {**folders, "corpus": url, "name": "smile", "block": 1}  # one pass per task, in order
+    real = inversion_tasks.invert
+    calls: list[int] = []
+
+    def dies_after_two(model, images, **kwargs):
+        calls.append(len(images))
+        if len(calls) > 2:
+            raise RuntimeError("killed")
+        return real(model, images, **kwargs)
+
+    monkeypatch.setattr(inversion_tasks, "invert", dies_after_two)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_flow(invert_images, **arguments)
+    plan = inversion_tasks.plan_invert(**{k: v for k, v in arguments.items() if k != "progress"})
+    assert inversion_tasks.inversion_parts(plan).missing() == [(0, 2), (1, 0), (1, 1)]
+    assert "directions/smile" not in Corpus.open(url).group
+
+    calls.clear()
+    monkeypatch.setattr(
+        inversion_tasks, "invert", lambda m, images, **k: calls.append(len(images)) or real(m, images, **k)
+    )
+    assert run_flow(invert_images, **arguments)["name"] == "smile"
+    assert calls == [1, 1, 1]  # the three missing images, nothing else
+    direction, record = read_direction(Corpus.open(url), "smile")
+    assert np.array_equal(direction, reference) and record.method == "inverted"
+    assert list(Corpus.open(url).group[INVERSIONS]) == [plan.key]  # the parts stay in the corpus, for reruns
+
+    calls.clear()
+    run_flow(invert_images, **arguments)  # a rerun reuses every stored pass and writes the same direction
+    assert calls == [] and np.array_equal(read_direction(Corpus.open(url), "smile")[0], reference)
+
+
+@pytest.mark.slow
+def test_a_two_worker_dask_cluster_gives_the_single_process_direction(use_prefect_server, folders, tmp_path, reference):
+    out = tmp_path / "smile.safetensors"
+    run_flow(invert_images, runner=RunnerChoice(workers=2), out=str(out), block=2, **folders)
+    assert np.array_equal(read_direction_file(out)[0]["direction"], reference)
+
+
+def test_the_cli_shows_a_bar_and_takes_runner_options(prefect_harness, folders, cli, capsys, tmp_path):
+    out = tmp_path / "smile.safetensors"
+    base = ["directions", "invert", "--model", "tiny", "--steps", "3", "--out", out]
+    code = cli(*base, "--positives", folders["positives"], "--negatives", folders["negatives"], "--block", "2",
+               "--threads", "2", "--json")  # fmt: skip
+    printed, err = capsys.readouterr()
+    assert code == 0 and json.loads(printed)["name"] == "smile"
+    assert "inversion" in err and "5/5" in err and "image" in err  # the tqdm bar, on stderr
+
+
+def test_bad_input_is_one_line_and_writes_nothing(prefect_harness, folders, cli, capsys, tmp_path, tree_bytes):
+    (tmp_path / "empty").mkdir()
+    broken = write_folder(tmp_path / "broken", POSITIVES)
+    (broken / "03.png").write_bytes(b"not a png")
+    base = ["directions", "invert", "--model", "tiny", "--steps", "3", "--out", tmp_path / "x.safetensors"]
+    sides = ["--positives", folders["positives"], "--negatives", folders["negatives"]]
+    before = tree_bytes(tmp_path)
+    for args, message in [
+        ([*sides, "--block", "0"], "--block must be a positive integer; got 0"),
+        ([*sides, "--batch", "-2"], "--batch must be a positive integer; got -2"),
+        (["--images", tmp_path / "empty"], "holds no PNG or JPEG"),
+        (["--positives", broken, "--negatives", folders["negatives"]], "cannot read"),
+    ]:
+        code = cli(*base, *args)
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and message in err and len(err.splitlines()) == 1, err
+    assert tree_bytes(tmp_path) == before
