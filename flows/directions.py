@@ -1,4 +1,5 @@
-"""Flows that make named directions: supervised (eq. 11), disentangled (eq. 12), from real images (SM -F).
+"""Flows that make named directions: supervised (eq. 11) and disentangled (eq. 12); from real images (SM -F):
+:mod:`flows.inversion`.
 
 Each flow plans first (every argument checked, inputs opened, the target name checked) and fails before
 any work; the direction is written last, data before its ``complete`` flag (:mod:`storage.directions`).
@@ -23,7 +24,6 @@ from tasks.directions import (
     plan_supervised,
     supervised_direction_task,
 )
-from tasks.inversion import invert_task, plan_invert
 
 
 def check_supervised(parameters: dict[str, Any]) -> None:
@@ -34,11 +34,6 @@ def check_supervised(parameters: dict[str, Any]) -> None:
 def check_disentangled(parameters: dict[str, Any]) -> None:
     """Make the plan before Prefect starts, so that bad arguments fail in seconds (the flow plans again)."""
     plan_disentangle(**{**parameters, "against": list(parameters["against"])})
-
-
-def check_inverted(parameters: dict[str, Any]) -> None:
-    """Make the plan before Prefect starts, so that bad arguments fail in seconds (the flow plans again)."""
-    plan_invert(**parameters)
 
 
 @checked_by(check_supervised)
@@ -95,41 +90,6 @@ def disentangled(
         url, name, source=source, against=list(against), keep_norm=keep_norm, overwrite=overwrite, made_by=made_by
     )
     return disentangle_direction_task(plan)
-
-
-@checked_by(check_inverted)
-@flow(name="invert-direction")
-def inverted(
-    model: str,
-    steps: int,
-    images: str | None = None,
-    positives: str | None = None,
-    negatives: str | None = None,
-    out: str | None = None,
-    corpus: str | None = None,
-    name: str | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """DDIM-invert real images (SM -F): their x_T and h to ``out``, or eq. 11 on positives vs negatives.
-
-    See :func:`tasks.inversion.plan_invert` for the argument combinations; ``precision`` is the U-Net's.
-    """
-    plan = plan_invert(
-        model=model,
-        steps=steps,
-        images=images,
-        positives=positives,
-        negatives=negatives,
-        out=out,
-        corpus=corpus,
-        name=name,
-        device=device,
-        precision=precision,
-        overwrite=overwrite,
-    )
-    return invert_task(plan)
 
 
 def directions_of(url: str) -> list[dict[str, Any]]:

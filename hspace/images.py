@@ -96,7 +96,9 @@ def load_image_files(paths: Sequence[str | Path], shape: Sequence[int]) -> np.nd
         images.append(np.asarray(_fit(picture, width, height)).transpose(2, 0, 1))
     if not images:
         raise HSpaceError("no image files given")
-    return np.stack(images).astype(np.uint8)
+    # C-contiguous: a channels-last layout (what stacking transposed views gives) makes the U-Net's CPU
+    # convolutions round differently (1.5e-6 on the tiny model's inverted x_T), so results would depend on it.
+    return np.ascontiguousarray(np.stack(images), dtype=np.uint8)
 
 
 def read_mask_png(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:

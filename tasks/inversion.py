@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -220,7 +219,7 @@ def invert_passes(plan: InvertPlan, side: int, passes: list[int]) -> int:
         # The plan carries paths, not pixels, through Prefect: the images are read again here, and checked.
         # Contiguous: load_image_files gives a transposed (channels-last) layout, which the U-Net's CPU
         # convolutions round differently (x_T by up to 1.5e-6, tiny model): an image's bits would depend on it.
-        images = np.ascontiguousarray(load_image_files(plan.images[name][start:stop], loaded.image_shape))
+        images = load_image_files(plan.images[name][start:stop], loaded.image_shape)
         if [image_digest(image) for image in images] != plan.digests[name][start:stop]:
             raise HSpaceError(f"{name} images {start} to {stop - 1} changed since the inversion began: rerun it")
         result = invert(loaded, images, steps=plan.steps, microbatch=plan.batch)
@@ -238,14 +237,6 @@ def finish_inversion(plan: InvertPlan) -> dict[str, Any]:
     if plan.corpus is None:
         remove_standalone(plan.standalone)
     return summary
-
-
-@task(cache_policy=NO_CACHE, task_run_name="invert-images")
-def invert_task(plan: InvertPlan) -> dict[str, Any]:
-    """The whole inversion in this one task: every missing pass in order, then :func:`finish_inversion`."""
-    for side, p in inversion_parts(plan, create=True).missing():
-        invert_passes.fn(plan, side, [p])
-    return finish_inversion.fn(plan)
 
 
 # ----- private helpers ---------------------------------------------------------------------------
