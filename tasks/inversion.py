@@ -217,8 +217,6 @@ def invert_passes(plan: InvertPlan, side: int, passes: list[int]) -> int:
     for p in passes:
         start, stop = parts.pass_range(side, p)
         # The plan carries paths, not pixels, through Prefect: the images are read again here, and checked.
-        # Contiguous: load_image_files gives a transposed (channels-last) layout, which the U-Net's CPU
-        # convolutions round differently (x_T by up to 1.5e-6, tiny model): an image's bits would depend on it.
         images = load_image_files(plan.images[name][start:stop], loaded.image_shape)
         if [image_digest(image) for image in images] != plan.digests[name][start:stop]:
             raise HSpaceError(f"{name} images {start} to {stop - 1} changed since the inversion began: rerun it")
