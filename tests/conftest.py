@@ -19,8 +19,22 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 os.environ.pop("PREFECT_API_URL", None)
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from hspace.models import LoadedModel, load_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread, from the first test of the module that asks until the module ends.
+
+    CPU kernels' last bits depend on torch's thread count, so a bitwise comparison with a flow's result runs
+    on one thread, as Dask's workers do; tiny models also run faster so on a shared 2-core machine.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

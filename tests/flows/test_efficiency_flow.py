@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import tasks.efficiency as efficiency_tasks
 from flows.efficiency import sample_efficiency as efficiency_flow
@@ -27,12 +26,7 @@ SETTINGS = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: bits depend on the thread count
 
 
 def library_curve(keep_above: tuple[str, float] | None = ("hat", 0.5)) -> EfficiencyCurve:
@@ -56,12 +50,8 @@ def library_curve(keep_above: tuple[str, float] | None = ("hat", 0.5)) -> Effici
 
 
 @pytest.fixture(scope="module")
-def reference() -> EfficiencyCurve:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    curve = library_curve()
-    torch.set_num_threads(before)
-    return curve
+def reference(one_thread) -> EfficiencyCurve:
+    return library_curve()
 
 
 def assert_same_bits(curve: EfficiencyCurve, reference: EfficiencyCurve) -> None:

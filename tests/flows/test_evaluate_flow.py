@@ -29,12 +29,7 @@ NAMES = ("up", "across")
 SETTINGS = dict(names=NAMES, supervised=NAMES, gamma=2.0, samples=5, repeats=2, seed=7, batch=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: bits depend on the thread count
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +51,15 @@ def url(with_directions, copy_corpus) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(with_directions) -> EvaluationResult:
+def reference(with_directions, one_thread) -> EvaluationResult:
     """The single-process evaluation, from the library call with the corpus's directions, model and annotator.
 
     On one torch thread, as the tests' flows (and Dask's workers) run: the CPU kernels' reductions, and so the
     last bits, depend on the thread count.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     corpus = Corpus.open(with_directions)
     directions = {name: torch.from_numpy(corpus.group[f"directions/{name}"][...]) for name in NAMES}
-    result = evaluate_directions(
+    return evaluate_directions(
         corpus_model(corpus),
         cached_annotator("testbed"),
         directions,
@@ -78,8 +71,6 @@ def reference(with_directions) -> EvaluationResult:
         seed=7,
         batch=2,
     )
-    torch.set_num_threads(before)
-    return result
 
 
 def stored(url: str, key: str) -> EvaluationResult:

@@ -188,23 +188,10 @@ def test_cli_invert_writes_a_direction_and_inversions(prefect_harness, tmp_path,
 POSITIVES, NEGATIVES = random_images(3, 16, seed=6), random_images(2, 16, seed=7)  # passes of 1: 3 + 2
 
 
-@pytest.fixture
-def one_thread():
-    """CPU kernels' last bits depend on the thread count: bitwise comparisons run on one, as Dask's workers do."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def reference(tiny) -> np.ndarray:
+def reference(tiny, one_thread) -> np.ndarray:
     """The single-process direction: hspace.inversion.direction_from_images, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    direction = direction_from_images(tiny, POSITIVES, NEGATIVES, steps=3).numpy()
-    torch.set_num_threads(before)
-    return direction
+    return direction_from_images(tiny, POSITIVES, NEGATIVES, steps=3).numpy()
 
 
 @pytest.fixture

@@ -55,12 +55,7 @@ REBUILD = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: bits depend on the thread count
 
 
 def sha256(array: np.ndarray) -> str:

@@ -42,13 +42,7 @@ ARGS = dict(
 # test_threshold_plan's.
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The evaluation samples a few tiny batches; one torch thread keeps that fast on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: bits depend on the thread count
 
 
 def test_rebuild_publishes_evaluated_directions_and_a_rerun_publishes_nothing_new(
