@@ -18,6 +18,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from hspace.errors import HSpaceError
+from hspace.incremental_svd import column_sums, lower_gram
 from hspace.pca import StreamingPCA
 from hspace.pca_directions import align_signs, pca_direction, step_signs
 
@@ -90,6 +91,55 @@ def test_matches_exact_svd(X, exact, batch_size):
     assert (biggest > 0).all()
     assert isinstance(pca.n_samples_seen_, np.int64) and pca.n_samples_seen_ == N
     assert pca.n_features_in_ == D
+
+
+def test_exact_to_float32_round_off_when_nothing_is_truncated():
+    # Rank-8 rows (and a large mean) with r = 2k = 8 rows kept: no merge truncates, so what is left is the
+    # round-off of the float32 Gram matrix and its float32 eigh (docs/pca.md, "Precision").
+    rng = np.random.default_rng(5)
+    spectrum = np.linspace(16.0, 2.0, 8)
+    axes = np.linalg.qr(rng.standard_normal((D, 8)))[0].T
+    X = (rng.standard_normal((600, 8)) * np.sqrt(spectrum)) @ axes + 100.0 * rng.standard_normal(D)
+    X = X.astype(np.float32)
+    rows = X.astype(np.float64)
+    _, s, vt = np.linalg.svd(rows - rows.mean(axis=0), full_matrices=False)
+    pca = StreamingPCA(4, batch_size=64, device="cpu").fit(X)
+    assert _relative(pca.explained_variance_, s[:4] ** 2 / (len(X) - 1)) <= 1e-5
+    cosines = np.abs(np.sum(pca.components_.astype(np.float64) * vt[:4], axis=1))
+    assert cosines.min() >= 1 - 1e-6  # component by component (float32 components: 1 - cos ~ 1e-7)
+    np.testing.assert_allclose(pca.mean_, rows.mean(axis=0), rtol=1e-12)
+
+
+def test_reading_attributes_and_state_mid_stream_changes_nothing(X, exact):
+    # The pending rows live in a buffer that the merge centres in place and later rows overwrite: reading
+    # the attributes merges a copy of them, and the state holds a copy of them.
+    cuts = [0, 150, 230, 470, 530, N]
+    read = StreamingPCA(K, batch_size=BATCH, device="cpu")
+    states = []
+    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+        read.partial_fit(X[start:stop])
+        read.components_  # noqa: B018
+        states.append(read.state_dict())
+    fitted = StreamingPCA(K, batch_size=BATCH, device="cpu").fit(X)
+    np.testing.assert_array_equal(read.components_, fitted.components_)
+    np.testing.assert_array_equal(read.explained_variance_, fitted.explained_variance_)
+    for stop, state in zip(cuts[1:], states, strict=True):
+        np.testing.assert_array_equal(state["pending"], X[stop - stop % BATCH : stop])
+    _, s, _ = exact
+    assert _relative(read.explained_variance_, s[:K] ** 2 / (N - 1)) <= 1e-3
+
+
+def test_merge_helpers_against_numpy():
+    rng = np.random.default_rng(2)
+    rows = torch.from_numpy(rng.standard_normal((300, 70)).astype(np.float32) + 50.0)
+    expected = rows.numpy().astype(np.float64)
+    np.testing.assert_allclose(column_sums(rows).numpy(), expected.sum(axis=0), rtol=1e-13)
+    squares = (rows.numpy() ** 2).astype(np.float64)  # float32 squares, summed in float64
+    np.testing.assert_allclose(column_sums(rows, squares=True).numpy(), squares.sum(axis=0), rtol=1e-13)
+    head, tail = rows[:7] - 50.0, rows[7:] - 50.0
+    stacked = np.concatenate([head.numpy(), tail.numpy()]).astype(np.float64)
+    gram = np.tril(lower_gram(head, tail, panel=64).numpy())  # eigh reads the lower triangle only
+    np.testing.assert_allclose(gram, np.tril(stacked @ stacked.T), rtol=0, atol=1e-5 * np.abs(gram).max())
 
 
 def test_transform_projects_on_components(X):
