@@ -2,8 +2,9 @@
 
 A model is named by one of:
 
-* a built-in config (random weights from a fixed seed, no download): ``tiny`` for fast tests and
-  ``celebahq-shape``, the exact architecture of ``google/ddpm-ema-celebahq-256``;
+* a built-in config (random weights from a fixed seed, no download): ``tiny`` for fast tests,
+  ``celebahq-shape``, the exact architecture of ``google/ddpm-ema-celebahq-256``, and ``scale-probe``, which
+  has that model's h (512 x 8 x 8) at a hundredth of its compute, for measuring the pipeline at scale on CPUs;
 * a local directory: either a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``)
   or a bare U-Net folder (``config.json``, weights and ``scheduler_config.json``, the layout of
   ``google/ddpm-ema-celebahq-256``);
@@ -193,7 +194,36 @@ def _celebahq_shape() -> UNet2DModel:
     )
 
 
-BUILTIN: dict[str, Callable[[], UNet2DModel]] = {"tiny": _tiny, "celebahq-shape": _celebahq_shape}
+def _scale_probe() -> UNet2DModel:
+    """The h of google/ddpm-ema-celebahq-256 (512 x 8 x 8 = 32,768 values per step) on 3 x 64 x 64 images, cheaply.
+
+    Four levels (64 -> 32 -> 16 -> 8, three downsamplings), one resnet per level, 8/16/32 channels in the outer
+    levels and 512 only at the bottom, where h is: the mid-block (two resnets, no attention: 3% more compute
+    with it) and its neighbours work at 512 channels, everything else is almost free. 27.45M parameters,
+    4.61 GFLOP per forward per sample (FlopCounterMode, batch 1), against 496 GFLOP for celebahq-shape.
+
+    One U-Net pass at batch 32 (``python bench/bench_scale.py --pass-time``, 2026-12-05) on this project's 2-core
+    CPU: 0.57 s (min of 3, the same pass timed by hand while the machine was nearly idle), 1.6-2.8 s (min of 5)
+    at load average 4-8 from other jobs. Idle, a 50-step sample thus costs about 0.9 s, a shard of 32 about 28 s.
+    """
+    return UNet2DModel(
+        sample_size=64,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 32, 512),
+        layers_per_block=1,
+        norm_num_groups=8,
+        add_attention=False,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
+
+
+BUILTIN: dict[str, Callable[[], UNet2DModel]] = {
+    "tiny": _tiny,
+    "celebahq-shape": _celebahq_shape,
+    "scale-probe": _scale_probe,
+}
 
 # Models the project trains and ships (weights inside the package, checked against their data card).
 SHIPPED: dict[str, Path] = {"testbed": Path(__file__).parent / "testbed" / "weights" / "model"}

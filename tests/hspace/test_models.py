@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMPipeline, DDPMScheduler
 
 from hspace.errors import HSpaceError
-from hspace.models import load_model, weight_fingerprint
+from hspace.models import BUILTIN, SHIPPED, load_model, weight_fingerprint
 
 
 def test_tiny_is_deterministic_and_has_h(tiny):
@@ -40,6 +40,33 @@ def test_celebahq_shape_matches_the_published_architecture():
     assert round(parameters / 1e6, 1) == 113.7  # the architecture of google/ddpm-ema-celebahq-256
     assert model.h_shape == (512, 8, 8)
     assert model.image_shape == (3, 256, 256)
+
+
+def test_scale_probe_has_the_h_of_celebahq_at_a_hundredth_of_its_compute():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = load_model("scale-probe")
+    assert model.h_shape == (512, 8, 8)  # google/ddpm-ema-celebahq-256's h: 32,768 values per step
+    assert model.image_shape == (3, 64, 64)
+    assert load_model("scale-probe").fingerprint == model.fingerprint
+    seen = []
+    handle = model.unet.mid_block.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model.unet(torch.zeros(1, 3, 64, 64), torch.tensor(10))
+    finally:
+        handle.remove()
+    assert seen == [(1, 512, 8, 8)]
+    # celebahq-shape: 496,348,037,120 FLOP per forward (bench/bench_gpu.py); the probe's is 4.61e9.
+    assert counter.get_total_flops() < 496_348_037_120 / 100
+
+
+def test_every_builtin_is_named_in_the_unknown_model_error():
+    assert set(BUILTIN) == {"tiny", "celebahq-shape", "scale-probe"}
+    with pytest.raises(HSpaceError) as error:
+        load_model("no such model")
+    for name in [*BUILTIN, *SHIPPED]:
+        assert name in str(error.value)
 
 
 def test_fingerprint_is_sha256_of_the_state_dict_and_sees_one_changed_weight(tiny):
