@@ -280,7 +280,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=16)
     parser.add_argument("--gamma", type=float, default=1.0)
     parser.add_argument("--microbatch", type=int, default=64, help="samples per U-Net pass, corpora")
-    parser.add_argument("--eval-batch", type=int, default=8, help="samples per U-Net pass, evaluation (each with all its edits)")
+    parser.add_argument(
+        "--eval-batch", type=int, default=8, help="samples per U-Net pass, evaluation (each with all its edits)"
+    )
     parser.add_argument("--threads", type=int)
     parser.add_argument("--skip-big", action="store_true", help="no celebahq-shape")
     parser.add_argument("--skip-directions", action="store_true")
