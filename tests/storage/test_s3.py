@@ -113,7 +113,7 @@ def test_rebuild_bank_on_s3_with_two_workers_killed_mid_corpus_and_mid_evaluatio
     s3_bucket, use_prefect_server
 ):
     """Corpus and bank on S3, corpus and evaluation on a 2-worker Dask cluster reporting to the local Prefect
-    server; SIGKILL while the corpus is part done, rerun and SIGKILL that while the evaluation is part done, rerun."""
+    server; SIGKILL while the corpus is part done, rerun; SIGKILL while the evaluation is part done, rerun."""
     import s3fs
     import zarr
 
@@ -130,13 +130,17 @@ def test_rebuild_bank_on_s3_with_two_workers_killed_mid_corpus_and_mid_evaluatio
 
     done = kill_part_way(command, lambda: zarr.open_group(corpus, mode="r")["done"][:])
     assert 2 <= done.sum() < done.size == 12, f"the corpus was not caught part-way: done={done}"
+    assert main(command) == 0
+    assert load_bank(bank).info()["content_sha256"] == uninterrupted
+
+    s3.rm(bank.removeprefix("s3://"), recursive=True)
+    s3.rm(f"{corpus.removeprefix('s3://')}/evaluations", recursive=True)
 
     def evaluation_done() -> np.ndarray:
         evaluations = zarr.open_group(corpus, mode="r")["evaluations"]
         (key,) = list(evaluations.group_keys())
         return evaluations[key]["done"][:]
 
-    # The rerun finishes the corpus and the light stages, and is killed in its turn mid-evaluation.
     done = kill_part_way(command, evaluation_done)
     assert 2 <= done.sum() < done.size == 8, f"the evaluation was not caught part-way: done={done}"
     assert main(command) == 0
