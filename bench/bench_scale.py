@@ -331,10 +331,10 @@ def print_summary(report: dict[str, Any]) -> None:
         f"\nextrapolated to {PAPER['samples']:,} x {PAPER['steps']} steps, hours (from N = {e['from_n']}, "
         f"{e['gpu_seconds_per_sample']:.3f} GPU-s per celebahq sample; assumptions: bench/bench_scale.py docstring)"
     )
-    say("  stage       " + "".join(f"{'G=' + g:>10}" for g in gpus))
+    say("  stage       " + "".join(f"{'G=' + g:>11}" for g in gpus))
     for stage in COMMANDS:
-        say(f"  {stage:<11} " + "".join(f"{e['hours'][g][stage]:10.2f}" for g in gpus))
-    say("  bound by    " + "".join(f"{e['bound_by'][g]:>10}" for g in gpus))
+        say(f"  {stage:<11} " + "".join(f"{e['hours'][g][stage]:11.2f}" for g in gpus))
+    say("  bound by    " + "".join(f"{e['bound_by'][g]:>11}" for g in gpus))
     needed = ", ".join(f"{e['corpus_write_mb_per_s_needed'][g]:.0f} MB/s (G={g})" for g in gpus)
     say(f"  corpus: {e['corpus_bytes'] / 1e9:.1f} GB of h, written at {needed}")
     if report["settings"]["steps"] != PAPER["steps"]:

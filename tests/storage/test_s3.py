@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,39 +111,68 @@ REBUILD = [
 
 
 @pytest.mark.slow
-def test_rebuild_bank_on_s3_with_two_workers_killed_mid_corpus_then_rerun_equals_an_uninterrupted_one(
-    s3_bucket, use_prefect_server
+def test_rebuild_bank_on_s3_with_two_workers_killed_mid_corpus_and_mid_evaluation_equals_an_uninterrupted_one(
+    s3_bucket, use_prefect_server, tmp_path
 ):
-    """Corpus and bank on S3, the corpus on a 2-worker Dask cluster reporting to the local Prefect server."""
+    """Corpus and bank on S3, corpus and evaluation on a 2-worker Dask cluster reporting to the local Prefect
+    server. SIGKILL while the corpus is part done, rerun; then, the evaluation and the bank removed, SIGKILL
+    while the evaluation is part done, rerun: each rerun publishes the uninterrupted run's content hash."""
     import s3fs
-    import zarr
 
     from hspace.bank import load_bank
 
     corpus, bank = f"{s3_bucket}/c.zarr", f"{s3_bucket}/bank"
-    command = [*REBUILD, bank, "--corpus", corpus, "--workers", "2"]
+    # 8 evaluation passes of one sample each, one per task: a kill can land between them.
+    command = [*REBUILD, bank, "--corpus", corpus, "--workers", "2", "--eval-batch", "1", "--eval-block", "1"]
     assert main(command) == 0
     uninterrupted = load_bank(bank).info()["content_sha256"]
-    s3fs.S3FileSystem().rm(f"{corpus.removeprefix('s3://')}", recursive=True)
-    s3fs.S3FileSystem().rm(f"{bank.removeprefix('s3://')}", recursive=True)
+    s3 = s3fs.S3FileSystem()
+    s3.rm(corpus.removeprefix("s3://"), recursive=True)
+    s3.rm(bank.removeprefix("s3://"), recursive=True)
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    done = np.zeros(12, dtype=bool)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(Exception):  # not created yet
-            done = zarr.open_group(corpus, mode="r")["done"][:]
-        if done.sum() >= 2:
-            break
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 2 <= done.sum() < 12, f"the build was not caught part-way: done={done}, {process.stderr.read()}"
-
+    done = kill_part_way(command, lambda group: group["done"][:], tmp_path / "corpus.log")
+    assert 2 <= done.sum() < done.size == 12, f"the corpus was not caught part-way: done={done}"
     assert main(command) == 0
     assert load_bank(bank).info()["content_sha256"] == uninterrupted
+
+    s3.rm(bank.removeprefix("s3://"), recursive=True)
+    s3.rm(f"{corpus.removeprefix('s3://')}/evaluations", recursive=True)
+
+    def evaluation_done(group) -> np.ndarray:
+        (key,) = list(group["evaluations"].group_keys())
+        return group["evaluations"][key]["done"][:]
+
+    done = kill_part_way(command, evaluation_done, tmp_path / "evaluation.log")
+    assert 2 <= done.sum() < done.size == 8, f"the evaluation was not caught part-way: done={done}"
+    assert main(command) == 0
+    assert load_bank(bank).info()["content_sha256"] == uninterrupted
+
+
+def kill_part_way(command: list[str], flags: Callable[[Any], np.ndarray], log: Path) -> np.ndarray:
+    """Run the CLI in a process group, SIGKILL it once ``flags(corpus group)`` has two set; return them then.
+
+    The corpus is read without s3fs's listing cache: other processes write it, and a cached listing of a
+    group (made before the evaluation's was created) would never show it.
+    """
+    import zarr
+
+    corpus = command[command.index("--corpus") + 1]
+    fresh = {"use_listings_cache": False, "skip_instance_cache": True}
+    with log.open("wb") as output:  # a file, not a pipe: a full pipe would stop the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *command], stdout=output, stderr=output, start_new_session=True
+        )
+        done = np.zeros(1, dtype=bool)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(Exception):  # not created yet
+                done = flags(zarr.open_group(corpus, mode="r", storage_options=fresh))
+            if done.sum() >= 2:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):  # it ended: the assertion below says so, with its log
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    if done.sum() < 2 or done.all():
+        print(log.read_text(errors="replace")[-20000:])
+    return done
