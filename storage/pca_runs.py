@@ -201,13 +201,25 @@ class PCARun:
             n_samples=int(read_array(g, "n_samples", step)),
         )
 
-    def iter_components(self, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
-        """Raw components of each fitted step in turn, (k, D) or (len(indices), D), signs as fitted; all steps
-        must be done. One step in memory at a time."""
+    def explained_variances(self) -> np.ndarray:
+        """Explained variance of every component at every fitted step, float32 (len(steps), k), in one read
+        (a read per step costs a round trip each on an object store); all steps must be done."""
+        self._require_done()
+        return read_array(self.group, "explained_variance", list(self.spec.steps))
+
+    def read_components(self, indices: Sequence[int]) -> np.ndarray:
+        """Raw components ``indices`` of every fitted step, float32 (len(steps), len(indices), D), signs as
+        fitted, in one read (few components: what a direction needs); all steps must be done."""
+        self._require_done()
+        selection = (np.asarray(self.spec.steps, dtype=np.int64), np.asarray(indices, dtype=np.int64))
+        return np.asarray(array_at(self.group, "components").get_orthogonal_selection(selection))
+
+    def iter_components(self) -> Iterator[np.ndarray]:
+        """Raw components (k, D) of each fitted step in turn, signs as fitted; all steps must be done. One step
+        in memory at a time (all k of every step can exceed memory; :meth:`read_components` reads a few)."""
         self._require_done()
         for t in self.spec.steps:
-            components = read_array(self.group, "components", t)
-            yield components if indices is None else components[list(indices)]
+            yield read_array(self.group, "components", t)
 
     def signs(self) -> np.ndarray:
         """+1/-1 of shape (len(steps), k); refuses a run that is not aligned."""
@@ -283,7 +295,7 @@ def read_pca_directions(url: str, run: str, indices: Sequence[int] | None = None
     signs = pca.signs()  # refuses an incomplete run
     spec = pca.corpus.spec
     directions = np.zeros((len(indices), spec.steps, *spec.h_shape), dtype=np.float32)
-    for i, (t, components) in enumerate(zip(pca.spec.steps, pca.iter_components(indices), strict=True)):
+    for i, (t, components) in enumerate(zip(pca.spec.steps, pca.read_components(indices), strict=True)):
         aligned = (components * signs[i, indices, None])[None]  # (1, n, D): this step alone
         for j in range(len(indices)):
             directions[j, t] = pca_direction(aligned, j, spec.h_shape).numpy()[0]

@@ -50,10 +50,11 @@ def gather_directions(
                 f"PCA run {pca_run!r} has {run.spec.components} components; asked for the top {pca_directions}"
             )
         directions = read_pca_directions(url, pca_run, list(range(pca_directions)))
+        variances = run.explained_variances()
         for j in range(pca_directions):
             scaled = directions[j].copy()
-            for step in run.spec.steps:
-                scaled[step] *= float(np.sqrt(run.read_step(step).explained_variance[j]))
+            for i, step in enumerate(run.spec.steps):
+                scaled[step] *= float(np.sqrt(variances[i, j]))
             out[pca_direction_name(j)] = (
                 scaled,
                 {
