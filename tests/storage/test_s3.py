@@ -158,6 +158,7 @@ def kill_part_way(command: list[str], flags: Callable[[Any], np.ndarray], log: P
 
     corpus = command[command.index("--corpus") + 1]
     fresh = {"use_listings_cache": False, "skip_instance_cache": True}
+    store = zarr.storage.FsspecStore.from_url(corpus, storage_options=fresh, read_only=True)
     with log.open("wb") as output:  # a file, not a pipe: a full pipe would stop the process
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", *command], stdout=output, stderr=output, start_new_session=True
@@ -166,7 +167,7 @@ def kill_part_way(command: list[str], flags: Callable[[Any], np.ndarray], log: P
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
             with contextlib.suppress(Exception):  # not created yet
-                done = flags(zarr.open_group(corpus, mode="r", storage_options=fresh))
+                done = flags(zarr.open_group(store, mode="r"))
             if done.sum() >= 2:
                 break
             time.sleep(0.05)
