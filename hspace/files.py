@@ -28,10 +28,13 @@ S3_MAX_ATTEMPTS = 10
 
 
 def storage_options(url: str) -> dict[str, Any]:
-    """The fsspec options hspace opens ``url`` with (for s3://: retries); the same for Zarr stores.
+    """The fsspec options hspace opens ``url`` with (for s3://: retries, no listing cache); the same for Zarr stores.
 
     The retry mode and attempts are botocore's, set here only where the user set none: ``AWS_RETRY_MODE`` and
     ``AWS_MAX_ATTEMPTS``, or ``retry_mode`` and ``max_attempts`` in the AWS config file's profile, win.
+    Listings are not cached: workers and other runs write the corpus and the bank while a process holds its
+    filesystem, and s3fs's listing cache never sees their writes (a listing made before a group or a bank
+    version existed would hide it for as long as the process lives).
     """
     scheme, separator, _ = url.partition("://")
     if not separator or scheme not in EXTRAS:
@@ -53,7 +56,7 @@ def storage_options(url: str) -> dict[str, Any]:
         )
         if env not in os.environ and name not in profile
     }
-    return {"config_kwargs": {"retries": retries}} if retries else {}
+    return {"use_listings_cache": False, **({"config_kwargs": {"retries": retries}} if retries else {})}
 
 
 def url_filesystem(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:

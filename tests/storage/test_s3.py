@@ -82,6 +82,31 @@ def test_refused_credentials_are_one_line_and_create_nothing(s3_server_checking_
     assert "access refused" in err and "AWS_ACCESS_KEY_ID" in err and "\n" not in err
 
 
+def test_a_listing_shows_what_another_process_wrote_since(s3_bucket):
+    """No listing cache on S3: workers and other runs write the corpus and the bank while a process holds its
+    filesystem (s3fs's cache would keep the first listing of a folder for as long as the process lives)."""
+    import s3fs
+    import zarr
+    from zarr.storage import FsspecStore
+
+    from hspace.files import storage_options, url_filesystem
+
+    fs, root = url_filesystem(f"{s3_bucket}/bank/versions")
+    elsewhere = s3fs.S3FileSystem(skip_instance_cache=True)  # another process's filesystem
+    elsewhere.pipe(f"{root}/v0001/manifest.json", b"{}")
+    assert fs.ls(root, detail=False) == [f"{root}/v0001"]
+    elsewhere.pipe(f"{root}/v0002/manifest.json", b"{}")
+    assert sorted(fs.ls(root, detail=False)) == [f"{root}/v0001", f"{root}/v0002"]
+    elsewhere.pipe(f"{s3_bucket.removeprefix('s3://')}/c.zarr/zarr.json", b'{"zarr_format": 3, "node_type": "group"}')
+    url = f"{s3_bucket}/c.zarr"  # the corpus's Zarr store is opened with the same options (storage.corpus)
+    corpus = zarr.open_group(FsspecStore.from_url(url, storage_options=storage_options(url)), mode="r")
+    assert list(corpus.group_keys()) == []
+    elsewhere.pipe(
+        f"{s3_bucket.removeprefix('s3://')}/c.zarr/evaluations/zarr.json", b'{"zarr_format": 3, "node_type": "group"}'
+    )
+    assert list(corpus.group_keys()) == ["evaluations"]
+
+
 REBUILD = [
     "rebuild-bank",
     "--model",

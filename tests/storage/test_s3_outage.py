@@ -80,14 +80,15 @@ def test_the_retry_settings_are_hspace_s_unless_the_user_gave_them(monkeypatch, 
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     retries = {"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS}
-    assert storage_options("s3://b/c.zarr") == {"config_kwargs": {"retries": retries}}
+    fresh = {"use_listings_cache": False}
+    assert storage_options("s3://b/c.zarr") == {**fresh, "config_kwargs": {"retries": retries}}
     assert storage_options(str(tmp_path)) == storage_options("memory://c") == {}
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
-    assert storage_options("s3://b/c.zarr") == {"config_kwargs": {"retries": {"mode": "standard"}}}
+    assert storage_options("s3://b/c.zarr") == {**fresh, "config_kwargs": {"retries": {"mode": "standard"}}}
     (tmp_path / "config").write_text("[profile slow]\nretry_mode = adaptive\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_PROFILE", "slow")
-    assert storage_options("s3://b/c.zarr") == {}
+    assert storage_options("s3://b/c.zarr") == fresh
 
 
 def test_only_connection_failures_become_one_line_errors():
