@@ -176,14 +176,15 @@ def test_rebuild_bank_on_s3_with_two_workers_killed_mid_corpus_and_mid_evaluatio
 def kill_part_way(command: list[str], flags: Callable[[Any], np.ndarray], log: Path) -> np.ndarray:
     """Run the CLI in a process group, SIGKILL it once ``flags(corpus group)`` has two set; return them then.
 
-    The corpus is read without s3fs's listing cache: other processes write it, and a cached listing of a
-    group (made before the evaluation's was created) would never show it.
+    The corpus is read with hspace's own store options, which keep no listing cache: other processes write it,
+    and a cached listing of a group (made before the evaluation's was created) would never show it.
     """
     import zarr
 
+    from hspace.files import storage_options
+
     corpus = command[command.index("--corpus") + 1]
-    fresh = {"use_listings_cache": False, "skip_instance_cache": True}
-    store = zarr.storage.FsspecStore.from_url(corpus, storage_options=fresh, read_only=True)
+    store = zarr.storage.FsspecStore.from_url(corpus, storage_options=storage_options(corpus), read_only=True)
     with log.open("wb") as output:  # a file, not a pipe: a full pipe would stop the process
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", *command], stdout=output, stderr=output, start_new_session=True
