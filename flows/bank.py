@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -26,7 +27,7 @@ from flows.runner import RunnerChoice, checked_by
 from hspace.annotators import class_thresholds
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from storage.corpus import ADDED_SETTINGS
+from storage.corpus import ADDED_SETTINGS, Corpus
 from tasks.bank import pca_direction_name, publish_bank
 from tasks.corpus import check_build_arguments, prepare_corpus
 from tasks.evaluate import EvaluationSpec
@@ -229,6 +230,10 @@ def rebuild_bank(
 
     with stage("corpus"):
         build_corpus.with_options(task_runner=runner.task_runner(s.device))(**s.corpus_arguments(), progress=progress)
+        # Results marked stale by `hspace corpus verify --repair` go; the stages below make this rebuild's again.
+        dropped = Corpus.open(s.corpus, writable=True).drop_stale()
+        if dropped:
+            print(f"rebuild-bank: removed stale results, to be recomputed: {', '.join(dropped)}", file=sys.stderr)
     with stage("annotate"):
         annotate(s.corpus, s.annotator, s.annotator_options, progress=progress)
     pca_run = s.pca_run_name if s.pca_components > 0 else None

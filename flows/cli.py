@@ -56,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     """The ``hspace`` argument parser with every command module's commands."""
     top = OneLineErrors(prog="hspace", description=__doc__.splitlines()[0] if __doc__ else None)
     top.add_argument("--version", action="version", version=f"hspace {_version()}")
+    top.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print failures with their tracebacks (by default one line; the Prefect run log has them in full)",
+    )
     commands = top.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(commands)
@@ -65,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``hspace`` command ``argv``; returns the exit status."""
     args = parser().parse_args(argv)
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS", "flows.logs.OneLineConsole")
     from hspace.errors import HSpaceError
 
     try:
@@ -72,9 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     except HSpaceError as error:
         print(f"hspace: error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:  # a run-time failure that is not ours: one line, the traceback on request
+        if args.verbose:
+            raise
+        print(f"hspace: error: {_failure(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hspace: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _failure(error: Exception) -> str:
+    """One line for an exception that is not an HSpaceError: what failed and what to do."""
+    if type(error).__name__ == "KilledWorker":  # distributed.scheduler.KilledWorker, without importing Dask
+        return (
+            f"a Dask worker died too often while running {error.args[0] if error.args else 'a task'} (out of "
+            "memory, or a crash): see the workers' logs, then rerun the same command to resume"
+        )
+    return (
+        f"{type(error).__name__}: {error}; rerun with `hspace --verbose ...` for the traceback (a flow's run log in "
+        "Prefect has it too), and the same command resumes what was done"
+    )
 
 
 if __name__ == "__main__":

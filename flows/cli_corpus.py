@@ -1,4 +1,4 @@
-"""``hspace corpus build|info``: generate a corpus of samples with their h_{T:1}, and inspect one."""
+"""``hspace corpus build|info|verify``: generate a corpus of samples with their h_{T:1}, inspect one, check it."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_info)
 
+    verify = sub.add_parser(
+        "verify",
+        help="read every chunk of a corpus and report damaged ones (exit status 1 if any); --repair prepares "
+        "their regeneration",
+    )
+    verify.add_argument("url")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="clear the done flags of damaged shards (the next `corpus build` with the same settings regenerates "
+        "exactly those) and mark stale the results that may hold their data (`rebuild-bank` recomputes them)",
+    )
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    verify.set_defaults(func=_verify)
+
 
 def _build(args: argparse.Namespace) -> None:
     from flows.corpus import build_corpus
@@ -73,3 +89,49 @@ def _info(args: argparse.Namespace) -> None:
     from storage.corpus import Corpus
 
     print_info(Corpus.open(args.url).info(), as_json=args.json)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.progress import Progress, track
+    from storage.corpus import Corpus
+    from storage.verify import repair, to_json, units, verify
+
+    corpus = Corpus.open(args.url, writable=args.repair)
+    progress = Progress(total=units(corpus), unit="unit", desc="verify", show=not args.no_progress)
+    with track(progress) as bar:
+        damaged = verify(corpus, bar.update)
+    repaired = repair(corpus, damaged) if args.repair and damaged else None
+    report = {
+        "url": args.url,
+        "checksummed": corpus.checksummed,
+        "damaged": [to_json(d) for d in damaged],
+        "repaired": repaired,
+        "stale": corpus.stale(),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_verify(report, args.url)
+    return 1 if damaged else 0
+
+
+def _print_verify(report: dict, url: str) -> None:
+    damaged, repaired = report["damaged"], report["repaired"]
+    if not report["checksummed"]:
+        print("note: this corpus has no chunk checksums (schema version 1): only chunks that fail to decode are found")
+    for d in damaged:
+        print(f"damaged: {d['array']}, {d['where']}: {d['reason']}")
+    if not damaged:
+        print(f"no damaged chunk in {url}")
+    elif repaired is None:
+        print(f"{len(damaged)} damaged; `hspace corpus verify {url} --repair` prepares their regeneration")
+    else:
+        if repaired["shards_to_rebuild"]:
+            print(
+                f"shards to regenerate: {repaired['shards_to_rebuild']}: run `hspace corpus build {url}` with the "
+                "settings it was built with (`hspace corpus info` shows them)"
+            )
+        for member in repaired["stale"]:
+            print(f"stale: {member}: `hspace rebuild-bank` recomputes it")

@@ -7,6 +7,7 @@ Prefect's ephemeral mode starts one server per worker process over one SQLite fi
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -95,6 +96,19 @@ def prefect_api_for_workers() -> Iterator[str]:
         os.environ["PREFECT_API_URL"] = api_url
         try:
             with temporary_settings(updates={PREFECT_API_URL: api_url}):
-                yield api_url
+                try:
+                    yield api_url
+                finally:
+                    _send_pending_logs()
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+def _send_pending_logs() -> None:
+    """Send this process's queued run logs (a failed run's report, with its traceback) while the server is up:
+    after it stops they would fail with Prefect's "Error logging to API" on the terminal."""
+    from prefect.logging.handlers import APILogHandler
+
+    for handler in logging.getLogger("prefect.flow_runs").handlers:
+        if isinstance(handler, APILogHandler):
+            handler.flush()

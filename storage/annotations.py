@@ -32,7 +32,7 @@ import zarr
 from hspace.errors import HSpaceError
 from hspace.names import check_name
 from storage.corpus import Corpus
-from storage.groups import ShardFlags, array_at, describe_differences, group_at, read_array
+from storage.groups import ShardFlags, array_at, describe_differences, group_at, new_array, read_array
 
 GROUP = "annotations"
 ATTRS_KEY = "hspace_annotations"
@@ -271,7 +271,8 @@ def _create_arrays(group: zarr.Group, corpus: Corpus, record: AnnotatorRecord) -
     """Create (or recreate, after a crash during creation) every array, then mark the group ready."""
     spec = corpus.spec
     for attribute in record.attributes:
-        group.create_array(
+        new_array(
+            group,
             attribute,
             shape=(spec.samples,),
             dtype="float32",
@@ -280,7 +281,8 @@ def _create_arrays(group: zarr.Group, corpus: Corpus, record: AnnotatorRecord) -
             dimension_names=("sample",),
             overwrite=True,
         )
-    group.create_array(
+    new_array(
+        group,
         DONE,
         shape=(spec.n_shards,),
         dtype="bool",

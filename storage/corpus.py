@@ -17,30 +17,49 @@ A shard is the unit of work, of resume and of retry: it is written in one whole-
 is ``done[k]`` set, in a chunk of its own. Data of a shard that is not done is never trusted: a rerun
 rewrites it. The group attribute ``hspace`` holds the settings; ``initialized`` turns true only after
 every array exists, so a crash during creation is repaired by the next open.
+
+Every chunk ends in its crc32c (schema version 2, ``storage.groups.CHECKSUMMED``): a damaged chunk is a
+:class:`DamagedChunk` error naming the array, the shard and its samples, never wrong numbers;
+``storage/verify.py`` finds them all and repairs them. Version 1 corpora (no chunk checksums) still open.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+import sys
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 import zarr.errors
-from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from hspace.errors import HSpaceError
-from hspace.files import reachable, storage_options, url_filesystem
-from storage.groups import ShardFlags, array_at, check_shapes, describe_differences, read_array
+from hspace.files import reachable, url_filesystem
+from storage.groups import (
+    DamagedChunk,
+    ShardFlags,
+    array_at,
+    check_shapes,
+    damage_reason,
+    describe_differences,
+    json_attrs,
+    new_array,
+    read_array,
+)
+from storage.stores import corpus_store
 
-SCHEMA_VERSION = 1
+# The samples' arrays, written shard by shard (``done`` marks each shard's).
+DATA_ARRAYS = ("h", "x0", "seed")
+# Group attribute: results that may not match the samples any more (``storage/verify.py``), path -> why.
+STALE = "hspace_stale"
+SCHEMA_VERSION = 2
+# Version 1 is version 2 without chunk checksums: still read and resumed, with a note that damage in its
+# chunks may go unseen.
+UNCHECKSUMMED_VERSION = 1
 H_DTYPES = ("float16", "float32")
 # Recorded but not compared when reopening: a newer hspace may resume a corpus it can read.
-NOT_COMPARED = ("package_version",)
+NOT_COMPARED = ("package_version", "schema_version")
 # Settings added after schema version 1 shipped, with the value every corpus built before them has.
 ADDED_SETTINGS: dict[str, Any] = {"precision": "fp32", "microbatch": None}
 
@@ -129,7 +148,7 @@ class Corpus(ShardFlags):
             group = _create_group(url, spec)
         else:
             _check_same(url, existing, spec)
-            group = zarr.open_group(_store(url, read_only=False), mode="r+")
+            group = zarr.open_group(corpus_store(url, read_only=False), mode="r+")
             if not existing.get("initialized", False):
                 _create_arrays(group, spec)
         return cls(url, group, spec)
@@ -141,8 +160,13 @@ class Corpus(ShardFlags):
         assert attrs is not None
         if not attrs.get("initialized", False):
             raise HSpaceError(f"{url} is a corpus whose creation did not finish: rerun `hspace corpus build`")
-        group = zarr.open_group(_store(url, read_only=not writable), mode="r+" if writable else "r")
+        group = zarr.open_group(corpus_store(url, read_only=not writable), mode="r+" if writable else "r")
         return cls(url, group, CorpusSpec.from_attrs(attrs))
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether every chunk carries a crc32c (schema version 2; version 1 corpora do not)."""
+        return json_attrs(self.group, "hspace").get("schema_version") != UNCHECKSUMMED_VERSION
 
     # ----- writing -----------------------------------------------------------------------------
     def write_shard(self, shard: int, *, h: np.ndarray, x0: np.ndarray, seeds: np.ndarray) -> None:
@@ -163,13 +187,36 @@ class Corpus(ShardFlags):
     # ----- reading -----------------------------------------------------------------------------
     def read_h(self, samples: slice = slice(None), step: int | None = None) -> np.ndarray:
         """h of some samples: (n, T, C, H, W), or (n, C, H, W) at one step (touches one chunk per shard)."""
-        return read_array(self.group, "h", samples if step is None else (samples, step))
+        return self._read("h", samples, () if step is None else (step,))
 
     def read_x0(self, samples: slice = slice(None)) -> np.ndarray:
-        return read_array(self.group, "x0", samples)
+        return self._read("x0", samples)
 
     def read_seeds(self, samples: slice = slice(None)) -> np.ndarray:
-        return read_array(self.group, "seed", samples)
+        return self._read("seed", samples)
+
+    def _read(self, name: str, samples: slice, rest: tuple[int, ...] = ()) -> np.ndarray:
+        """``name[samples, *rest]``; a chunk that fails its checksum (or cannot be decoded) is a
+        :class:`DamagedChunk` naming the first damaged shard in the range, found by reading shard by shard."""
+        try:
+            return read_array(self.group, name, (samples, *rest))
+        except (ValueError, RuntimeError) as error:
+            start, stop, _ = samples.indices(self.spec.samples)
+            first, last = start // self.spec.shard_size, -(-stop // self.spec.shard_size)
+            for shard in range(first, min(last, self.spec.n_shards)):
+                damaged = self.damage(name, shard, rest)
+                if damaged is not None:
+                    raise DamagedChunk(self.url, name, shard, self.spec.shard_range(shard), damaged) from error
+            raise
+
+    def damage(self, name: str, shard: int, rest: tuple[int, ...] = ()) -> str | None:
+        """Why reading shard ``shard`` of array ``name`` (h, x0 or seed) fails, or None where it reads."""
+        start, stop = self.spec.shard_range(shard)
+        try:
+            read_array(self.group, name, (slice(start, stop), *rest))
+        except (ValueError, RuntimeError) as error:
+            return damage_reason(error)
+        return None
 
     def read_member_attrs(
         self, path: str, *, node_type: type, key: str, version: int, what: str
@@ -180,6 +227,7 @@ class Corpus(ShardFlags):
             node = self.group[path]
         except KeyError:
             return None
+        self.refuse_if_stale(path)
         attrs = node.attrs.get(key) if isinstance(node, node_type) else None
         if not isinstance(attrs, dict):
             raise HSpaceError(f"{self.url}/{path} is not {what}; remove it")
@@ -189,6 +237,34 @@ class Corpus(ShardFlags):
                 f"reads version {version}"
             )
         return attrs
+
+    # ----- stale results ----------------------------------------------------------------------
+    def stale(self) -> dict[str, str]:
+        """Results (``<kind>/<name>``) marked stale by ``hspace corpus verify --repair``, with why."""
+        return {str(k): str(v) for k, v in json_attrs(self.group, STALE).items()}
+
+    def mark_stale(self, members: dict[str, str]) -> None:
+        if members:
+            self.group.attrs.update({STALE: {**self.stale(), **members}})
+
+    def refuse_if_stale(self, member: str) -> None:
+        """Refuse to read or resume a stale result: it may hold data of damaged, since regenerated shards."""
+        why = self.stale().get(member)
+        if why is not None:
+            raise HSpaceError(
+                f"{member} of the corpus at {self.url} is stale ({why}): `hspace rebuild-bank` recomputes it, "
+                f"or remove {self.url}/{member} and rerun the command that made it"
+            )
+
+    def drop_stale(self) -> list[str]:
+        """Remove the stale results (``corpus`` writable), so that the stages that make them run again."""
+        stale = self.stale()
+        for member in stale:
+            if member in self.group:
+                del self.group[member]
+        if stale:
+            self.group.attrs.update({STALE: {}})
+        return sorted(stale)
 
     def bytes_on_disk(self) -> int:
         fs, path = url_filesystem(self.url)
@@ -223,59 +299,13 @@ class Corpus(ShardFlags):
             "image_shape": list(spec.image_shape),
             "seed": spec.base_seed,
             "package_version": spec.package_version,
+            "checksummed": self.checksummed,
+            "stale": self.stale(),
             "bytes": self.bytes_on_disk(),
         }
 
 
 # ----- private helpers ---------------------------------------------------------------------------
-def _is_url(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
-
-
-def _store(url: str, *, read_only: bool) -> Store:
-    if _is_url(url):
-        url_filesystem(url)  # a missing backend (s3fs for s3://) is one line naming the extra to install
-        return _Reachable(FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only), url)
-    return LocalStore(Path(url.removeprefix("file://")), read_only=read_only)
-
-
-class _Reachable(WrapperStore[Store]):
-    """A store on a URL whose connection failures, once retried (``hspace.files.storage_options``), are one line
-    naming the corpus (``hspace.files.reachable``) instead of a transport error from inside Zarr."""
-
-    def __init__(self, store: Store, url: str) -> None:
-        super().__init__(store)
-        self.url = url
-
-    def _with_store(self, store: Store) -> _Reachable:
-        return type(self)(store, self.url)
-
-
-def _naming_url(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
-    async def method(self: _Reachable, *args: Any, **kwargs: Any) -> Any:
-        with reachable(self.url):
-            return await getattr(self._store, name)(*args, **kwargs)
-
-    return method
-
-
-def _naming_url_in_iteration(name: str) -> Callable[..., AsyncIterator[Any]]:
-    async def method(self: _Reachable, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        with reachable(self.url):
-            async for item in getattr(self._store, name)(*args, **kwargs):
-                yield item
-
-    return method
-
-
-# Every Store method that reaches the storage (WrapperStore's own ones pass each call on unchanged).
-_READS = ("get", "get_partial_values", "exists", "getsize", "getsize_prefix", "is_empty")
-for _name in (*_READS, "set", "set_if_not_exists", "_set_many", "delete", "delete_dir", "clear"):
-    setattr(_Reachable, _name, _naming_url(_name))
-for _name in ("_get_many", "list", "list_prefix", "list_dir"):
-    setattr(_Reachable, _name, _naming_url_in_iteration(_name))
-
-
 def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
     """The ``hspace`` group attribute at ``url``; None if nothing is there (and that is allowed)."""
     fs, path = url_filesystem(url)
@@ -304,11 +334,29 @@ def _read_spec_attrs(url: str, *, must_exist: bool) -> dict[str, Any] | None:
     attrs = metadata.get("attributes", {}).get("hspace")
     if not isinstance(attrs, dict):
         raise HSpaceError(f"{url} is a Zarr group but not an hspace corpus; choose another corpus location")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
+    version = attrs.get("schema_version")
+    if version not in (UNCHECKSUMMED_VERSION, SCHEMA_VERSION):
         raise HSpaceError(
-            f"{url} has corpus schema version {attrs.get('schema_version')}; this hspace reads version {SCHEMA_VERSION}"
+            f"{url} has corpus schema version {version}; this hspace reads versions {UNCHECKSUMMED_VERSION} and "
+            f"{SCHEMA_VERSION}"
         )
+    if version == UNCHECKSUMMED_VERSION:
+        _note_unchecksummed(url)
     return {**ADDED_SETTINGS, **attrs}
+
+
+_NOTED: set[str] = set()
+
+
+def _note_unchecksummed(url: str) -> None:
+    """One line per corpus and process: its chunks carry no checksums (schema version 1)."""
+    if url not in _NOTED:
+        _NOTED.add(url)
+        print(
+            f"hspace: note: the corpus at {url} was written before chunk checksums (schema version 1): damage to "
+            "its chunks may go unseen; `hspace corpus verify` finds what fails to decode",
+            file=sys.stderr,
+        )
 
 
 def _refuse_non_empty(url: str) -> None:
@@ -337,7 +385,7 @@ def _check_same(url: str, attrs: dict[str, Any], spec: CorpusSpec) -> None:
 def _create_group(url: str, spec: CorpusSpec) -> zarr.Group:
     attrs = {**spec.to_attrs(), "initialized": False}
     try:
-        group = zarr.open_group(_store(url, read_only=False), mode="w-", attributes={"hspace": attrs})
+        group = zarr.open_group(corpus_store(url, read_only=False), mode="w-", attributes={"hspace": attrs})
     except (OSError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as error:
         raise HSpaceError(f"cannot create a corpus at {url}: {error}") from error
     _create_arrays(group, spec)
@@ -348,7 +396,8 @@ def _create_arrays(group: zarr.Group, spec: CorpusSpec) -> None:
     """Create (or recreate, after a crash during creation) every array, then mark the group ready."""
     b, n = spec.shard_size, spec.samples
     channels, height, width = spec.image_shape
-    group.create_array(
+    new_array(
+        group,
         "h",
         shape=(n, spec.steps, *spec.h_shape),
         dtype=spec.h_dtype,
@@ -357,7 +406,8 @@ def _create_arrays(group: zarr.Group, spec: CorpusSpec) -> None:
         dimension_names=("sample", "step", "h_channel", "h_height", "h_width"),
         overwrite=True,
     )
-    group.create_array(
+    new_array(
+        group,
         "x0",
         shape=(n, channels, height, width),
         dtype="uint8",
@@ -365,8 +415,9 @@ def _create_arrays(group: zarr.Group, spec: CorpusSpec) -> None:
         dimension_names=("sample", "image_channel", "image_height", "image_width"),
         overwrite=True,
     )
-    group.create_array("seed", shape=(n,), dtype="int64", chunks=(b,), dimension_names=("sample",), overwrite=True)
-    group.create_array(
+    new_array(group, "seed", shape=(n,), dtype="int64", chunks=(b,), dimension_names=("sample",), overwrite=True)
+    new_array(
+        group,
         "done",
         shape=(spec.n_shards,),
         dtype="bool",
@@ -375,7 +426,8 @@ def _create_arrays(group: zarr.Group, spec: CorpusSpec) -> None:
         dimension_names=("shard",),
         overwrite=True,
     )
-    timestep = group.create_array(
+    timestep = new_array(
+        group,
         "timestep",
         shape=(spec.steps,),
         dtype="int64",

@@ -32,7 +32,7 @@ from hspace.errors import HSpaceError
 from hspace.files import atomic_write
 from hspace.names import check_name
 from storage.corpus import Corpus
-from storage.groups import describe_differences, group_at, read_array
+from storage.groups import describe_differences, group_at, new_array, read_array
 
 GROUP = "directions"
 ATTRS_KEY = "hspace_direction"
@@ -186,7 +186,8 @@ def write_direction(
         else ("image_channel", "image_height", "image_width")
     )
     chunks = (1, *record.shape[1:]) if record.space == "h" else tuple(record.shape)
-    array = parent.create_array(
+    array = new_array(
+        parent,
         record.name,
         shape=tuple(record.shape),
         dtype="float32",

@@ -23,7 +23,16 @@ import zarr
 
 from hspace.efficiency import EfficiencyCurve, ExampleDirections
 from hspace.errors import HSpaceError
-from storage.groups import array_at, check_shapes, describe_differences, group_at, json_attrs, read_array, read_flags
+from storage.groups import (
+    array_at,
+    check_shapes,
+    describe_differences,
+    group_at,
+    json_attrs,
+    new_array,
+    read_array,
+    read_flags,
+)
 
 PARTS = "parts.zarr"
 TENSORS = ("h", "x_T", "random_h", "random_x")
@@ -88,7 +97,7 @@ class EfficiencyParts:
             "edits_done": ((-(-samples // batch),), (1,), "bool", False),
         }
         for name, (shape, chunks, dtype, fill) in arrays.items():
-            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True)
+            new_array(group, name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True)
         group.attrs.update({"record": record})
         return cls(group)
 
@@ -125,7 +134,7 @@ class EfficiencyParts:
         arrays = {name: getattr(directions, name).numpy() for name in TENSORS}
         arrays |= {"cosine_h": directions.cosine_h, "cosine_x": directions.cosine_x}
         for name, array in arrays.items():
-            group.create_array(name, shape=array.shape, dtype=array.dtype, overwrite=True)[...] = array
+            new_array(group, name, shape=array.shape, dtype=array.dtype, overwrite=True)[...] = array
         self.group.attrs.update({"directions": {"usable": directions.usable}})
 
     def directions(self) -> ExampleDirections | None:

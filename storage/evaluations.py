@@ -25,7 +25,7 @@ import zarr
 from hspace.errors import HSpaceError
 from hspace.evaluate import EvaluationResult
 from storage.corpus import Corpus
-from storage.groups import array_at, check_shapes, group_at, json_attrs, read_flags
+from storage.groups import array_at, check_shapes, group_at, json_attrs, new_array, read_flags
 
 EVALUATIONS = "evaluations"
 
@@ -44,6 +44,7 @@ def stored_evaluation(corpus: Corpus, key: str) -> EvaluationResult | None:
     """The evaluation stored under ``key``, or None where there is none."""
     if EVALUATIONS not in corpus.group or key not in group_at(corpus.group, EVALUATIONS):
         return None
+    corpus.refuse_if_stale(f"{EVALUATIONS}/{key}")
     result = json_attrs(group_at(corpus.group, f"{EVALUATIONS}/{key}"), "result")
     return EvaluationResult.from_dict(result) if result else None
 
@@ -70,6 +71,7 @@ class EvaluationParts:
     ) -> EvaluationParts:
         """The parts of evaluation ``key`` (``corpus`` writable): created empty, or reopened if ``batch`` and
         ``shape`` (repeats, samples, 1 + D, A) are those they were made with."""
+        corpus.refuse_if_stale(f"{EVALUATIONS}/{key}")
         group = corpus.group.require_group(EVALUATIONS).require_group(key)
         made = json_attrs(group, "parts")
         wanted: dict[str, Any] = {"batch": batch, "shape": list(shape)}
@@ -83,12 +85,16 @@ class EvaluationParts:
         repeats, samples, rows, columns = shape
         passes = -(-samples // batch)
         # Arrays first, the record last: a crash in between leaves no record, and the rerun makes them anew.
-        group.create_array(
-            "scores", shape=shape, chunks=(1, batch, rows, columns), dtype="float64", fill_value=np.nan, overwrite=True
+        new_array(
+            group,
+            "scores",
+            shape=shape,
+            chunks=(1, batch, rows, columns),
+            dtype="float64",
+            fill_value=np.nan,
+            overwrite=True,
         )
-        group.create_array(
-            "done", shape=(repeats, passes), chunks=(1, 1), dtype="bool", fill_value=False, overwrite=True
-        )
+        new_array(group, "done", shape=(repeats, passes), chunks=(1, 1), dtype="bool", fill_value=False, overwrite=True)
         group.attrs.update({"settings": settings, "parts": wanted})
         return cls(group)
 

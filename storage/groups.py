@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from hspace.errors import HSpaceError
 
@@ -84,6 +85,16 @@ def group_at(group: zarr.Group, path: str) -> zarr.Group:
     return node
 
 
+# Every chunk's bytes end in their crc32c (issue 19): a damaged chunk is a read error, never wrong numbers.
+# zstd at level 0 is Zarr's default compressor; only the checksum is added.
+CHECKSUMMED = (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+
+
+def new_array(parent: zarr.Group, name: str, **options: Any) -> zarr.Array:
+    """``parent.create_array(name, **options)`` with checksummed chunks: every hspace array is made here."""
+    return parent.create_array(name, compressors=CHECKSUMMED, **options)
+
+
 def read_array(group: zarr.Group, path: str, index: Any = ...) -> np.ndarray:
     """``group[path][index]`` as an ndarray (0-d for a single element)."""
     return np.asarray(array_at(group, path)[index])
@@ -109,3 +120,26 @@ def _differences(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def damage_reason(error: Exception) -> str:
+    """Why a chunk failed to read, in a few words (Zarr's crc32c message quotes both checksums' bytes)."""
+    text = str(error) or type(error).__name__
+    return "its checksum does not match its bytes" if "checksum" in text.lower() else text
+
+
+class DamagedChunk(HSpaceError):
+    """A chunk of a corpus array that fails its checksum: names the array, the shard and its samples."""
+
+    def __init__(self, url: str, array: str, shard: int, samples: tuple[int, int], reason: str) -> None:
+        self.url, self.array, self.shard, self.samples = url, array, shard, samples
+        super().__init__(
+            f"damaged data in the corpus at {url}: array {array!r}, shard {shard} (samples {samples[0]}.."
+            f"{samples[1] - 1}) ({reason}); run `hspace corpus verify {url} --repair`, then `hspace corpus build` "
+            "with the same settings to regenerate it"
+        )
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, int, tuple[int, int], str]]:
+        # Raised in Dask workers and sent to the client: rebuilt from its parts, not from its message.
+        return type(self), (self.url, self.array, self.shard, self.samples, self.reason)

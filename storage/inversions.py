@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 
 from hspace.errors import HSpaceError
-from storage.groups import array_at, check_shapes, json_attrs, read_flags
+from storage.groups import array_at, check_shapes, json_attrs, new_array, read_flags
 
 INVERSIONS = "inversions"
 
@@ -90,7 +90,8 @@ class InversionParts:
         # Arrays first, the record last: a crash in between leaves no record, and the rerun makes them anew.
         for side, n in counts.items():
             for name, shape in (("x_T", image_shape), ("h", h_shape)):
-                group.create_array(
+                new_array(
+                    group,
                     f"{side}/{name}",
                     shape=(n, *shape),
                     chunks=(1, *shape),
@@ -99,8 +100,8 @@ class InversionParts:
                     overwrite=True,
                 )
             passes = -(-n // batch)
-            group.create_array(
-                f"{side}/done", shape=(passes,), chunks=(1,), dtype="bool", fill_value=False, overwrite=True
+            new_array(
+                group, f"{side}/done", shape=(passes,), chunks=(1,), dtype="bool", fill_value=False, overwrite=True
             )
         group.attrs.update({"settings": settings, "parts": wanted})
         return cls(group)

@@ -32,7 +32,7 @@ import zarr
 
 from hspace.errors import HSpaceError
 from storage.corpus import Corpus
-from storage.groups import array_at, check_shapes, read_array, read_flags
+from storage.groups import array_at, check_shapes, new_array, read_array, read_flags
 from storage.runs import (
     ArrayLayout,
     check_run_name,
@@ -301,7 +301,8 @@ def _create_arrays(group: zarr.Group, corpus: Corpus, spec: JacobianSpec, mask: 
     }
     create_arrays(group, layout)
     if mask is not None:
-        stored = group.create_array(
+        stored = new_array(
+            group,
             "mask",
             shape=mask.shape,
             dtype="uint8",

@@ -19,7 +19,7 @@ import zarr
 from hspace.errors import HSpaceError
 from hspace.names import check_name
 from storage.corpus import ADDED_SETTINGS, NOT_COMPARED, Corpus
-from storage.groups import describe_differences, group_at, json_attrs
+from storage.groups import describe_differences, group_at, json_attrs, new_array
 
 RESULTS_SCHEMA_VERSION = 1
 # name, (shape, dtype, chunks, dimension names): the arrays of a run, created together.
@@ -78,6 +78,7 @@ def create_or_open_run(
     corpus: Corpus, kind: str, run: str, attrs: dict[str, Any], make_arrays: Callable[[zarr.Group], None]
 ) -> zarr.Group:
     """The run group, created (arrays, then ``initialized``) or checked against ``attrs``."""
+    corpus.refuse_if_stale(f"{kind}/{run}")
     parent = corpus.group.require_group(kind)
     if run in parent:
         group = group_at(parent, run)
@@ -104,6 +105,7 @@ def open_run(corpus: Corpus, kind: str, run: str) -> tuple[zarr.Group, dict[str,
         raise HSpaceError(
             f"no {what} run {run!r} in {corpus.url} (runs: {', '.join(known) or 'none'}); create it with `{command}`"
         )
+    corpus.refuse_if_stale(f"{kind}/{run}")
     group = group_at(corpus.group, f"{kind}/{run}")
     attrs = _with_added(kind, json_attrs(group, "hspace"))
     if attrs.get("kind") != kind or attrs.get("schema_version") != RESULTS_SCHEMA_VERSION:
@@ -127,8 +129,8 @@ def _with_added(kind: str, attrs: dict[str, Any]) -> dict[str, Any]:
 def create_arrays(group: zarr.Group, layout: ArrayLayout) -> None:
     """Create (or recreate, after a crash during creation) the arrays of a run, filled with 0."""
     for name, (shape, dtype, chunks, dims) in layout.items():
-        group.create_array(
-            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, dimension_names=dims, overwrite=True
+        new_array(
+            group, name, shape=shape, dtype=dtype, chunks=chunks, fill_value=0, dimension_names=dims, overwrite=True
         )
 
 
