@@ -111,6 +111,34 @@ def test_a_crash_before_publishing_is_finished_by_the_rerun(prefect_harness, tmp
         assert ours[name].evaluation == theirs[name].evaluation
 
 
+def test_after_a_repair_rebuild_bank_recomputes_the_stale_results_to_the_same_bank(
+    prefect_harness, tmp_path, tree_bytes, capsys
+):
+    """Issue 19: a damaged h chunk, `corpus verify --repair`, then `rebuild-bank`: the shard is regenerated, every
+    result made from the corpus is recomputed (none is stale after), and the bank's content is unchanged."""
+    corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
+    settings = RebuildSettings(bank=bank_url, corpus=corpus_url, **ARGS)
+    first = run_flow(rebuild_bank, settings=settings)
+    corpus_before, bank_before = tree_bytes(corpus_url, "h"), tree_bytes(bank_url)
+    chunk = next(p for p in (tmp_path / "c.zarr" / "h" / "c" / "1").rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 3] ^= 4
+    chunk.write_bytes(bytes(data))
+
+    assert main(["corpus", "verify", corpus_url, "--repair", "--no-progress", "--json"]) == 1
+    stale = set(json.loads(capsys.readouterr().out)["stale"])
+    assert {"annotations/testbed", f"pca/{settings.pca_run_name}", "directions/smile"} <= stale
+    assert any(member.startswith("evaluations/") for member in stale)
+
+    again = run_flow(rebuild_bank, settings=settings)
+    assert "removed stale results" in capsys.readouterr().err
+    assert Corpus.open(corpus_url).stale() == {}
+    assert main(["corpus", "verify", corpus_url, "--no-progress"]) == 0
+    assert tree_bytes(corpus_url, "h") == corpus_before
+    assert again["version"] == first["version"] and tree_bytes(bank_url) == bank_before
+    assert len(list_versions(bank_url)) == 1
+
+
 def test_cli_rebuild_and_evaluate(prefect_harness, tmp_path, capsys):
     corpus_url, bank_url = str(tmp_path / "c.zarr"), str(tmp_path / "bank")
     argv = [
