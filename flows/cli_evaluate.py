@@ -42,7 +42,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from pathlib import Path
 
     from flows.evaluate import evaluate_directions
     from flows.runner import run_flow
@@ -79,7 +78,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     key = run_flow(evaluate_directions, spec, runner=runner_choice(args), progress=not args.no_progress)
     result = stored_evaluation(Corpus.open(args.url), key)
     assert result is not None  # the flow stores it before returning
-    paths = write_report(result, Path(args.report))
+    paths = write_report(result, args.report)
     if args.json:
         print(json.dumps({"key": key, "files": [str(p) for p in paths], **result.to_dict()}))
     else:

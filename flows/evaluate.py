@@ -9,7 +9,6 @@ or crash (``hspace.evaluate``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -19,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.runner import Progress, checked_by, submit_all
 from storage.corpus import Corpus
 from storage.evaluations import stored_evaluation
-from tasks.bank import write_report
+from tasks.bank import report_markdown, write_report
 from tasks.evaluate import EvaluationSpec, evaluate_passes, evaluation_inputs, finish_evaluation, open_parts
 
 
@@ -69,9 +68,9 @@ def evaluate_directions(spec: EvaluationSpec, report: str | None = None, progres
     if report is not None:
         result = stored_evaluation(Corpus.open(spec.url), key)
         assert result is not None  # stored above, or found stored
-        write_report(result, Path(report))
+        files = write_report(result, report)
         create_markdown_artifact(
-            markdown=result.to_markdown("std"),
+            markdown=report_markdown(result, files),
             key="bank-evaluation",
             description="Table I: change of each attribute (stds) per direction",
         )

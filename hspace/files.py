@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from hspace.errors import HSpaceError
 
@@ -143,3 +144,47 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """:func:`atomic_write` of ``data``."""
     return atomic_write(path, lambda staging: staging.write_bytes(data))
+
+
+def is_url(url: str) -> bool:
+    """Whether ``url`` names a remote store (``s3://...``) rather than a local path (``file://`` is local)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def put_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write one file whole: locally by write, fsync, rename; elsewhere as one object (atomic PUT)."""
+    if isinstance(fs, LocalFileSystem):
+        atomic_write_bytes(path, data)
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_whole_files(folder: str, files: dict[str, bytes]) -> list[str]:
+    """Write each of ``files`` (name -> bytes) whole into ``folder`` (a path or an fsspec URL), in the given order,
+    so that the last one present marks them all written; returns their paths (URLs for a URL folder)."""
+    fs, root = url_filesystem(folder)
+    base = folder.rstrip("/")
+    with reachable(folder):
+        for name, data in files.items():
+            put_whole(fs, f"{root.rstrip('/')}/{name}", data)
+    return [f"{base}/{name}" for name in files]
+
+
+# How long a signed link in a report (a Prefect artifact) stays valid: S3's longest, 7 days.
+LINK_SECONDS = 7 * 24 * 3600
+
+
+def browser_link(url: str) -> str | None:
+    """An address a browser, e.g. the Prefect UI showing an artifact, can load ``url`` from: an http(s) URL as it is,
+    a signed URL where the store signs them (s3://, valid :data:`LINK_SECONDS`), None for a local file (a page
+    served over http may not load file:// addresses) or a store that cannot sign."""
+    if url.startswith(("http://", "https://")):
+        return url
+    if not is_url(url):
+        return None
+    fs, path = url_filesystem(url)
+    try:
+        with reachable(url):
+            return str(fs.sign(path, expiration=LINK_SECONDS))
+    except NotImplementedError:
+        return None

@@ -9,15 +9,11 @@ from typing import Any
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from hspace.files import reachable, storage_options, url_filesystem
-
-
-def _is_url(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
+from hspace.files import is_url, reachable, storage_options, url_filesystem
 
 
 def corpus_store(url: str, *, read_only: bool) -> Store:
-    if _is_url(url):
+    if is_url(url):
         url_filesystem(url)  # a missing backend (s3fs for s3://) is one line naming the extra to install
         return _Reachable(FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only), url)
     return LocalStore(Path(url.removeprefix("file://")), read_only=read_only)

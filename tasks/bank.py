@@ -5,7 +5,7 @@ Each task reads its inputs from storage and returns small things (names, a versi
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from hspace.bank import Direction, publish
 from hspace.errors import HSpaceError
 from hspace.evaluate import EvaluationResult
-from hspace.render import write_files
+from hspace.files import browser_link, write_whole_files
 from storage.corpus import Corpus
 from storage.directions import read_direction
 from storage.evaluations import stored_evaluation
@@ -72,16 +72,27 @@ def gather_directions(
     return out
 
 
-def write_report(result: EvaluationResult, folder: Path) -> list[Path]:
-    """evaluation.csv, evaluation.md and evaluation.png (write-then-rename each)."""
-    return write_files(
+def write_report(result: EvaluationResult, folder: str) -> list[str]:
+    """evaluation.csv, evaluation.md and evaluation.png, each written whole, into ``folder`` (a path or a URL)."""
+    picture = io.BytesIO()
+    result.heatmap("std").save(picture, format="PNG")
+    return write_whole_files(
         folder,
         {
-            "evaluation.csv": lambda p: p.write_text(result.to_csv()),
-            "evaluation.md": lambda p: p.write_text(result.to_markdown("std") + "\n" + result.to_markdown("score")),
-            "evaluation.png": lambda p: result.heatmap("std").save(p, format="PNG"),
+            "evaluation.csv": result.to_csv().encode(),
+            "evaluation.md": (result.to_markdown("std") + "\n" + result.to_markdown("score")).encode(),
+            "evaluation.png": picture.getvalue(),
         },
     )
+
+
+def report_markdown(result: EvaluationResult, files: list[str]) -> str:
+    """The evaluation's artifact: Table I in stds, and its heatmap, shown where the report's store gives it an
+    address a browser can load (``hspace.files.browser_link``), else named."""
+    picture = next(f for f in files if f.endswith(".png"))
+    link = browser_link(picture)
+    shown = f"![Table I heatmap]({link})" if link else f"Heatmap: `{picture}` (a local file: the UI cannot show it)"
+    return f"{result.to_markdown('std')}\n\n{shown}\n"
 
 
 def direction_evaluation(result: EvaluationResult, name: str) -> dict[str, Any]:

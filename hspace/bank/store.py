@@ -16,7 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from hspace.bank.manifest import NAME, SCHEMA_VERSION, check_name, parse_manifest, sha256_hex
 from hspace.errors import HSpaceError
-from hspace.files import atomic_write_bytes, url_filesystem
+from hspace.files import put_whole, url_filesystem
 
 
 def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -41,18 +41,10 @@ def read_file(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bytes:
         raise HSpaceError(f"bank {url}: {path} is missing; restore it or republish the version") from None
 
 
-def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write one file whole: locally by write, fsync, rename; elsewhere as one object (atomic PUT)."""
-    if isinstance(fs, LocalFileSystem):
-        atomic_write_bytes(path, data)
-    else:
-        fs.pipe_file(path, data)
-
-
 def write_export(fs: fsspec.AbstractFileSystem, files: dict[str, bytes]) -> None:
     """Write the files of an export (path -> bytes), each whole."""
     for path, data in files.items():
-        _put(fs, path, data)
+        put_whole(fs, path, data)
 
 
 def write_version(
@@ -64,13 +56,13 @@ def write_version(
     folder = f"{root}/versions/.staging-{uuid.uuid4().hex}" if local else target
     try:
         for name, data in files.items():
-            _put(fs, f"{folder}/{name}", data)
+            put_whole(fs, f"{folder}/{name}", data)
         for name, data in files.items():
             if sha256_hex(fs.cat_file(f"{folder}/{name}")) != sha256_hex(data):
                 raise HSpaceError(
                     f"bank {url}: {folder}/{name} did not read back as written; check the storage and publish again"
                 )
-        _put(fs, f"{folder}/manifest.json", manifest)
+        put_whole(fs, f"{folder}/manifest.json", manifest)
         if local:
             try:
                 os.rename(folder, target)  # atomic; refuses a non-empty target
@@ -146,7 +138,7 @@ def point_latest(fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
                 return
         except (ValueError, UnicodeDecodeError):
             pass  # a damaged pointer is rewritten
-    _put(fs, f"{root}/latest", (json.dumps(pointer) + "\n").encode())
+    put_whole(fs, f"{root}/latest", (json.dumps(pointer) + "\n").encode())
 
 
 def list_versions(url: str) -> list[str]:

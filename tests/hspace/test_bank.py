@@ -191,7 +191,7 @@ def test_publish_killed_midway_keeps_latest_and_a_rerun_completes(url, monkeypat
     publish(url, first, model_fingerprint=FINGERPRINT)
     fs, root = fs_path(url)
     latest_before = fs.cat_file(f"{root}/latest")
-    real_put, calls = bank_module._put, []
+    real_put, calls = bank_module.put_whole, []
 
     def dying_put(fs_, path, data):
         calls.append(path)
@@ -199,11 +199,11 @@ def test_publish_killed_midway_keeps_latest_and_a_rerun_completes(url, monkeypat
             raise Killed(path)
         real_put(fs_, path, data)
 
-    monkeypatch.setattr(bank_module, "_put", dying_put)
+    monkeypatch.setattr(bank_module, "put_whole", dying_put)
     second = directions(seed=1)
     with pytest.raises(Killed):
         publish(url, second, model_fingerprint=FINGERPRINT)
-    monkeypatch.setattr(bank_module, "_put", real_put)
+    monkeypatch.setattr(bank_module, "put_whole", real_put)
     assert calls[-1].endswith(("a.safetensors", "b.safetensors", "manifest.json", "latest")[kill_at - 1])
 
     assert fs.cat_file(f"{root}/latest") == latest_before

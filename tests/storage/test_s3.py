@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from flows.cli import main
+from hspace.evaluate import EvaluationResult
 from storage.corpus import Corpus
+from tasks.bank import report_markdown, write_report
 from tasks.corpus import generate_shards, prepare_corpus
 
 SETTINGS = dict(model="tiny", samples=6, steps=4, eta=1.0, batch=2, seed=3, dtype="float16", device="cpu")
@@ -203,3 +205,41 @@ def kill_part_way(command: list[str], flags: Callable[[Any], np.ndarray], log: P
     if done.sum() < 2 or done.all():
         print(log.read_text(errors="replace")[-20000:])
     return done
+
+
+def table_one() -> EvaluationResult:
+    """A small Table I (2 directions and their random twins, 2 attributes, 2 repeats) with fixed numbers."""
+    effects = np.arange(16, dtype=np.float64).reshape(2, 4, 2) / 10
+    return EvaluationResult(
+        rows=("smile", "hat", "random(smile)", "random(hat)"),
+        attributes=("smile", "hat"),
+        effects=effects,
+        abs_effects=np.abs(effects),
+        scale=np.array([1.0, 2.0]),
+    )
+
+
+def test_an_evaluation_report_on_s3_is_written_whole_and_its_picture_linked_for_the_ui(s3_bucket, tmp_path):
+    """Issue 18: the report's heatmap is shown in the Prefect artifact through a signed link when the report is on
+    a store with URLs (fetched here over plain HTTP, as a browser would), and named, not linked, when it is local."""
+    import urllib.request
+
+    import s3fs
+
+    result = table_one()
+    files = write_report(result, f"{s3_bucket}/reports/run-1")
+    assert files == [f"{s3_bucket}/reports/run-1/evaluation.{ext}" for ext in ("csv", "md", "png")]
+    fs = s3fs.S3FileSystem()
+    local = write_report(result, str(tmp_path / "report"))
+    for remote, here in zip(files, local, strict=True):
+        assert fs.cat_file(remote) == Path(here).read_bytes()
+
+    markdown = report_markdown(result, files)
+    assert markdown.startswith(result.to_markdown("std"))
+    link = markdown.split("![Table I heatmap](", 1)[1].split(")", 1)[0]
+    assert link.startswith("http") and "Signature" in link
+    with urllib.request.urlopen(link, timeout=30) as response:  # noqa: S310 -- the signed moto URL
+        assert response.read() == (tmp_path / "report" / "evaluation.png").read_bytes()
+
+    here = report_markdown(result, local)
+    assert "](" not in here and f"`{local[2]}` (a local file" in here
