@@ -24,6 +24,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     show.add_argument("url")
     show.add_argument("--version", default="latest")
     show.add_argument("--json", action="store_true", help="print one JSON object")
+    add_verdict_arguments(show)
     show.set_defaults(func=_show)
 
     export = sub.add_parser("export", help="copy one version out: FILE.safetensors (+ FILE.json) or a new bank")
@@ -108,11 +109,13 @@ def _list(args: argparse.Namespace) -> None:
 
 def _show(args: argparse.Namespace) -> None:
     from hspace.bank import load_bank
+    from hspace.verdicts import verdicts
 
     bank = load_bank(args.url, args.version)
     info = bank.info()
+    judged = verdicts(bank, verdict_thresholds(args))
     for name, record in info["directions"].items():
-        record.update(_norms(bank.tensor(name)))
+        record.update(_norms(bank.tensor(name)), verdict=judged[name])
     if args.json:
         print(json.dumps(info))
         return
@@ -130,6 +133,7 @@ def _show(args: argparse.Namespace) -> None:
             f"..{record['step_norm_max']:.4g}  source {record['source'] or '-'}  "
             f"evaluation {_summary(record['evaluation'])}"
         )
+        print(f"{'':<{width}}  verdict: {record['verdict']['kind']}: {record['verdict']['text']}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -215,3 +219,20 @@ def _summary(evaluation: dict[str, Any], limit: int = 4) -> str:
         f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in flat[:limit]
     )
     return shown + (f" (+{len(flat) - limit} more)" if len(flat) > limit else "")
+
+
+def add_verdict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The thresholds of the directions' verdicts (``hspace.verdicts``), for ``bank show`` and ``serve``."""
+    parser.add_argument(
+        "--side-ratio", type=float, default=3.0, help="clean: own effect at least this times the largest other (3)"
+    )
+    parser.add_argument(
+        "--random-ratio", type=float, default=2.0, help="weak below this times the random twin's effect (2)"
+    )
+    parser.add_argument("--min-effect", type=float, default=0.25, help="weak below this many stds of own effect")
+
+
+def verdict_thresholds(args: argparse.Namespace) -> Any:
+    from hspace.verdicts import Thresholds
+
+    return Thresholds(side_ratio=args.side_ratio, random_ratio=args.random_ratio, min_effect=args.min_effect)
