@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "flows.cli_bank",
     "flows.cli_rebuild_bank",
     "flows.cli_testbed",
+    "flows.cli_serve",
 )
 
 
