@@ -362,11 +362,11 @@ async def _job(request: Request, bank: Bank, limits: Limits) -> EditJob:
         seed, gammas = parse_edit(await read_body(request, JSON_BODY_BYTES, "a JSON edit"), bank, limits)
         return EditJob(gammas, seed=seed)
     if media_type == "multipart/form-data":
+        photo, gammas = await parse_upload(request, bank, limits)
         try:
             import hspace.photos  # noqa: F401
         except ImportError:
             raise Refused(501, "photo edits need hspace.photos, which this installation lacks") from None
-        photo, gammas = await parse_upload(request, bank, limits)
         return EditJob(gammas, photo=photo)
     raise Refused(415, f"Content-Type {quoted(media_type)}: {USAGE}")
 
@@ -396,12 +396,18 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def publish_random_bank(
-    url: str, model: LoadedModel, names: Sequence[str] = ("a", "b", "c"), *, steps: int = 4, seed: int = 0, **kw: Any
+    url: str,
+    model: LoadedModel,
+    names: Sequence[str] = ("a", "b", "c"),
+    *,
+    steps: int = 4,
+    seed: int = 0,
+    fields: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """Publish a bank of Gaussian directions (T, *h_shape) for ``model`` at ``url``; its version.
+    """Publish a bank of Gaussian directions of shape (T, *h_shape) for ``model`` at ``url``; its version.
 
-    To try the server without a corpus: its tests and ``bench/bench_serve.py``. ``kw`` go to each
-    :class:`~hspace.bank.Direction` (``evaluation=``, ``parameters=``).
+    To try the server without a corpus: its tests and ``bench/bench_serve.py``. ``fields``: per name, more
+    :class:`~hspace.bank.Direction` fields (``evaluation``, ``parameters``).
     """
     generator = torch.Generator().manual_seed(seed)
     directions = [
@@ -410,7 +416,7 @@ def publish_random_bank(
             tensor=torch.randn((steps, *model.h_shape), generator=generator),
             method="random",
             fingerprint=model.fingerprint,
-            **kw,
+            **(fields or {}).get(name, {}),
         )
         for name in names
     ]
