@@ -1,4 +1,4 @@
-"""``hspace bank list|show|export|publish|verify``: inspect, copy and publish direction banks (hspace.bank).
+"""``hspace bank list|show|export|publish|edit|verify``: inspect, copy, publish and use direction banks (hspace.bank).
 
 No Prefect: a bank is safetensors + JSON files, read and written by :mod:`hspace.bank`.
 """
@@ -51,6 +51,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--version", default=None, help="version name (default: the next vNNNN)")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
     publish.set_defaults(func=_publish)
+
+    add_edit_command(sub)
 
     verify = sub.add_parser("verify", help="check every checksum of a version (or of all versions)")
     verify.add_argument("url")
@@ -236,3 +238,56 @@ def verdict_thresholds(args: argparse.Namespace) -> Any:
     from hspace.verdicts import Thresholds
 
     return Thresholds(side_ratio=args.side_ratio, random_ratio=args.random_ratio, min_effect=args.min_effect)
+
+
+def add_edit_command(sub: argparse._SubParsersAction) -> None:
+    """``bank edit``: apply named directions to seeds or photos, a labelled grid (flows/bank_edit.py)."""
+    from flows.cli_args import add_precision_argument, ints
+
+    edit = sub.add_parser("edit", help="apply a bank's directions to seeds or your photos: a labelled grid PNG")
+    edit.add_argument("url", help="the bank")
+    edit.add_argument("--version", default="latest")
+    edit.add_argument("--model", required=True, help="the bank's model (built-in name, folder or hub id)")
+    inputs = edit.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--seeds", type=ints, help="sample seeds, e.g. 0,1,2")
+    inputs.add_argument("--image", nargs="+", help="photo files (any size: centre-cropped and resized)")
+    inputs.add_argument("--images", help="a folder of photos (.png, .jpg, .jpeg)")
+    edit.add_argument(
+        "--set", action="append", default=[], help="one row of edits that add, e.g. smile=2,hat=-1; repeatable"
+    )
+    edit.add_argument("--sweep", action="append", default=[], help="rows along one direction, e.g. smile=-2:2:5")
+    edit.add_argument("--out", required=True, help="the grid, a .png file")
+    edit.add_argument("--json", action="store_true", help="print what was written (and photo errors) as JSON")
+    edit.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_precision_argument(edit, default=None, note="(default: the bank's)")
+    edit.set_defaults(func=_edit)
+
+
+def _edit(args: argparse.Namespace) -> int:
+    import sys
+
+    from flows.bank_edit import edit_grid, parse_set, parse_sweep
+    from flows.cli_args import png_out
+    from hspace.bank import load_bank
+    from hspace.errors import HSpaceError
+    from hspace.images import image_files
+    from hspace.models import load_model
+    from hspace.render import labeled_grid
+
+    out = png_out(args.out)
+    rows = [parse_set(v) for v in args.set] + [row for v in args.sweep for row in parse_sweep(v)]
+    if not rows:
+        raise HSpaceError("give at least one --set NAME=GAMMA or --sweep NAME=START:STOP:COUNT")
+    bank = load_bank(args.url, args.version)
+    model = load_model(args.model, device=args.device, precision=args.precision or bank.precision)
+    bank.check_model(model)
+    photos = None if args.seeds else [str(p) for p in (args.image or image_files(args.images))]
+    grid = edit_grid(model, bank, rows, seeds=args.seeds, photos=photos, photo_labels=photos)
+    labeled_grid(grid.cells, grid.row_labels, grid.column_labels).save(out, format="PNG")
+    for photo in grid.photos:
+        print(f"hspace: {photo['note']}", file=sys.stderr)
+        if photo["warning"]:
+            print(f"hspace: warning: {photo['photo']}: {photo['warning']}", file=sys.stderr)
+    report = {"out": str(out), "rows": grid.row_labels, "columns": grid.column_labels, "photos": grid.photos}
+    print(json.dumps(report) if args.json else f"written: {out}")
+    return 0

@@ -93,7 +93,7 @@ def load_image_files(paths: Sequence[str | Path], shape: Sequence[int]) -> np.nd
             picture = open_picture(path).convert("RGB")
         except (OSError, ValueError) as error:
             raise HSpaceError(f"cannot read {path} as an image ({error}); remove or replace it") from None
-        images.append(np.asarray(_fit(picture, width, height)).transpose(2, 0, 1))
+        images.append(np.asarray(fit_picture(picture, width, height)).transpose(2, 0, 1))
     if not images:
         raise HSpaceError("no image files given")
     # C-contiguous: a channels-last layout (what stacking transposed views gives) makes the U-Net's CPU
@@ -133,7 +133,7 @@ def read_mask_png(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def _fit(picture: Image.Image, width: int, height: int) -> Image.Image:
+def fit_picture(picture: Image.Image, width: int, height: int) -> Image.Image:
     """Centre-crop to the target aspect ratio, then resize (antialiased); a picture of the right size is untouched."""
     from PIL import Image
 

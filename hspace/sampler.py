@@ -87,6 +87,8 @@ def sample(
     microbatch: int | None = None,
     replace_h: torch.Tensor | None = None,
     noise_delta: torch.Tensor | None = None,
+    x_T: torch.Tensor | None = None,
+    clip_sample: bool | None = None,
 ) -> SampleResult:
     """Generate one sample per seed, optionally editing h and recording h_{T:1}.
 
@@ -119,11 +121,18 @@ def sample(
         keep images in distribution the norm changes by a few percent (|x_T + g v|^2 = |x_T|^2 +
         2 g <x_T, v> + g^2 |v|^2, and <x_T, v> averages out). A caller who wants the norm kept builds the
         per-sample delta with :func:`hspace.directions.norm_preserving_noise_delta`.
+    x_T : Tensor of shape (B, C, S, S), optional
+        Start from these x_T instead of the seeds' draws (DDIM-inverted photos, :mod:`hspace.photos`); the
+        seeds still give the z_t (drawn only where eta > 0).
+    clip_sample : bool, optional
+        Override the scheduler config's ``clip_sample`` (clipping P_t to [-1, 1]); None keeps the model's.
+        Resampling inverted images does not clip, as the inversion does not (:mod:`hspace.inversion`).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise HSpaceError("sample needs at least one seed")
-    scheduler = make_scheduler(model.scheduler_config, steps)
+    config = model.scheduler_config if clip_sample is None else {**model.scheduler_config, "clip_sample": clip_sample}
+    scheduler = make_scheduler(config, steps)
     etas = parse_eta(eta, steps)
     unet = model.unet
     device = unet.device
@@ -133,7 +142,11 @@ def sample(
     replaced = _per_step_delta(replace_h, len(seeds), steps, model.h_shape, device)
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    x = draw_noise(generators, model.image_shape).to(device)  # x_T
+    x = draw_noise(generators, model.image_shape).to(device)  # x_T (drawn anyway: the z_t follow it in each stream)
+    if x_T is not None:
+        if tuple(x_T.shape) != tuple(x.shape):
+            raise HSpaceError(f"x_T must have shape {tuple(x.shape)} (one per seed); got {tuple(x_T.shape)}")
+        x = x_T.to(device=device, dtype=x.dtype)
     if noise_delta is not None:
         x = x + _noise_delta(noise_delta, len(seeds), model.image_shape, device)
     captured: list[torch.Tensor] = []
