@@ -181,10 +181,17 @@ class EditWorker:
 
         result = edit_image(self.model, [job.photo], job.gammas, self.bank)
         error = result.errors[0]
-        headers = {"X-Reconstruction-MAE": f"{error['mae']:.6g}", "X-Reconstruction-PSNR": f"{error['psnr']:.6g}"}
-        if error.get("warning"):
-            headers["X-Reconstruction-Warning"] = cut(str(error["warning"]), 300).encode("ascii", "replace").decode()
-        return png_bytes(result.edited[0, 0]), headers
+        headers = {
+            "X-Reconstruction-MAE": f"{error['mae']:.6g}",
+            "X-Reconstruction-PSNR": f"{error['psnr']:.6g}",  # "inf" for an exact reconstruction
+            "X-Photo-Fit": result.notes[0],
+        }
+        if error["warning"]:
+            headers["X-Reconstruction-Warning"] = error["warning"]
+        # Header values are latin-1: keep them printable ASCII on one line.
+        return png_bytes(result.edited[0, 0]), {
+            k: cut(v, 300).encode("ascii", "replace").decode() for k, v in headers.items()
+        }
 
 
 def png_bytes(image: np.ndarray) -> bytes:

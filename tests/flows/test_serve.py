@@ -296,7 +296,16 @@ def test_a_photo_edit_is_edit_image_bitwise(client, bank, tiny):
     response = client.post("/edit", files={"image": ("me.png", upload, "image/png")}, data={"gammas": '{"a": 2.0}'})
     result = photos.edit_image(tiny, [Image.open(io.BytesIO(upload)).convert("RGB")], {"a": 2.0}, bank)
     assert np.array_equal(png_image(response), result.edited[0, 0])
-    assert float(response.headers["X-Reconstruction-PSNR"]) == pytest.approx(result.errors[0]["psnr"], rel=1e-5)
+    error = result.errors[0]
+    assert float(response.headers["X-Reconstruction-PSNR"]) == pytest.approx(error["psnr"], rel=1e-5)
+    assert float(response.headers["X-Reconstruction-MAE"]) == pytest.approx(error["mae"], rel=1e-5)
+    assert (
+        response.headers["X-Photo-Fit"]
+        == result.notes[0]
+        == "photo 0: 20x12 centre-cropped to its 16:16 middle and resized to 16x16"
+    )
+    assert ("X-Reconstruction-Warning" in response.headers) == (error["warning"] is not None)
+    assert not np.array_equal(result.edited[0, 0], result.reconstructions[0])  # the edit changes the photo
 
 
 # ----- the worker: the queue bound and batching ---------------------------------------------------------------

@@ -47,9 +47,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
     """``hspace serve`` on a bank of random directions for the tiny model; yields its URL and the bank."""
+    tmp_path = tmp_path_factory.mktemp("server")
     url = str(tmp_path / "bank")
     publish_random_bank(url, tiny, ("a", "b", "c"), steps=4)
     port, log = free_port(), (tmp_path / "serve.log").open("w")
@@ -77,8 +78,8 @@ def server(tiny, tmp_path):
         log.close()
 
 
-@pytest.fixture
-def browser(tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -94,7 +95,7 @@ def browser(tmp_path):
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1280,800",
-        f"--user-data-dir={tmp_path / 'chromium'}",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
@@ -110,34 +111,58 @@ def shown_image(browser) -> tuple[str, dict[str, str | None]]:
     return image.get_attribute("src"), {key: image.get_attribute(f"data-{key}") for key in ("seed", "gammas")}
 
 
-def test_moving_a_slider_shows_hspace_edit(server, browser, tiny, tmp_path):
+def decoded(src: str) -> np.ndarray:
+    """The PNG of a data: URL as uint8 (3, H, W)."""
+    assert src.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))).transpose(2, 0, 1)
+
+
+def open_page(browser, address: str):
+    """The page, loaded, with its first image (seed 0, unedited) shown; a WebDriverWait."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    address, bank = server
     browser.get(address)
     wait = WebDriverWait(browser, 60)
-    wait.until(lambda _: shown_image(browser)[1] == {"seed": "0", "gammas": "{}"})  # the page's first image
+    wait.until(lambda _: shown_image(browser)[1] == {"seed": "0", "gammas": "{}"})
+    return wait
+
+
+MOVE = """
+const [slider, gamma] = arguments;
+const range = document.getElementById(slider);
+range.value = String(gamma);
+range.dispatchEvent(new Event("input", {bubbles: true}));
+"""
+
+
+def test_moving_a_slider_shows_hspace_edit(server, browser, tiny, tmp_path):
+    address, bank = server
+    wait = open_page(browser, address)
     first, _ = shown_image(browser)
-    browser.execute_script(
-        """
-        const [seed, gamma, slider] = arguments;
-        document.getElementById("seed").value = String(seed);
-        const range = document.getElementById(slider);
-        range.value = String(gamma);
-        range.dispatchEvent(new Event("input", {bubbles: true}));
-        """,
-        SEED,
-        GAMMAS["b"],
-        "gamma-b",
-    )
+    browser.execute_script(f'document.getElementById("seed").value = "{SEED}";' + MOVE, "gamma-b", GAMMAS["b"])
     expected = {"seed": str(SEED), "gammas": json.dumps(GAMMAS, separators=(",", ":"))}
     wait.until(lambda _: shown_image(browser)[1] == expected)
     src, _ = shown_image(browser)
-    assert src != first and src.startswith("data:image/png;base64,")
-    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))).transpose(2, 0, 1)
+    assert src != first
+    shown = decoded(src)
     assert np.array_equal(shown, edit(tiny, [SEED], GAMMAS, bank)[0])
     assert not np.array_equal(shown, edit(tiny, [SEED], {}, bank)[0])
     assert browser.find_element("id", "value-b").text == "2.5"
     browser.save_screenshot(str(tmp_path / "serve.png"))
     if os.environ.get("HSPACE_SERVE_SCREENSHOT"):
         shutil.copyfile(tmp_path / "serve.png", os.environ["HSPACE_SERVE_SCREENSHOT"])
+
+
+def test_an_uploaded_photo_shows_edit_image(server, browser, tiny, tmp_path):
+    from hspace.photos import edit_image
+
+    address, bank = server
+    photo = tmp_path / "me.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(photo)
+    wait = open_page(browser, address)
+    browser.execute_script(MOVE, "gamma-a", -1.5)
+    browser.find_element("id", "upload").send_keys(str(photo))  # its change event sends the edit at once
+    wait.until(lambda _: shown_image(browser)[1] == {"seed": "", "gammas": '{"a":-1.5}'})
+    expected = edit_image(tiny, [Image.open(photo)], {"a": -1.5}, bank)
+    assert np.array_equal(decoded(shown_image(browser)[0]), expected.edited[0, 0])
+    assert "me.png" in browser.find_element("id", "status").text
