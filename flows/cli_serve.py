@@ -54,6 +54,11 @@ def _serve(args: argparse.Namespace) -> None:
     bank = load_bank(args.bank, args.version)
     model = load_model(args.model, device=args.device, precision=args.precision or bank.precision)
     bank.check_model(model)  # refused here, in one line, rather than on every request
+    if model.precision != bank.precision:
+        print(
+            f"hspace serve: the bank's directions were found in {bank.precision}, so every edit casts a copy of this "
+            f"{model.precision} model to it: leave out --precision to load it in {bank.precision} once"
+        )
     # One edit now: a bank whose timesteps this model's scheduler does not give is refused before serving, and
     # the first request does not pay for the warm-up.
     edit(model, [0], {}, bank)

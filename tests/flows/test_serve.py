@@ -403,6 +403,17 @@ def test_a_model_the_bank_was_not_built_for_is_refused_at_start_up(cli, capsys, 
     assert line.startswith("hspace: error: bank ") and "weight fingerprint" in line
 
 
+def test_a_bank_of_other_timesteps_is_refused_at_start_up(cli, capsys, tiny, tmp_path):
+    from hspace.bank import publish
+
+    good, url = str(tmp_path / "good"), str(tmp_path / "bank")
+    publish_random_bank(good, tiny)  # T = 4 with this model's timesteps; the same direction with others:
+    publish(url, [load_bank(good)["a"]], model_fingerprint=tiny.fingerprint, timesteps=[999, 700, 400, 100])
+    assert cli("serve", url, "--model", "tiny") == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hspace: error: bank ") and "was built with timesteps [999, 700, 400, 100]" in line
+
+
 def test_a_port_in_use_is_one_line(cli, capsys, bank):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
