@@ -6,6 +6,7 @@ import argparse
 import socket
 
 from flows.cli_args import add_precision_argument
+from flows.cli_bank import add_verdict_arguments, verdict_thresholds
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -32,6 +33,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-seed", type=int, default=2**31 - 1, help="largest seed a request may ask for")
     serve.add_argument("--queue", type=int, default=16, help="edits that may wait; more are refused with 503")
     serve.add_argument("--batch", type=int, default=8, help="most waiting edits the worker takes at once")
+    add_verdict_arguments(serve)
     serve.set_defaults(func=_serve)
 
 
@@ -62,7 +64,7 @@ def _serve(args: argparse.Namespace) -> None:
     # One edit now: a bank whose timesteps this model's scheduler does not give is refused before serving, and
     # the first request does not pay for the warm-up.
     edit(model, [0], {}, bank)
-    app = make_app(model, bank, limits)
+    app = make_app(model, bank, limits, verdict_thresholds(args))
     listening = _listen(args.host, args.port)
     if args.host not in LOOPBACK:
         print(f"hspace serve: listening on {args.host}, reachable from other machines, without authentication")

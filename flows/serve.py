@@ -52,6 +52,7 @@ from hspace.editing import edit
 from hspace.errors import HSpaceError
 from hspace.models import LoadedModel
 from hspace.sampler import make_scheduler
+from hspace.verdicts import Thresholds
 
 LOG = logging.getLogger("hspace.serve")
 JSON_BODY_BYTES = 64 * 1024  # a JSON edit: a seed and a few gammas
@@ -316,16 +317,19 @@ async def parse_upload(request: Request, bank: Bank, limits: Limits) -> tuple[Im
 
 
 # ----- the app ----------------------------------------------------------------------------------------------------
-def make_app(model: LoadedModel, bank: Bank, limits: Limits | None = None) -> FastAPI:
+def make_app(
+    model: LoadedModel, bank: Bank, limits: Limits | None = None, thresholds: Thresholds | None = None
+) -> FastAPI:
     """The ``hspace serve`` app: ``GET /``, ``GET /directions``, ``POST /edit``, ``GET /healthz``.
 
     ``model`` must be the bank's (refused otherwise); its U-Net runs only on the app's :class:`EditWorker`
-    (``app.state.worker``), which starts and stops with the app (its lifespan).
+    (``app.state.worker``), which starts and stops with the app (its lifespan). ``thresholds``: the directions'
+    verdicts (``hspace.verdicts``, default thresholds when None).
     """
     limits = limits or Limits()
     bank.check_model(model)
     worker = EditWorker(model, bank, limits)
-    info = directions_info(bank, asdict(limits))
+    info = directions_info(bank, asdict(limits), thresholds)
     page, policy = render_page(info)
 
     @contextlib.asynccontextmanager

@@ -17,15 +17,16 @@ from importlib.resources import files
 from typing import Any
 
 from hspace.bank import Bank
+from hspace.verdicts import Thresholds, verdicts
 
 PAGE = "serve_page.html"
 DEBOUNCE_MS = 150  # the page waits this long after the last slider or seed change before it asks for an edit
 
 
-def directions_info(bank: Bank, limits: dict[str, Any]) -> dict[str, Any]:
+def directions_info(bank: Bank, limits: dict[str, Any], thresholds: Thresholds | None = None) -> dict[str, Any]:
     """``GET /directions``: the bank, and per direction its method, stored evaluation (Table I row) and verdict."""
     records = bank.info()["directions"]
-    verdicts = _verdicts(bank)
+    judged = verdicts(bank, thresholds)
     return {
         "bank": bank.url,
         "version": bank.version,
@@ -36,20 +37,12 @@ def directions_info(bank: Bank, limits: dict[str, Any]) -> dict[str, Any]:
                 "name": name,
                 "method": records[name]["method"],
                 "evaluation": records[name]["evaluation"] or None,
-                "verdict": verdicts[name],
+                "verdict": judged[name],
             }
             for name in bank.names
         ],
         "limits": limits,
     }
-
-
-def _verdicts(bank: Bank) -> dict[str, dict[str, Any] | None]:
-    try:
-        from hspace.verdicts import verdicts
-    except ImportError:  # an installation from before verdicts: the page shows the evaluation without one
-        return dict.fromkeys(bank.names)
-    return verdicts(bank)
 
 
 def render_page(info: dict[str, Any]) -> tuple[str, str]:
