@@ -18,7 +18,7 @@ import zarr
 
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from storage.corpus import ADDED_SETTINGS, NOT_COMPARED, Corpus
+from storage.corpus import ADDED_SETTINGS, NOT_COMPARED, UNCHECKSUMMED_VERSION, Corpus
 from storage.groups import describe_differences, group_at, json_attrs, new_array
 
 RESULTS_SCHEMA_VERSION = 1
@@ -37,8 +37,13 @@ def check_run_name(run: str) -> str:
 
 
 def corpus_settings(corpus: Corpus) -> dict[str, Any]:
-    """The corpus settings a result depends on (all but the package version), JSON-ready."""
-    return {k: v for k, v in corpus.spec.to_attrs().items() if k not in NOT_COMPARED}
+    """The corpus settings a result depends on (all but the package version), JSON-ready.
+
+    Its ``schema_version`` is always 1 (``UNCHECKSUMMED_VERSION``): chunk checksums (version 2) changed no stored
+    value, and runs made before them recorded 1, so a run resumes whichever version its corpus has.
+    """
+    settings = {k: v for k, v in corpus.spec.to_attrs().items() if k not in NOT_COMPARED}
+    return {**settings, "schema_version": UNCHECKSUMMED_VERSION}
 
 
 def run_attrs(kind: str, spec: Any) -> dict[str, Any]:

@@ -213,3 +213,14 @@ def test_failures_that_are_not_hspace_errors_are_one_line_unless_verbose(monkeyp
     assert err.count("\n") == 1 and "RuntimeError: disk on fire" in err and "--verbose" in err
     with pytest.raises(RuntimeError, match="disk on fire"):
         flows.cli.main(["--verbose", "corpus", "info", "x"])
+
+
+def test_a_pca_run_made_before_checksums_resumes(prefect_harness, corpus_factory, copy_corpus, cli, capsys):
+    """Runs record the corpus settings they were made from; those made before checksums say schema version 1."""
+    url = copy_corpus(corpus_factory(**SETTINGS))
+    assert cli("pca", "fit", url, "--components", "2", "--run", "r", "--no-progress") == 0
+    group = zarr.open_group(url, mode="r+")
+    attrs = dict(group["pca/r"].attrs["hspace"])
+    assert attrs["corpus"]["schema_version"] == 1
+    group.attrs.update({"hspace": {**group.attrs["hspace"], "schema_version": 1}})  # and an unchecksummed corpus
+    assert cli("pca", "fit", url, "--components", "2", "--run", "r", "--no-progress") == 0, capsys.readouterr().err
