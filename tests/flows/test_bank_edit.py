@@ -213,3 +213,19 @@ def test_rendered_faces_reconstruct_within_the_bound_and_a_smile_direction_raise
     before = annotator.scores_by_attribute(result.reconstructions)["smile"]
     after = annotator.scores_by_attribute(result.edited[0])["smile"]
     assert (after - before).mean() > 0.5 * before.std(), (after - before, before.std())
+
+
+def test_bank_edit_takes_a_folder_of_photos(tiny, bank_url, tmp_path, cli, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("b.png", "a.jpg"):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / name)
+    out = tmp_path / "grid.png"
+    assert (
+        cli("bank", "edit", bank_url, "--model", "tiny", "--images", folder, "--set", "a=1", "--out", out, "--json")
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert [p["photo"] for p in report["photos"]] == [str(folder / "a.jpg"), str(folder / "b.png")]
+    assert report["columns"] == ["photo 0", "photo 1"] and out.exists()
