@@ -21,13 +21,7 @@ from hspace.verdicts import Thresholds, verdict
 T = 4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Bits depend on the thread count (tests/conftest.py); edits and their oracles run under one setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: edits and their oracles, one thread count
 
 
 @pytest.fixture
