@@ -71,12 +71,8 @@ def edit_grid(
     """The grid for ``seeds`` or ``photos`` (exactly one), one row per mapping of ``rows`` after the unedited ones."""
     if (seeds is None) == (photos is None):
         raise HSpaceError("give either seeds or photos to edit")
-    for gammas in rows:
-        for name in gammas:
-            if name not in bank:
-                raise HSpaceError(
-                    f"bank {bank.url} version {bank.version} has no direction {name!r}; it has {', '.join(bank.names)}"
-                )
+    for name in {name for gammas in rows for name in gammas}:
+        bank.tensor(name)  # an unknown name is refused here, before any sampling (the tensor is kept for the edits)
     labels = [_row_label(g) for g in rows]
     if seeds is not None:
         cells = np.stack([edit(model, seeds, gammas, bank) for gammas in [{}, *rows]])

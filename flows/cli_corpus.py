@@ -96,12 +96,15 @@ def _verify(args: argparse.Namespace) -> int:
 
     from flows.progress import Progress, track
     from storage.corpus import Corpus
-    from storage.verify import repair, to_json, units, verify
+    from storage.verify import repair, result_arrays, to_json, verify
 
     corpus = Corpus.open(args.url, writable=args.repair)
-    progress = Progress(total=units(corpus), unit="unit", desc="verify", show=not args.no_progress)
+    results = result_arrays(corpus.group)  # listed once: on an object store a walk is many requests
+    progress = Progress(
+        total=corpus.spec.n_shards + len(results), unit="unit", desc="verify", show=not args.no_progress
+    )
     with track(progress) as bar:
-        damaged = verify(corpus, bar.update)
+        damaged = verify(corpus, results, bar.update)
     repaired = repair(corpus, damaged) if args.repair and damaged else None
     report = {
         "url": args.url,

@@ -41,11 +41,11 @@ from storage.groups import (
     ShardFlags,
     array_at,
     check_shapes,
-    damage_reason,
     describe_differences,
     json_attrs,
     new_array,
     read_array,
+    unreadable,
 )
 from storage.stores import corpus_store
 
@@ -212,11 +212,7 @@ class Corpus(ShardFlags):
     def damage(self, name: str, shard: int, rest: tuple[int, ...] = ()) -> str | None:
         """Why reading shard ``shard`` of array ``name`` (h, x0 or seed) fails, or None where it reads."""
         start, stop = self.spec.shard_range(shard)
-        try:
-            read_array(self.group, name, (slice(start, stop), *rest))
-        except (ValueError, RuntimeError) as error:
-            return damage_reason(error)
-        return None
+        return unreadable(array_at(self.group, name), (slice(start, stop), *rest))
 
     def read_member_attrs(
         self, path: str, *, node_type: type, key: str, version: int, what: str

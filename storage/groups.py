@@ -122,7 +122,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def damage_reason(error: Exception) -> str:
+def unreadable(array: zarr.Array, region: tuple[slice | int, ...]) -> str | None:
+    """Why reading ``array[region]`` fails its checksum or decoding (:func:`_damage_reason`), or None where it reads."""
+    try:
+        array[region]
+    except (ValueError, RuntimeError) as error:
+        return _damage_reason(error)
+    return None
+
+
+def _damage_reason(error: Exception) -> str:
     """Why a chunk failed to read, in a few words (Zarr's crc32c message quotes both checksums' bytes)."""
     text = str(error) or type(error).__name__
     return "its checksum does not match its bytes" if "checksum" in text.lower() else text

@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from storage.corpus import DATA_ARRAYS, Corpus
-from storage.groups import array_at, damage_reason
+from storage.groups import array_at, unreadable
 
 # Result groups whose members do not depend on the corpus's samples: inversions hold the user's images'.
 INDEPENDENT = ("inversions",)
@@ -40,9 +40,11 @@ class Damage:
     shard: int | None = None
 
 
-def verify(corpus: Corpus, advance: Callable[[int], None] = lambda n: None) -> list[Damage]:
-    """Every damaged chunk of ``corpus``, in array order; ``advance(n)`` after each of its n units of work
-    (:func:`units`: one per shard, then one per result array)."""
+def verify(
+    corpus: Corpus, results: list[tuple[str, zarr.Array]], advance: Callable[[int], None] = lambda n: None
+) -> list[Damage]:
+    """Every damaged chunk of ``corpus`` and of its ``results`` (:func:`result_arrays`), in array order;
+    ``advance(1)`` after each shard, then after each result array (for a progress bar)."""
     spec, found = corpus.spec, []
     for shard in range(spec.n_shards):
         start, stop = spec.shard_range(shard)
@@ -50,26 +52,21 @@ def verify(corpus: Corpus, advance: Callable[[int], None] = lambda n: None) -> l
             reason = corpus.damage(name, shard)
             if reason is not None:
                 found.append(Damage(name, f"shard {shard} (samples {start}..{stop - 1})", reason, "rebuild", shard))
-        reason = _unreadable(array_at(corpus.group, "done"), (slice(shard, shard + 1),))
+        reason = unreadable(array_at(corpus.group, "done"), (slice(shard, shard + 1),))
         if reason is not None:
             found.append(Damage("done", f"shard {shard}'s flag", reason, "rebuild", shard))
         advance(1)
-    reason = _unreadable(array_at(corpus.group, "timestep"), (slice(None),))
+    reason = unreadable(array_at(corpus.group, "timestep"), (slice(None),))
     if reason is not None:
         found.append(Damage("timestep", "all steps", reason, "rewrite"))
-    for path, array in _result_arrays(corpus.group):
+    for path, array in results:
         for chunk in _chunks(array):
-            reason = _unreadable(array, chunk)
+            reason = unreadable(array, chunk)
             if reason is not None:
                 where = "chunk " + ", ".join(f"{s.start}:{s.stop}" for s in chunk)
                 found.append(Damage(path, where, reason, "recompute"))
         advance(1)
     return found
-
-
-def units(corpus: Corpus) -> int:
-    """How many times :func:`verify` calls ``advance`` (for a progress bar)."""
-    return corpus.spec.n_shards + sum(1 for _ in _result_arrays(corpus.group))
 
 
 def repair(corpus: Corpus, damaged: list[Damage]) -> dict[str, Any]:
@@ -107,10 +104,10 @@ def result_members(group: zarr.Group) -> list[str]:
 
 
 # ----- private helpers ---------------------------------------------------------------------------
-def _result_arrays(group: zarr.Group) -> Iterator[tuple[str, zarr.Array]]:
-    for path, node in sorted(group.members(max_depth=None), key=lambda item: item[0]):
-        if isinstance(node, zarr.Array) and "/" in path:
-            yield path, node
+def result_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array]]:
+    """Every array of the results in the corpus group (below a ``<kind>/`` group), by path, sorted."""
+    members = sorted(group.members(max_depth=None), key=lambda item: item[0])
+    return [(path, node) for path, node in members if isinstance(node, zarr.Array) and "/" in path]
 
 
 def _member(path: str) -> str:
@@ -122,14 +119,6 @@ def _chunks(array: zarr.Array) -> Iterator[tuple[slice, ...]]:
     starts = [range(0, size, chunk) for size, chunk in zip(array.shape, array.chunks, strict=True)]
     for corner in itertools.product(*starts):
         yield tuple(slice(s, min(s + c, n)) for s, c, n in zip(corner, array.chunks, array.shape, strict=True))
-
-
-def _unreadable(array: zarr.Array, region: tuple[slice, ...]) -> str | None:
-    try:
-        array[region]
-    except (ValueError, RuntimeError) as error:
-        return damage_reason(error)
-    return None
 
 
 def _ranges(values: list[int]) -> str:
