@@ -81,8 +81,9 @@ def _report(args: argparse.Namespace) -> None:
 
 def _write_report(args: argparse.Namespace) -> dict[str, Any]:
     from hspace.annotators import load_annotator
+    from hspace.files import write_whole_files
     from hspace.models import load_model
-    from hspace.render import write_files
+    from hspace.render import png_bytes
     from hspace.testbed.evaluate import report, to_markdown
 
     check_positive(args, "samples", "eval_samples", "steps", "swap_pairs")
@@ -106,15 +107,12 @@ def _write_report(args: argparse.Namespace) -> dict[str, Any]:
     say("pictures")
     # Pictures first, the figures last: a report.json on disk means the whole report was written.
     pictures = _report_pictures(model, result, args)
-    write_files(
-        out,
+    write_whole_files(
+        str(out),
         {
-            **{
-                name: lambda path, picture=picture: picture.save(path, format="PNG")
-                for name, picture in pictures.items()
-            },
-            "report.md": lambda path: path.write_text(to_markdown(figures)),
-            "report.json": lambda path: path.write_text(json.dumps(figures, indent=2) + "\n"),
+            **{name: png_bytes(picture) for name, picture in pictures.items()},
+            "report.md": to_markdown(figures).encode(),
+            "report.json": (json.dumps(figures, indent=2) + "\n").encode(),
         },
     )
     return figures

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,11 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, scale: int | N
     return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
 
-def write_files(folder: Path, writers: dict[str, Callable[[Path], object]]) -> list[Path]:
-    """Write each output file of a report by :func:`hspace.files.atomic_write`, in the given order: a file
-    that exists is complete, so the last one named can mark the whole report as written. Returns the paths."""
-    return [atomic_write(Path(folder) / name, write) for name, write in writers.items()]
+def png_bytes(picture: Image.Image) -> bytes:
+    """A picture as PNG file bytes (for :func:`hspace.files.write_whole_files`)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_grid(images: np.ndarray, path: Path, **grid_options: int) -> Path:

@@ -5,7 +5,6 @@ Each task reads its inputs from storage and returns small things (names, a versi
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from hspace.bank import Direction, publish
 from hspace.errors import HSpaceError
 from hspace.evaluate import EvaluationResult
 from hspace.files import browser_link, write_whole_files
+from hspace.render import png_bytes
 from storage.corpus import Corpus
 from storage.directions import read_direction
 from storage.evaluations import stored_evaluation
@@ -74,14 +74,12 @@ def gather_directions(
 
 def write_report(result: EvaluationResult, folder: str) -> list[str]:
     """evaluation.csv, evaluation.md and evaluation.png, each written whole, into ``folder`` (a path or a URL)."""
-    picture = io.BytesIO()
-    result.heatmap("std").save(picture, format="PNG")
     return write_whole_files(
         folder,
         {
             "evaluation.csv": result.to_csv().encode(),
             "evaluation.md": (result.to_markdown("std") + "\n" + result.to_markdown("score")).encode(),
-            "evaluation.png": picture.getvalue(),
+            "evaluation.png": png_bytes(result.heatmap("std")),
         },
     )
 

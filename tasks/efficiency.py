@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -29,8 +28,9 @@ from hspace.efficiency import (
     summarize,
 )
 from hspace.errors import HSpaceError
+from hspace.files import write_whole_files
 from hspace.models import LoadedModel, check_precision
-from hspace.render import write_files
+from hspace.render import png_bytes
 from storage.efficiency import EfficiencyParts, check_record
 from tasks.annotate import cached_annotator
 from tasks.corpus import cached_model
@@ -185,12 +185,12 @@ def finish_efficiency(spec: EfficiencySpec) -> EfficiencyCurve:
         assert directions is not None  # the flow finds them before it finishes
         curve = summarize(plan, directions, parts.edit_scores())
         parts.write_curve(curve)
-    write_files(
-        Path(spec.out),
+    write_whole_files(
+        spec.out,
         {
-            "efficiency.png": lambda p: curve.plot().save(p, format="PNG"),
-            "efficiency.md": lambda p: p.write_text(curve.to_markdown()),
-            "efficiency.json": lambda p: p.write_text(json.dumps(curve.to_dict(), indent=1) + "\n"),
+            "efficiency.png": png_bytes(curve.plot()),
+            "efficiency.md": curve.to_markdown().encode(),
+            "efficiency.json": (json.dumps(curve.to_dict(), indent=1) + "\n").encode(),
         },
     )
     return curve
