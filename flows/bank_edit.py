@@ -9,16 +9,18 @@ the grid's cells are exactly their images (enlarged by a whole factor, nearest n
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from hspace.bank import Bank
 from hspace.editing import edit
 from hspace.errors import HSpaceError
 from hspace.models import LoadedModel
-from hspace.photos import edit_image
+from hspace.photos import edit_image, fit_photos
 
 
 @dataclass(frozen=True)
@@ -67,23 +69,36 @@ def edit_grid(
     seeds: list[int] | None = None,
     photos: list[Any] | None = None,
     photo_labels: list[str] | None = None,
+    progress: bool = False,
 ) -> EditGrid:
-    """The grid for ``seeds`` or ``photos`` (exactly one), one row per mapping of ``rows`` after the unedited ones."""
+    """The grid for ``seeds`` or ``photos`` (exactly one), one row per mapping of ``rows`` after the unedited ones.
+
+    ``progress``: a tqdm bar on stderr, one step per row of seeds; photos are inverted and edited in one call, so
+    they get a line saying what runs.
+    """
     if (seeds is None) == (photos is None):
         raise HSpaceError("give either seeds or photos to edit")
     for name in {name for gammas in rows for name in gammas}:
         bank.tensor(name)  # an unknown name is refused here, before any sampling (the tensor is kept for the edits)
     labels = [_row_label(g) for g in rows]
     if seeds is not None:
-        cells = np.stack([edit(model, seeds, gammas, bank) for gammas in [{}, *rows]])
+        edits = tqdm([{}, *rows], desc="bank edit", unit="row", disable=not progress, file=sys.stderr)
+        cells = np.stack([edit(model, seeds, gammas, bank) for gammas in edits])
         return EditGrid(cells, ["unedited", *labels], [f"seed {s}" for s in seeds], [])
     assert photos is not None
-    result = edit_image(model, photos, rows, bank)
+    fitted, notes = fit_photos(photos, model.image_shape)  # unreadable photos refused before any work is announced
+    if progress:
+        print(
+            f"bank edit: inverting {len(photos)} photo(s) and sampling {len(rows) + 1} row(s) of them, {bank.steps} "
+            "steps each",
+            file=sys.stderr,
+            flush=True,
+        )
+    result = edit_image(model, list(fitted), rows, bank)
     cells = np.concatenate([result.inputs[None], result.reconstructions[None], result.edited])
     names = photo_labels or [f"photo {i}" for i in range(len(photos))]
     report = [
-        {"photo": name, "note": note, **error}
-        for name, note, error in zip(names, result.notes, result.errors, strict=True)
+        {"photo": name, "note": note, **error} for name, note, error in zip(names, notes, result.errors, strict=True)
     ]
     return EditGrid(cells, ["photo", "reconstruction", *labels], [f"photo {i}" for i in range(len(names))], report)
 

@@ -258,6 +258,7 @@ def add_edit_command(sub: argparse._SubParsersAction) -> None:
     edit.add_argument("--sweep", action="append", default=[], help="rows along one direction, e.g. smile=-2:2:5")
     edit.add_argument("--out", required=True, help="the grid, a .png file")
     edit.add_argument("--json", action="store_true", help="print what was written (and photo errors) as JSON")
+    edit.add_argument("--no-progress", action="store_true", help="no progress bar")
     edit.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(edit, default=None, note="(default: the bank's)")
     edit.set_defaults(func=_edit)
@@ -282,7 +283,9 @@ def _edit(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, precision=args.precision or bank.precision)
     bank.check_model(model)
     photos = None if args.seeds else [str(p) for p in (args.image or image_files(args.images))]
-    grid = edit_grid(model, bank, rows, seeds=args.seeds, photos=photos, photo_labels=photos)
+    grid = edit_grid(
+        model, bank, rows, seeds=args.seeds, photos=photos, photo_labels=photos, progress=not args.no_progress
+    )
     labeled_grid(grid.cells, grid.row_labels, grid.column_labels).save(out, format="PNG")
     for photo in grid.photos:
         print(f"hspace: {photo['note']}", file=sys.stderr)
