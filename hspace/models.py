@@ -1,17 +1,24 @@
-"""Loading unconditional diffusers U-Nets with their scheduler config.
+"""Loading diffusers U-Net models of three kinds, with their scheduler config.
+
+Kinds (:data:`KINDS`): ``pixel``, a ``UNet2DModel`` on images (``DDPMPipeline``); ``latent``, a ``UNet2DModel`` on
+the latents of a ``VQModel`` or ``AutoencoderKL`` (``LDMPipeline``); ``text``, a ``UNet2DConditionModel`` on the
+latents of an ``AutoencoderKL``, conditioned on a CLIP text encoder's embeddings of a prompt
+(``StableDiffusionPipeline``). h is the U-Net's mid-block output in every kind; x_t is the image (pixel) or the
+latent (latent, text), and images are decoded once, after the last step.
 
 A model is named by one of:
 
-* a built-in config (random weights from a fixed seed, no download): ``tiny`` for fast tests,
-  ``celebahq-shape``, the exact architecture of ``google/ddpm-ema-celebahq-256``, and ``scale-probe``, which
-  has that model's h (512 x 8 x 8) at a hundredth of its compute, for measuring the pipeline at scale on CPUs;
-* a local directory: either a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``)
-  or a bare U-Net folder (``config.json``, weights and ``scheduler_config.json``, the layout of
-  ``google/ddpm-ema-celebahq-256``);
+* a built-in config (random weights from a fixed seed, no download; :mod:`hspace.model_configs`): ``tiny``,
+  ``tiny-ldm`` and ``tiny-sd`` for fast tests, ``celebahq-shape``, ``ldm-celebahq-shape`` and ``sd15-shape``, the
+  exact architectures of ``google/ddpm-ema-celebahq-256``, ``CompVis/ldm-celebahq-256`` and Stable Diffusion 1.5,
+  and ``scale-probe``, which has the first one's h (512 x 8 x 8) at a hundredth of its compute;
+* a local directory: a pipeline folder (``model_index.json`` with ``unet/`` and ``scheduler/``, and ``vqvae/`` or
+  ``vae/``, ``text_encoder/`` and ``tokenizer/`` for the latent kinds) or a bare U-Net folder (``config.json``,
+  weights and ``scheduler_config.json``, the layout of ``google/ddpm-ema-celebahq-256``);
 * a hub id ``owner/name``, fetched into (or read from) the user's Hugging Face cache, then loaded as a
   local directory.
 
-Weights load through safetensors; a folder with only ``.bin`` weights is read by diffusers with
+Weights load through safetensors; a folder with only ``.bin`` weights is read by diffusers and transformers with
 ``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
 """
 
@@ -22,33 +29,25 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import UNet2DModel
 
+from hspace.conditioning import Conditioning, TextEncoder
 from hspace.errors import HSpaceError
 from hspace.files import sha256_of
-
-# The scheduler config of google/ddpm-ema-celebahq-256 (DDPM, linear betas, 1000 steps, clipped x0).
-DDPM_LINEAR_CONFIG: dict[str, Any] = {
-    "_class_name": "DDPMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "variance_type": "fixed_small",
-    "clip_sample": True,
-}
+from hspace.model_configs import BUILTIN, ModelParts, build
+from hspace.model_folders import load_folder
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # The dtype the U-Net runs in. The scheduler arithmetic (eq. 2-5) stays float32 whatever the precision: the
 # sampler casts x_t to the U-Net's dtype for each pass and eps back to float32 (hspace.sampler.predict_eps).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KINDS = ("pixel", "latent", "text")
 
 
 @contextlib.contextmanager
@@ -91,28 +90,41 @@ def check_precision(precision: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class LoadedModel:
-    """A U-Net ready for sampling, with everything a corpus must record about it.
+    """A model ready for sampling, with everything a corpus must record about it.
 
     Attributes
     ----------
     name : str
         The name it was loaded by (built-in name, directory or hub id).
-    unet : UNet2DModel
+    unet : UNet2DModel or UNet2DConditionModel
         In eval mode, gradients off.
     scheduler_config : dict
         The training scheduler's config; samplers build a ``DDIMScheduler`` from it.
     fingerprint : str
-        sha256 over the state dict as stored, before any cast (see :func:`weight_fingerprint`), so a model
-        loaded in bf16 is recognised as the same weights as in fp32.
+        sha256 over every weight that changes a sample, as stored, before any cast (:func:`model_fingerprint`),
+        so a model loaded in bf16 is recognised as the same weights as in fp32.
     precision : str
-        One of :data:`PRECISIONS`: the dtype the U-Net was cast to on load.
+        One of :data:`PRECISIONS`: the dtype the U-Net was cast to on load (the autoencoder and text encoder stay
+        float32: they run once per sample, the U-Net at every step).
+    kind : str
+        One of :data:`KINDS`.
+    autoencoder : VQModel or AutoencoderKL or None
+        Latent kinds: maps images to latents (:meth:`encode`) and back (:meth:`decode`).
+    text : TextEncoder or None
+        The text kind's tokenizer and CLIP text encoder.
+    conditioning : Conditioning or None
+        The text kind's prompt, negative prompt and guidance (:meth:`conditioned`); None for the others.
     """
 
     name: str
-    unet: UNet2DModel
+    unet: torch.nn.Module
     scheduler_config: dict[str, Any]
     fingerprint: str
     precision: str = "fp32"
+    kind: str = "pixel"
+    autoencoder: torch.nn.Module | None = None
+    text: TextEncoder | None = None
+    conditioning: Conditioning | None = None
 
     def at_precision(self, precision: str) -> LoadedModel:
         """This model with its U-Net in ``precision``: itself when it already is, else a cast copy of an fp32 one.
@@ -131,99 +143,72 @@ class LoadedModel:
         unet = torch.nn.Module.to(copy.deepcopy(self.unet), dtype=dtype)
         return replace(self, unet=unet, precision=precision)
 
+    def conditioned(self, conditioning: Conditioning | None) -> LoadedModel:
+        """This model sampling with ``conditioning``; None keeps a text model's own (the empty prompt by default).
+
+        Raises
+        ------
+        HSpaceError
+            If ``conditioning`` is given for a model that is not text-conditional.
+        """
+        if conditioning is None:
+            return self
+        if self.kind != "text":
+            raise HSpaceError(
+                f"model {self.name!r} is unconditional ({self.kind} kind): a prompt, negative prompt or guidance "
+                "applies only to a text-conditional model; leave them out"
+            )
+        return replace(self, conditioning=conditioning)
+
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one sample."""
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of x_t, what the U-Net denoises: the image itself for the pixel kind."""
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return (int(self.unet.config.in_channels), int(height), int(width))
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one decoded sample."""
+        if self.autoencoder is None:
+            return self.latent_shape
+        config = self.autoencoder.config
+        factor = 2 ** (len(config.block_out_channels) - 1)  # diffusers' vae_scale_factor
+        _, height, width = self.latent_shape
+        return (int(config.out_channels), height * factor, width * factor)
+
+    @property
     def h_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of h_t, the mid-block output: deepest channels at the lowest resolution."""
         config = self.unet.config
-        _, height, width = self.image_shape
+        _, height, width = self.latent_shape
         factor = 2 ** (len(config.down_block_types) - 1)
         return (int(config.block_out_channels[-1]), height // factor, width // factor)
 
+    def decode(self, x_0: torch.Tensor, microbatch: int) -> torch.Tensor:
+        """Images in [0, 1] (float32, on the CPU) from the final x_0: (x_0 / 2 + 0.5) for the pixel kind; for the
+        latent kinds the autoencoder's decoding of x_0 / scaling_factor, as ``LDMPipeline`` and
+        ``StableDiffusionPipeline`` decode, ``microbatch`` latents at a time."""
+        if self.autoencoder is None:
+            images = x_0
+        else:
+            scale = self.autoencoder.config.scaling_factor
+            with torch.no_grad():
+                images = torch.cat([self.autoencoder.decode(part / scale).sample for part in x_0.split(microbatch)])
+        return (images / 2 + 0.5).clamp(0, 1).float().cpu()
 
-def _tiny() -> UNet2DModel:
-    # Two levels with attention at the bottom, so the attention path (and its forward-mode AD
-    # caveat, in the hspace.jacobian docstring) is exercised by every fast test. h = 32 x 8 x 8.
-    return UNet2DModel(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=4,
-        attention_head_dim=8,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    )
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """x_0 from images in [-1, 1] (B, C, H, W): the images themselves for the pixel kind; for the latent kinds
+        the autoencoder's encoding times scaling_factor (the inverse of :meth:`decode`): a VQ encoder's
+        pre-quantisation latents (decoding quantises them), a KL encoder's posterior mode."""
+        if self.autoencoder is None:
+            return images
+        scale = self.autoencoder.config.scaling_factor
+        with torch.no_grad():
+            encoded = self.autoencoder.encode(images.to(self.unet.device))
+        latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+        return latents.float() * scale
 
-
-def _celebahq_shape() -> UNet2DModel:
-    # google/ddpm-ema-celebahq-256: 113.7M parameters, h = 512 x 8 x 8.
-    return UNet2DModel(
-        sample_size=256,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(128, 128, 256, 256, 512, 512),
-        layers_per_block=2,
-        down_block_types=(
-            "DownBlock2D",
-            "DownBlock2D",
-            "DownBlock2D",
-            "DownBlock2D",
-            "AttnDownBlock2D",
-            "DownBlock2D",
-        ),
-        up_block_types=(
-            "UpBlock2D",
-            "AttnUpBlock2D",
-            "UpBlock2D",
-            "UpBlock2D",
-            "UpBlock2D",
-            "UpBlock2D",
-        ),
-        freq_shift=1,
-        flip_sin_to_cos=False,
-        downsample_padding=0,
-        norm_eps=1e-6,
-    )
-
-
-def _scale_probe() -> UNet2DModel:
-    """The h of google/ddpm-ema-celebahq-256 (512 x 8 x 8 = 32,768 values per step) on 3 x 64 x 64 images, cheaply.
-
-    Four levels (64 -> 32 -> 16 -> 8, three downsamplings), one resnet per level, 8/16/32 channels in the outer
-    levels and 512 only at the bottom, where h is: the mid-block (two resnets, no attention: 3% more compute
-    with it) and its neighbours work at 512 channels, everything else is almost free. 27.45M parameters,
-    4.61 GFLOP per forward per sample (FlopCounterMode, batch 1), against 496 GFLOP for celebahq-shape.
-
-    One U-Net pass at batch 32 (``python bench/bench_scale.py --pass-time``, 2026-12-05) on this project's 2-core
-    CPU: 0.57 s (min of 3, the same pass timed by hand while the machine was nearly idle), 1.6-2.8 s (min of 5)
-    at load average 4-8 from other jobs. Idle, a 50-step sample thus costs about 0.9 s, a shard of 32 about 28 s.
-    """
-    return UNet2DModel(
-        sample_size=64,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16, 32, 512),
-        layers_per_block=1,
-        norm_num_groups=8,
-        add_attention=False,
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
-    )
-
-
-BUILTIN: dict[str, Callable[[], UNet2DModel]] = {
-    "tiny": _tiny,
-    "celebahq-shape": _celebahq_shape,
-    "scale-probe": _scale_probe,
-}
 
 # Models the project trains and ships (weights inside the package, checked against their data card).
 SHIPPED: dict[str, Path] = {"testbed": Path(__file__).parent / "testbed" / "weights" / "model"}
@@ -252,45 +237,80 @@ def check_same_weights(model: LoadedModel, fingerprint: str, *, owner: str, advi
         )
 
 
-def load_model(name: str, *, device: str | torch.device = "cpu", precision: str = "fp32") -> LoadedModel:
-    """Load a U-Net and its scheduler config by built-in name, directory or hub id.
+def load_model(
+    name: str,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    conditioning: Conditioning | None = None,
+) -> LoadedModel:
+    """Load a model (U-Net, scheduler config, and the autoencoder and text encoder of the latent kinds) by
+    built-in name, directory or hub id.
 
     The U-Net is cast once, here, to ``precision`` (:data:`PRECISIONS`). On CUDA, the sampler runs an fp32
     U-Net's matmuls and convolutions in TF32 (:func:`tf32_passes`); bf16 and fp16 are the faster, rougher
-    choices (docs/results.md).
+    choices (docs/results.md). A text-conditional model samples with ``conditioning``, by default the empty
+    prompt at diffusers' guidance 7.5 (:class:`hspace.conditioning.Conditioning`).
 
     Raises
     ------
     HSpaceError
-        If the name is none of these, the weights cannot be read, the model has no ``mid_block``, or the
-        precision is unknown.
+        If the name is none of these, the weights cannot be read, the model has no ``mid_block``, the precision
+        is unknown, or ``conditioning`` is given for an unconditional model.
     """
     dtype = PRECISIONS[check_precision(precision)]
     if name in BUILTIN:
-        unet, scheduler_config = _load_builtin(name), dict(DDPM_LINEAR_CONFIG)
+        parts = build(name)
     elif name in SHIPPED:
-        unet, scheduler_config = _load_directory(verify_shipped(name))
+        parts = load_folder(verify_shipped(name))
     elif Path(name).is_dir():
-        unet, scheduler_config = _load_directory(Path(name))
+        parts = load_folder(Path(name))
     elif HUB_ID.match(name) and not Path(name).exists():
-        unet, scheduler_config = _load_directory(_hub_snapshot(name))
+        parts = load_folder(_hub_snapshot(name))
     else:
         raise HSpaceError(
             f"unknown model {name!r}: not a built-in ({', '.join(sorted([*BUILTIN, *SHIPPED]))}), not an existing "
             "directory, and not a hub id of the form owner/name"
         )
-    if getattr(unet, "mid_block", None) is None:
+    if getattr(parts.unet, "mid_block", None) is None:
         raise HSpaceError(
             f"model {name!r} has no mid_block, so it has no h-space: use a U-Net whose config has a "
             "mid_block_type (the default UNetMidBlock2D)"
         )
-    fingerprint = weight_fingerprint(unet)
+    kind = "pixel" if parts.autoencoder is None else "latent" if parts.text is None else "text"
+    fingerprint = model_fingerprint(parts)
     # torch's own .to: diffusers' override warns about keeping fp32 modules even when, as for every
     # UNet2DModel, the list of such modules is empty.
-    unet = torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
-    return LoadedModel(
-        name=name, unet=unet, scheduler_config=scheduler_config, fingerprint=fingerprint, precision=precision
+    unet = torch.nn.Module.to(parts.unet, device=device, dtype=dtype).eval().requires_grad_(False)
+    autoencoder, text = parts.autoencoder, parts.text
+    if autoencoder is not None:
+        autoencoder = torch.nn.Module.to(autoencoder, device=device).eval().requires_grad_(False)
+    if text is not None:
+        text = TextEncoder(text.tokenizer, text.encoder.to(device).eval().requires_grad_(False))
+    model = LoadedModel(
+        name=name,
+        unet=unet,
+        scheduler_config=parts.scheduler_config,
+        fingerprint=fingerprint,
+        precision=precision,
+        kind=kind,
+        autoencoder=autoencoder,
+        text=text,
+        conditioning=Conditioning() if kind == "text" else None,
     )
+    return model.conditioned(conditioning)
+
+
+def model_fingerprint(parts: ModelParts) -> str:
+    """The U-Net's :func:`weight_fingerprint` for a pixel model (so fingerprints recorded before the latent kinds
+    stay valid); for the latent kinds, sha256 over the fingerprints of the U-Net, the autoencoder and the text
+    encoder, and the tokenizer's definition: every part that changes a sample."""
+    if parts.autoencoder is None:
+        return weight_fingerprint(parts.unet)
+    entries = [f"unet:{weight_fingerprint(parts.unet)}", f"autoencoder:{weight_fingerprint(parts.autoencoder)}"]
+    if parts.text is not None:
+        entries += [f"text_encoder:{weight_fingerprint(parts.text.encoder)}", f"tokenizer:{parts.text.digest()}"]
+    return hashlib.sha256("|".join(entries).encode()).hexdigest()
 
 
 def verify_shipped(name: str) -> Path:
@@ -306,43 +326,6 @@ def verify_shipped(name: str) -> Path:
             f"the {name!r} weights are damaged (sha256 {actual[:12]}, card says {expected[:12]}); reinstall hspace"
         )
     return folder
-
-
-def _load_builtin(name: str) -> UNet2DModel:
-    # Random weights from a fixed seed, drawn without touching the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return BUILTIN[name]()
-
-
-def _load_directory(path: Path) -> tuple[UNet2DModel, dict[str, Any]]:
-    if (path / "model_index.json").is_file():
-        unet_dir, scheduler_file = path / "unet", path / "scheduler" / "scheduler_config.json"
-    else:
-        unet_dir, scheduler_file = path, path / "scheduler_config.json"
-    if not (unet_dir / "config.json").is_file():
-        raise HSpaceError(f"{path} is not a diffusers model folder: {unet_dir / 'config.json'} is missing")
-    if not scheduler_file.is_file():
-        raise HSpaceError(f"{path} has no scheduler config: expected {scheduler_file}")
-    config = json.loads((unet_dir / "config.json").read_text())
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise HSpaceError(
-            f"{path} holds a {config['_class_name']}; hspace works with unconditional UNet2DModel pipelines"
-        )
-    try:
-        # float32 on load: shipped weights are stored in float16 to stay small. low_cpu_mem_usage=False is what
-        # diffusers falls back to without `accelerate` anyway (after a warning on every load); saying so here
-        # keeps the load silent without a dependency that only saves memory on models far larger than these.
-        unet = UNet2DModel.from_pretrained(
-            unet_dir, use_safetensors=_has_safetensors(unet_dir), torch_dtype=torch.float32, low_cpu_mem_usage=False
-        )
-    except (OSError, ValueError, RuntimeError) as error:
-        raise HSpaceError(f"cannot load the U-Net weights in {unet_dir}: {error}") from error
-    return unet, json.loads(scheduler_file.read_text())
-
-
-def _has_safetensors(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors"))
 
 
 def _hub_snapshot(repo_id: str) -> Path:

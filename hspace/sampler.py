@@ -1,7 +1,7 @@
 """DDIM sampling with h capture and h injection (eq. 2-5 of the paper).
 
 Notation (<variable> -> <name in paper>):
-    x        -> x_t, the noisy image at the current step
+    x        -> x_t, the noisy image at the current step (the noisy latent, for the latent kinds)
     eps      -> eps(x_t, t), the U-Net noise prediction
     h        -> h_t, the mid-block output; ``h`` of a result is h_{T:1}, steps in sampling order
     delta    -> delta h_{T:1}, added to h_t at every step (Sec. III)
@@ -13,7 +13,10 @@ Reproducibility: every sample owns a random stream, ``torch.Generator().manual_s
 It draws x_T first and then z_t at each step with eta_t > 0, in sampling order: exactly the stream of
 diffusers' ``DDIMPipeline`` given one generator per sample. So a sample depends only on its seed, never
 on its batch, and an edit replays the same x_T and z_{T:1}. x_T and the z_t never come from
-the same stream position, the pitfall the authors' code warns about.
+the same stream position, the pitfall the authors' code warns about. Latent models draw the same way as
+``LDMPipeline`` and ``StableDiffusionPipeline`` (x_T is the latent), decode once after the last step, and a
+text-conditional model runs classifier-free guidance with h read from its conditional half
+(:mod:`hspace.conditioning`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from hspace.conditioning import Guidance, make_guidance
 from hspace.errors import HSpaceError
 from hspace.hook import HHook, h_hook
 from hspace.models import LoadedModel, tf32_passes
@@ -36,7 +40,7 @@ class SampleResult:
 
     Attributes
     ----------
-    images : Tensor of shape (B, C, S, S), float32 in [0, 1], on the CPU
+    images : Tensor of shape (B, C, S, S), float32 in [0, 1], on the CPU (decoded, for the latent kinds)
     h : Tensor of shape (B, T, C_h, H_h, W_h), float32 on the CPU, or None without capture
     timesteps : tuple of int, the T training timesteps in sampling order
     """
@@ -89,6 +93,7 @@ def sample(
     noise_delta: torch.Tensor | None = None,
     x_T: torch.Tensor | None = None,
     clip_sample: bool | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> SampleResult:
     """Generate one sample per seed, optionally editing h and recording h_{T:1}.
 
@@ -127,6 +132,9 @@ def sample(
     clip_sample : bool, optional
         Override the scheduler config's ``clip_sample`` (clipping P_t to [-1, 1]); None keeps the model's.
         Resampling inverted images does not clip, as the inversion does not (:mod:`hspace.inversion`).
+    prompts : sequence of str, optional
+        A text-conditional model's prompt per seed (a corpus's prompt list); None uses the prompt of the
+        model's conditioning for every sample. The negative prompt and guidance are the conditioning's.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -138,44 +146,49 @@ def sample(
     device = unet.device
     if microbatch is None:
         microbatch = 1 if device.type == "cpu" else len(seeds)
+    guidance = _guidance(model, len(seeds), prompts)
     deltas = _per_step_delta(delta, len(seeds), steps, model.h_shape, device)
     replaced = _per_step_delta(replace_h, len(seeds), steps, model.h_shape, device)
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    x = draw_noise(generators, model.image_shape).to(device)  # x_T (drawn anyway: the z_t follow it in each stream)
+    x = draw_noise(generators, model.latent_shape).to(device)  # x_T (drawn anyway: the z_t follow it in each stream)
     if x_T is not None:
         if tuple(x_T.shape) != tuple(x.shape):
             raise HSpaceError(f"x_T must have shape {tuple(x.shape)} (one per seed); got {tuple(x_T.shape)}")
         x = x_T.to(device=device, dtype=x.dtype)
     if noise_delta is not None:
-        x = x + _noise_delta(noise_delta, len(seeds), model.image_shape, device)
+        x = x + _noise_delta(noise_delta, len(seeds), model.latent_shape, device)
     captured: list[torch.Tensor] = []
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
-            eps, h_t = predict_eps(unet, hook, x, t, deltas[i], microbatch, capture=capture, replace_t=replaced[i])
+            eps, h_t = predict_eps(
+                unet, hook, x, t, deltas[i], microbatch, capture=capture, replace_t=replaced[i], guidance=guidance
+            )
             if capture:
                 assert h_t is not None  # predict_eps returns h_t whenever capture is on
                 captured.append(h_t)
             # z_t is drawn only when eta_t > 0, exactly as DDIMScheduler.step draws it (eq. 3).
-            z = draw_noise(generators, model.image_shape).to(device) if etas[i] > 0 else None
+            z = draw_noise(generators, model.latent_shape).to(device) if etas[i] > 0 else None
             out = scheduler.step(eps, t, x, eta=etas[i], variance_noise=z)
             if asyrp and deltas[i] is not None:
                 # P_t from the edited eps, D_t (and sigma_t z_t) from an unedited pass:
                 # x_{t-1} = x_{t-1}(eps_orig) + sqrt(alpha_{t-1}) (P_t(eps_edit) - P_t(eps_orig)) (eq. 2).
-                eps_orig, _ = predict_eps(unet, hook, x, t, None, microbatch, capture=False, replace_t=replaced[i])
+                eps_orig, _ = predict_eps(
+                    unet, hook, x, t, None, microbatch, capture=False, replace_t=replaced[i], guidance=guidance
+                )
                 plain = scheduler.step(eps_orig, t, x, eta=etas[i], variance_noise=z)
                 x = plain.prev_sample + _alpha_prev(scheduler, int(t)).sqrt() * (
                     out.pred_original_sample - plain.pred_original_sample
                 )
             else:
                 x = out.prev_sample
-    images = (x / 2 + 0.5).clamp(0, 1).float().cpu()
+    images = model.decode(x, microbatch)
     h = torch.stack(captured, dim=1).float().cpu() if capture else None
     return SampleResult(images=images, h=h, timesteps=tuple(int(t) for t in scheduler.timesteps))
 
 
 def initial_noise(model: LoadedModel, seeds: Sequence[int]) -> torch.Tensor:
-    """x_T of each sample, exactly as :func:`sample` draws it: shape (n, C, S, S), float32 on the CPU.
+    """x_T of each sample, exactly as :func:`sample` draws it: shape (n, *model.latent_shape), float32 on the CPU.
 
     x_T is the first draw of the sample's stream (diffusers' ``DDIMPipeline`` draws it the same way), so
     eq. 11 in x_T needs only the seeds of the examples, never a rerun of the sampler.
@@ -183,7 +196,7 @@ def initial_noise(model: LoadedModel, seeds: Sequence[int]) -> torch.Tensor:
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise HSpaceError("initial_noise needs at least one seed")
-    return draw_noise([torch.Generator().manual_seed(s) for s in seeds], model.image_shape)
+    return draw_noise([torch.Generator().manual_seed(s) for s in seeds], model.latent_shape)
 
 
 def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
@@ -215,8 +228,14 @@ def predict_eps(
     *,
     capture: bool,
     replace_t: torch.Tensor | None = None,
+    guidance: Guidance | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """eps(x_t, t) with delta_t added to h_t, in passes of ``microbatch`` samples; and h_t if captured."""
+    """eps(x_t, t) with delta_t added to h_t, in passes of ``microbatch`` samples; and h_t if captured.
+
+    With ``guidance`` (a text-conditional U-Net), eps is the guided eps~ of :mod:`hspace.conditioning`: each
+    pass holds the microbatch twice, unconditional half first as in ``StableDiffusionPipeline``, and h_t is the
+    conditional half's.
+    """
     # Once per call: ModelMixin.dtype walks every module, as costly as a tiny model's forward.
     dtype = next(unet.parameters()).dtype
     outputs: list[torch.Tensor] = []
@@ -227,12 +246,47 @@ def predict_eps(
             part = slice(start, start + microbatch)
             hook.delta = None if delta_t is None else delta_t[part]
             hook.replace = None if replace_t is None else replace_t[part]
-            outputs.append(unet(x[part].to(dtype), t).sample.float())
+            if guidance is None:
+                outputs.append(unet(x[part].to(dtype), t).sample.float())
+            else:
+                outputs.append(_guided_eps(unet, hook, x[part].to(dtype), t, guidance, part))
             if capture:
                 assert hook.captured is not None  # the hook records h_t on every pass while capture is on
-                captures.append(hook.captured)
+                captures.append(hook.captured[-len(x[part]) :])  # the conditional half under guidance
     hook.delta, hook.replace, hook.capture, hook.captured = None, None, False, None
     return torch.cat(outputs), (torch.cat(captures) if capture else None)
+
+
+def _guided_eps(
+    unet: torch.nn.Module, hook: HHook, x: torch.Tensor, t: torch.Tensor, guidance: Guidance, part: slice
+) -> torch.Tensor:
+    """eps~ = eps_uncond + w (eps_cond - eps_uncond) of one microbatch, both halves in one pass (the hook's delta
+    and replacement, set for the microbatch, are doubled to match: the edit goes to both halves or, with
+    ``edit_branch="cond"``, to the conditional one only)."""
+    cond = guidance.cond[part]
+    if guidance.uncond is None:  # w = 1: the conditional pass alone, as diffusers runs it
+        return unet(x, t, encoder_hidden_states=cond).sample.float()
+    if hook.delta is not None:
+        uncond_delta = hook.delta if guidance.edit_branch == "both" else torch.zeros_like(hook.delta)
+        hook.delta = torch.cat([uncond_delta, hook.delta])
+    if hook.replace is not None:
+        hook.replace = torch.cat([hook.replace, hook.replace])
+    both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([guidance.uncond[part], cond])).sample.float()
+    eps_uncond, eps_cond = both.chunk(2)
+    return eps_uncond + guidance.scale * (eps_cond - eps_uncond)
+
+
+def _guidance(model: LoadedModel, batch: int, prompts: Sequence[str] | None) -> Guidance | None:
+    """The text embeddings of one sampler call (None for an unconditional model)."""
+    if model.text is None or model.conditioning is None:
+        if prompts is not None:
+            raise HSpaceError(f"model {model.name!r} is unconditional: prompts apply only to a text-conditional model")
+        return None
+    if prompts is None:
+        prompts = [model.conditioning.prompt] * batch
+    if len(prompts) != batch:
+        raise HSpaceError(f"{len(prompts)} prompts for {batch} samples: give one prompt per seed")
+    return make_guidance(model.text, model.conditioning, prompts, next(model.unet.parameters()).dtype)
 
 
 def _alpha_prev(scheduler: DDIMScheduler, t: int) -> torch.Tensor:

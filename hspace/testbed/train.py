@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from hspace.errors import HSpaceError
 from hspace.files import sha256_of
-from hspace.models import DDPM_LINEAR_CONFIG
+from hspace.model_configs import DDPM_LINEAR_CONFIG
 from hspace.testbed.faces import render_dataset
 
 UNET_CONFIG = {

@@ -27,7 +27,7 @@ from flows.serve import Limits, Refused, make_app, publish_random_bank, read_bod
 from hspace.bank import load_bank
 from hspace.editing import edit
 from hspace.errors import HSpaceError
-from hspace.models import DDPM_LINEAR_CONFIG
+from hspace.model_configs import DDPM_LINEAR_CONFIG
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the server's worker and the oracle: same thread count
 

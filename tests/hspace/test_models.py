@@ -9,7 +9,8 @@ import torch
 from diffusers import DDIMPipeline, DDPMScheduler
 
 from hspace.errors import HSpaceError
-from hspace.models import BUILTIN, SHIPPED, load_model, weight_fingerprint
+from hspace.model_configs import BUILTIN
+from hspace.models import SHIPPED, load_model, weight_fingerprint
 
 
 def test_tiny_is_deterministic_and_has_h(tiny):
@@ -62,7 +63,15 @@ def test_scale_probe_has_the_h_of_celebahq_at_a_hundredth_of_its_compute():
 
 
 def test_every_builtin_is_named_in_the_unknown_model_error():
-    assert set(BUILTIN) == {"tiny", "celebahq-shape", "scale-probe"}
+    assert set(BUILTIN) == {
+        "tiny",
+        "celebahq-shape",
+        "scale-probe",
+        "tiny-ldm",
+        "tiny-sd",
+        "ldm-celebahq-shape",
+        "sd15-shape",
+    }
     with pytest.raises(HSpaceError) as error:
         load_model("no such model")
     for name in [*BUILTIN, *SHIPPED]:
