@@ -25,12 +25,16 @@ from flows.pca import fit_pca
 from flows.progress import stage_progress
 from flows.runner import RunnerChoice, checked_by
 from hspace.annotators import class_thresholds
+from hspace.conditioning import parse_conditioning
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from storage.corpus import ADDED_SETTINGS, Corpus
+from storage.corpus import Corpus
+from storage.corpus_spec import ADDED_SETTINGS
 from tasks.bank import pca_direction_name, publish_bank
 from tasks.corpus import check_build_arguments, prepare_corpus
 from tasks.evaluate import EvaluationSpec
+
+CONDITIONING = ("prompt", "negative_prompt", "guidance")
 
 DEFAULT_ATTRIBUTES = ("yaw", "smile", "eyes_open", "glasses", "hat", "skin_tone")
 DEFAULT_DISENTANGLE = {"glasses": ["hat"]}  # the testbed's deliberate correlation (hspace/testbed/faces.py)
@@ -114,6 +118,8 @@ class RebuildSettings:
         A folder for evaluation.csv / .md / .png.
     device : str
         Where the models run.
+    prompt, negative_prompt, guidance : optional
+        A text-conditional model's conditioning (a corpus setting; the bank records it); an error for others.
     """
 
     bank: str
@@ -144,6 +150,9 @@ class RebuildSettings:
     eval_block: int = 32
     report: str | None = None
     device: str = "cpu"
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance: float | None = None
 
     def __post_init__(self) -> None:
         attributes = tuple(self.attributes)
@@ -154,7 +163,9 @@ class RebuildSettings:
         for name in ("eval_samples", "repeats", "eval_batch", "eval_block"):
             if getattr(self, name) < 1:
                 raise HSpaceError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(self, name)}")
-        check_build_arguments(**{k: v for k, v in self.corpus_arguments().items() if k not in ("out", "model")})
+        corpus = self.corpus_arguments()
+        check_build_arguments(**{k: corpus[k] for k in corpus if k not in ("out", "model", *CONDITIONING)})
+        parse_conditioning(self.prompt, self.negative_prompt, self.guidance)
 
     def corpus_arguments(self) -> dict[str, Any]:
         """The corpus's settings as ``prepare_corpus`` and ``build_corpus`` take them."""
@@ -170,6 +181,9 @@ class RebuildSettings:
             "device": self.device,
             "precision": self.precision,
             "microbatch": self.microbatch,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "guidance": self.guidance,
         }
 
     def evaluation_spec(

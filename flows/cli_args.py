@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hspace.errors import HSpaceError
+
 if TYPE_CHECKING:
     from flows.runner import RunnerChoice
 
@@ -91,6 +93,49 @@ def add_precision_argument(parser: argparse.ArgumentParser, default: str | None 
     )
 
 
+def add_conditioning_arguments(
+    parser: argparse.ArgumentParser, *, prompt_list: bool = False, edit_branch: bool = False, default: str | None = None
+) -> None:
+    """``--prompt``, ``--negative-prompt``, ``--guidance`` (text-conditional models only; an error for others),
+    ``--prompts FILE`` (one prompt per line, one per sample) and ``--edit-branch`` where they apply. ``default``
+    names where unset ones come from ("the corpus's"); else the defaults are diffusers' (empty prompts, 7.5)."""
+    group = parser.add_argument_group("text-conditional models (Stable Diffusion pipelines; an error for others)")
+    group.add_argument("--prompt", help=f"the prompt of every sample (default: {default or 'the empty prompt'})")
+    if prompt_list:
+        group.add_argument(
+            "--prompts", type=Path, metavar="FILE", help="a text file with one prompt per line, one per sample"
+        )
+    group.add_argument(
+        "--negative-prompt", help=f"the prompt of the unconditional pass (default: {default or 'the empty prompt'})"
+    )
+    group.add_argument(
+        "--guidance", type=float, help=f"classifier-free guidance scale w >= 1, 1 = none (default: {default or 7.5})"
+    )
+    if edit_branch:
+        group.add_argument(
+            "--edit-branch",
+            choices=("both", "cond"),
+            help="add the edit to h in both guidance passes (default) or in the conditional one only",
+        )
+
+
+def conditioning_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`add_conditioning_arguments`'s options that were given (a prompt file read
+    into a list)."""
+    values = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "guidance": args.guidance,
+        "edit_branch": getattr(args, "edit_branch", None),
+    }
+    if getattr(args, "prompts", None) is not None:
+        try:
+            values["prompts"] = args.prompts.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise HSpaceError(f"cannot read the prompt list {args.prompts}: {error}") from None
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def add_microbatch_argument(parser: argparse.ArgumentParser) -> None:
     """``--microbatch N``: samples per U-Net pass, a corpus setting (a resumed build uses the same)."""
     parser.add_argument(
@@ -126,8 +171,6 @@ def runner_choice(args: argparse.Namespace) -> RunnerChoice:
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
     """Refuse (one line, exit 1) any of the integer options ``names`` that is not positive."""
-    from hspace.errors import HSpaceError
-
     for name in names:
         if getattr(args, name) <= 0:
             raise HSpaceError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")

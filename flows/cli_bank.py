@@ -242,7 +242,7 @@ def verdict_thresholds(args: argparse.Namespace) -> Any:
 
 def add_edit_command(sub: argparse._SubParsersAction) -> None:
     """``bank edit``: apply named directions to seeds or photos, a labelled grid (flows/bank_edit.py)."""
-    from flows.cli_args import add_precision_argument, ints
+    from flows.cli_args import add_conditioning_arguments, add_precision_argument, ints
 
     edit = sub.add_parser("edit", help="apply a bank's directions to seeds or your photos: a labelled grid PNG")
     edit.add_argument("url", help="the bank")
@@ -261,6 +261,7 @@ def add_edit_command(sub: argparse._SubParsersAction) -> None:
     edit.add_argument("--no-progress", action="store_true", help="no progress bar")
     edit.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(edit, default=None, note="(default: the bank's)")
+    add_conditioning_arguments(edit, edit_branch=True, default="the bank's")
     edit.set_defaults(func=_edit)
 
 
@@ -272,7 +273,6 @@ def _edit(args: argparse.Namespace) -> int:
     from hspace.bank import load_bank
     from hspace.errors import HSpaceError
     from hspace.images import image_files
-    from hspace.models import load_model
     from hspace.render import labeled_grid
 
     out = png_out(args.out)
@@ -280,8 +280,7 @@ def _edit(args: argparse.Namespace) -> int:
     if not rows:
         raise HSpaceError("give at least one --set NAME=GAMMA or --sweep NAME=START:STOP:COUNT")
     bank = load_bank(args.url, args.version)
-    model = load_model(args.model, device=args.device, precision=args.precision or bank.precision)
-    bank.check_model(model)
+    model = bank_model(args, bank)
     photos = None if args.seeds else [str(p) for p in (args.image or image_files(args.images))]
     grid = edit_grid(
         model, bank, rows, seeds=args.seeds, photos=photos, photo_labels=photos, progress=not args.no_progress
@@ -294,3 +293,19 @@ def _edit(args: argparse.Namespace) -> int:
     report = {"out": str(out), "rows": grid.row_labels, "columns": grid.column_labels, "photos": grid.photos}
     print(json.dumps(report) if args.json else f"written: {out}")
     return 0
+
+
+def bank_model(args: argparse.Namespace, bank: Any) -> Any:
+    """The model ``--model`` names, in ``--precision`` (default: the bank's), sampling with the bank's prompt,
+    negative prompt and guidance unless the options give others (then refused, in one line, as a mismatch)."""
+    from flows.cli_args import conditioning_arguments
+    from hspace.conditioning import parse_conditioning
+    from hspace.models import load_model
+
+    given = conditioning_arguments(args)
+    recorded = bank.conditioning
+    conditioning = parse_conditioning(**given, recorded=recorded) if given or recorded else None
+    model = load_model(args.model, device=args.device, precision=args.precision or bank.precision)
+    model = model.conditioned(conditioning)
+    bank.check_model(model)
+    return model

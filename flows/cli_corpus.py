@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from flows.cli_args import (
+    add_conditioning_arguments,
     add_microbatch_argument,
     add_precision_argument,
     add_runner_arguments,
+    conditioning_arguments,
     eta,
     print_info,
     runner_choice,
@@ -34,6 +36,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage dtype of h")
     build.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(build, note="(a corpus setting: a resume uses the same)")
+    add_conditioning_arguments(build, prompt_list=True)
     add_microbatch_argument(build)
     add_runner_arguments(build, "the shards")
     build.set_defaults(func=_build)
@@ -79,6 +82,7 @@ def _build(args: argparse.Namespace) -> None:
             device=args.device,
             precision=args.precision,
             microbatch=args.microbatch,
+            **conditioning_arguments(args),
             progress=not args.no_progress,
         ),
         as_json=False,

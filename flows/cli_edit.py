@@ -6,7 +6,15 @@ import argparse
 import re
 from typing import Any
 
-from flows.cli_args import add_precision_argument, floats, ints, png_out, save_png
+from flows.cli_args import (
+    add_conditioning_arguments,
+    add_precision_argument,
+    conditioning_arguments,
+    floats,
+    ints,
+    png_out,
+    save_png,
+)
 
 SHOW_HELP = (
     "corpus sample ids whose edits to show, e.g. 0,1,2: sample i is regenerated from its own seed "
@@ -50,6 +58,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     edit.add_argument("--out", required=True, help="PNG to write")
     edit.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(edit, default=None, note="(default: the corpus's)")
+    add_conditioning_arguments(edit, edit_branch=True, default="the corpus's")
     edit.set_defaults(func=_edit)
     # `--gammas -4,-2,0,2,4` (the natural spelling) starts with '-': let this parser read a comma-separated
     # list of numbers after a dash as a value, not as an option (argparse only knows single numbers).
@@ -82,6 +91,7 @@ def _directions(args: argparse.Namespace, spec: Any) -> tuple[Any, list[str]]:
 
 
 def _edit(args: argparse.Namespace) -> None:
+    from hspace.conditioning import parse_conditioning
     from hspace.editing import edit_grid
     from hspace.errors import HSpaceError
     from hspace.render import labeled_grid
@@ -102,7 +112,10 @@ def _edit(args: argparse.Namespace) -> None:
     gammas = sorted(set(args.gammas) | {0.0})
     out = png_out(args.out)
     directions, labels = _directions(args, spec)
+    given = conditioning_arguments(args)
     model = corpus_model(corpus, args.device, args.precision)
+    if given:
+        model = model.conditioned(parse_conditioning(**given, recorded=spec.conditioning))
     seeds = [sample_seed(corpus, i) for i in shown]
     images = edit_grid(model, seeds, directions, gammas, steps=spec.steps, eta=list(spec.eta))
     picture = labeled_grid(

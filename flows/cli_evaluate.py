@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from flows.cli_args import add_evaluation_arguments, add_precision_argument, add_runner_arguments, names, runner_choice
+from flows.cli_args import (
+    add_conditioning_arguments,
+    add_evaluation_arguments,
+    add_precision_argument,
+    add_runner_arguments,
+    conditioning_arguments,
+    names,
+    runner_choice,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -32,6 +40,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--seed", type=int, default=1)
     add_evaluation_arguments(evaluate)
     evaluate.add_argument("--device", default="cpu")
+    add_conditioning_arguments(evaluate, edit_branch=True, default="the corpus's")
     add_runner_arguments(evaluate, "the evaluation's blocks")
     add_precision_argument(evaluate, default=None, note="(default: the corpus's; part of the stored result's key)")
     evaluate.add_argument(
@@ -74,6 +83,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         batch=args.batch,
         block=args.block,
         device=args.device,
+        conditioning=conditioning_arguments(args) or None,
     )
     key = run_flow(evaluate_directions, spec, runner=runner_choice(args), progress=not args.no_progress)
     result = stored_evaluation(Corpus.open(args.url), key)

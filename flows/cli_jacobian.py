@@ -58,7 +58,7 @@ def _run_name(args: argparse.Namespace) -> str:
     run = args.run_name
     if run is None:
         corpus = Corpus.open(args.url)
-        mask = None if args.mask is None else read_mask_png(args.mask, corpus.spec.image_shape[1:])
+        mask = None if args.mask is None else read_mask_png(args.mask, corpus.spec.noise_shape[1:])
         run = f"sample{'_'.join(map(str, args.sample))}-step{'_'.join(map(str, args.step))}-k{args.k}" + (
             "" if mask is None else f"-mask{str(mask_sha256(mask))[:8]}"
         )

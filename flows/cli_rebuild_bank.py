@@ -6,10 +6,12 @@ import argparse
 import json
 
 from flows.cli_args import (
+    add_conditioning_arguments,
     add_evaluation_arguments,
     add_microbatch_argument,
     add_precision_argument,
     add_runner_arguments,
+    conditioning_arguments,
     names,
     runner_choice,
 )
@@ -55,12 +57,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         metavar="A:B,C",
         help="also publish A-disentangled, A with B, C projected out (eq. 12); repeatable",
     )
-    rebuild.add_argument(
-        "--keep-norm",
-        action="store_true",
-        help="rescale each disentangled direction to its original's norm (see `hspace directions "
-        "disentangle --keep-norm`)",
-    )
+    keep_norm = "rescale each disentangled direction to its original's norm (`hspace directions disentangle`)"
+    rebuild.add_argument("--keep-norm", action="store_true", help=keep_norm)
     rebuild.add_argument("--pca-components", type=int, default=8)
     rebuild.add_argument("--pca-directions", type=int, default=3)
     rebuild.add_argument(
@@ -74,6 +72,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_evaluation_arguments(rebuild, "eval-")
     rebuild.add_argument("--report", default=None, help="folder for the evaluation's CSV, markdown and heatmap")
     rebuild.add_argument("--device", default="cpu")
+    add_conditioning_arguments(rebuild)
     add_runner_arguments(rebuild, "the corpus generation and the evaluation")
     rebuild.add_argument("--json", action="store_true")
     rebuild.set_defaults(func=_rebuild)
@@ -146,6 +145,7 @@ def _rebuild(args: argparse.Namespace) -> None:
         eval_block=args.eval_block,
         report=args.report,
         device=args.device,
+        **conditioning_arguments(args),
     )
     result = run_flow(rebuild_bank, settings=settings, runner=runner, progress=not args.no_progress)
     if args.json:

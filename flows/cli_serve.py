@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import socket
 
-from flows.cli_args import add_precision_argument
-from flows.cli_bank import add_verdict_arguments, verdict_thresholds
+from flows.cli_args import add_conditioning_arguments, add_precision_argument
+from flows.cli_bank import add_verdict_arguments, bank_model, verdict_thresholds
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -26,6 +26,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_conditioning_arguments(serve, edit_branch=True, default="the bank's")
     add_precision_argument(serve, default=None, note="(default: the bank's, so that no edit casts a copy)")
     serve.add_argument("--max-gamma", type=float, default=10.0, help="largest |gamma| a request may ask for")
     serve.add_argument("--max-directions", type=int, default=8, help="most directions in one edit")
@@ -43,7 +44,6 @@ def _serve(args: argparse.Namespace) -> None:
     from flows.serve import Limits, make_app
     from hspace.bank import load_bank
     from hspace.editing import edit
-    from hspace.models import load_model
 
     limits = Limits(
         max_gamma=args.max_gamma,
@@ -54,8 +54,7 @@ def _serve(args: argparse.Namespace) -> None:
         batch=args.batch,
     )
     bank = load_bank(args.bank, args.version)
-    model = load_model(args.model, device=args.device, precision=args.precision or bank.precision)
-    bank.check_model(model)  # refused here, in one line, rather than on every request
+    model = bank_model(args, bank)  # a mismatch is refused here, in one line, rather than on every request
     if model.precision != bank.precision:
         print(
             f"hspace serve: the bank's directions were found in {bank.precision}, so every edit casts a copy of this "

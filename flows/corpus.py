@@ -42,12 +42,18 @@ def build_corpus(
     device: str = "cpu",
     precision: str = "fp32",
     microbatch: int | None = None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance: float | None = None,
+    prompts: list[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate every missing shard of the corpus at ``out`` and return its info.
 
     ``precision`` is the U-Net's dtype (``hspace.models.PRECISIONS``), ``microbatch`` the samples per U-Net
     pass (default: one on the CPU, so a sample is bitwise the same in any batch); both are corpus settings.
+    A text-conditional model's ``prompt`` (or ``prompts``, one per sample), ``negative_prompt`` and
+    ``guidance`` are too (``tasks.corpus.prepare_corpus``).
     """
     corpus = prepare_corpus(
         out=out,
@@ -61,6 +67,10 @@ def build_corpus(
         device=device,
         precision=precision,
         microbatch=microbatch,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        guidance=guidance,
+        prompts=prompts,
     )
     missing = corpus.missing_shards()
 

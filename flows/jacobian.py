@@ -15,7 +15,7 @@ from tasks.jacobian import compute_jacobian, prepare_jacobian
 
 
 def _prepare(url: str, mask_png: str | None, **arguments: Any) -> JacobianRun:
-    image_shape = Corpus.open(url).spec.image_shape
+    image_shape = Corpus.open(url).spec.noise_shape
     mask = None if mask_png is None else read_mask_png(mask_png, image_shape[1:])
     return prepare_jacobian(url, mask=mask, **arguments)
 

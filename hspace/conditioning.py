@@ -115,6 +115,33 @@ class Guidance:
     edit_branch: str
 
 
+def parse_conditioning(
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance: float | None = None,
+    edit_branch: str | None = None,
+    *,
+    prompts: Sequence[str] | None = None,
+    recorded: dict[str, Any] | None = None,
+) -> Conditioning | None:
+    """The conditioning the arguments ask for, each unset one taken from ``recorded`` (a corpus's or bank's
+    conditioning) or else at its default; None when every one is unset and nothing is recorded (an
+    unconditional model's run, or a text model's own conditioning). ``prompts`` (one per sample) excludes
+    ``prompt``."""
+    if prompts is not None and prompt is not None:
+        raise HSpaceError("give either one prompt for every sample or a prompt list, not both")
+    given: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "guidance": guidance,
+        "edit_branch": edit_branch,
+    }
+    if prompts is None and recorded is None and all(value is None for value in given.values()):
+        return None
+    defaults = {**asdict(Conditioning()), **(recorded or {})}
+    return Conditioning(**{key: defaults[key] if value is None else value for key, value in given.items()})
+
+
 def check_prompts(prompts: Sequence[str], samples: int) -> tuple[str, ...]:
     """A prompt list for a corpus: one string per sample."""
     prompts = tuple(prompts)

@@ -47,12 +47,12 @@ UNITS = ("score", "std")
 def _direction_kind(name: str, direction: torch.Tensor, model: LoadedModel, steps: int) -> str:
     if tuple(direction.shape) == (steps, *model.h_shape):
         return "h"
-    if tuple(direction.shape) == tuple(model.image_shape):
+    if tuple(direction.shape) == tuple(model.latent_shape):
         return "x_T"
     raise HSpaceError(
         f"direction {name!r} has shape {tuple(direction.shape)}; expected an h direction "
         f"(T, C, H, W) = {(steps, *model.h_shape)} or an x_T direction (C, S, S) = "
-        f"{tuple(model.image_shape)} (is it from another model or number of steps?)"
+        f"{tuple(model.latent_shape)} (is it from another model or number of steps?)"
     )
 
 

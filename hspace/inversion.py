@@ -38,7 +38,7 @@ from diffusers import DDIMInverseScheduler
 from hspace.errors import HSpaceError
 from hspace.hook import h_hook
 from hspace.models import LoadedModel
-from hspace.sampler import make_scheduler, predict_eps
+from hspace.sampler import guidance_of, make_scheduler, predict_eps
 
 
 class Inversion(NamedTuple):
@@ -111,18 +111,19 @@ def invert(
     Returns
     -------
     Inversion
-        ``x_T`` (n, 3, S, S) and ``h`` (n, T, C, H, W), h in the sampler's step order.
+        ``x_T`` (n, *model.latent_shape) and ``h`` (n, T, C, H, W), h in the sampler's step order.
     """
     unet = model.unet
     device = unet.device
-    x = to_model_input(images, model.image_shape).to(device)  # x_0
+    x = model.encode(to_model_input(images, model.image_shape).to(device))  # x_0 (the latent, for latent kinds)
+    guidance = guidance_of(model, len(x), None)  # a text model inverts with its own prompt and guidance
     inverse = make_inverse_scheduler(model.scheduler_config, steps)
     if microbatch is None:
         microbatch = 1 if device.type == "cpu" else len(x)
     h: list[torch.Tensor | None] = [None] * steps
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(inverse.timesteps):  # low noise to high noise
-            eps, h_t = predict_eps(unet, hook, x, t, None, microbatch, capture=True)
+            eps, h_t = predict_eps(unet, hook, x, t, None, microbatch, capture=True, guidance=guidance)
             h[steps - 1 - i] = h_t  # the sampler's index of timestep t (module docstring)
             x = inverse.step(eps, t, x).prev_sample  # level t - r -> level t
     return Inversion(x_T=x.float().cpu(), h=torch.stack(h, dim=1).float().cpu())  # type: ignore[arg-type]

@@ -127,14 +127,14 @@ def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int, eta: 
         raise HSpaceError(f"step must be an index in 0..{steps - 1} (sampling order); got {step}")
     unet, device = model.unet, model.unet.device
     generators = [torch.Generator().manual_seed(int(seed))]
-    x = draw_noise(generators, model.image_shape).to(device)  # x_T
+    x = draw_noise(generators, model.latent_shape).to(device)  # x_T
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(scheduler.timesteps[: step + 1]):
             eps, h_t = predict_eps(unet, hook, x, t, None, 1, capture=i == step)
             if i == step:
                 assert h_t is not None  # captured at this step
                 return StepState(x_t=x, h_t=h_t[0], t=int(t), step=step)
-            z = draw_noise(generators, model.image_shape).to(device) if etas[i] > 0 else None
+            z = draw_noise(generators, model.latent_shape).to(device) if etas[i] > 0 else None
             x = scheduler.step(eps, t, x, eta=etas[i], variance_noise=z).prev_sample
     raise AssertionError("unreachable: the loop returns at i == step")
 
@@ -198,7 +198,7 @@ def jacobian_directions(
     x_t = _parse_x_t(x_t, model)
     mask_t = _parse_mask(mask, model)
     d_in = int(np.prod(model.h_shape))
-    d_out = int(np.prod(model.image_shape)) if mask_t is None else int(mask_t.expand(model.image_shape).sum())
+    d_out = int(np.prod(model.latent_shape)) if mask_t is None else int(mask_t.expand(model.latent_shape).sum())
     check_k(k, d_in, d_out, masked=mask_t is not None)
     block = parse_block(algorithm, block, k)
     if not tol > 0:
@@ -243,7 +243,7 @@ def jacobian_directions(
     return JacobianResult(
         singular_values=sigma.float(),
         directions=v.float().reshape(k, *model.h_shape),
-        image_changes=u.float().reshape(k, *model.image_shape),
+        image_changes=u.float().reshape(k, *model.latent_shape),
         residuals=residual.float(),
         iterations=iterations,
         column_iterations=column_iterations,
@@ -351,12 +351,12 @@ def _orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
 
 def _parse_x_t(x_t: torch.Tensor, model: LoadedModel) -> torch.Tensor:
     x_t = torch.as_tensor(x_t)
-    if tuple(x_t.shape) == model.image_shape:
+    if tuple(x_t.shape) == model.latent_shape:
         x_t = x_t.unsqueeze(0)
-    if tuple(x_t.shape) != (1, *model.image_shape):
+    if tuple(x_t.shape) != (1, *model.latent_shape):
         raise HSpaceError(
-            f"x_t has shape {tuple(x_t.shape)}; expected one image, {model.image_shape} or "
-            f"{(1, *model.image_shape)} (e.g. StepState.x_t from state_at_step)"
+            f"x_t has shape {tuple(x_t.shape)}; expected one image, {model.latent_shape} or "
+            f"{(1, *model.latent_shape)} (e.g. StepState.x_t from state_at_step)"
         )
     return x_t
 
@@ -366,7 +366,7 @@ def _parse_mask(mask: torch.Tensor | np.ndarray | None, model: LoadedModel) -> t
     if mask is None:
         return None
     mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).detach().cpu()
-    channels, height, width = model.image_shape
+    channels, height, width = model.latent_shape
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3 or tuple(mask.shape[1:]) != (height, width) or mask.shape[0] not in (1, channels):

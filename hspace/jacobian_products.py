@@ -57,7 +57,7 @@ def jacobian_products(
     dtype = next(unet.parameters()).dtype
     mask = None if mask is None else mask.to(device=device, dtype=dtype)
     x_t = x_t.to(device=device, dtype=dtype)
-    h_shape, image_shape = model.h_shape, model.image_shape
+    h_shape, image_shape = model.h_shape, model.latent_shape
 
     with _classic_attention(unet), _broadcast_skips(unet), h_hook(unet) as hook:
 

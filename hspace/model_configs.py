@@ -55,9 +55,9 @@ SD_CONFIG: dict[str, Any] = {
 class ModelParts:
     """What a model is built from, before :func:`hspace.models.load_model` casts and fingerprints it."""
 
-    unet: torch.nn.Module
+    unet: Any
     scheduler_config: dict[str, Any]
-    autoencoder: torch.nn.Module | None = None
+    autoencoder: Any = None
     text: TextEncoder | None = None
 
 

@@ -99,7 +99,7 @@ def _load(cls: Any, folder: Path) -> torch.nn.Module:
         return cls.from_pretrained(
             folder, use_safetensors=_has_safetensors(folder), torch_dtype=torch.float32, low_cpu_mem_usage=False
         )
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise HSpaceError(f"cannot load the weights in {folder}: {error}") from error
 
 

@@ -117,12 +117,12 @@ class LoadedModel:
     """
 
     name: str
-    unet: torch.nn.Module
+    unet: Any  # UNet2DModel or UNet2DConditionModel (diffusers is untyped: pyproject.toml)
     scheduler_config: dict[str, Any]
     fingerprint: str
     precision: str = "fp32"
     kind: str = "pixel"
-    autoencoder: torch.nn.Module | None = None
+    autoencoder: Any = None  # VQModel, AutoencoderKL or None
     text: TextEncoder | None = None
     conditioning: Conditioning | None = None
 

@@ -146,7 +146,7 @@ def sample(
     device = unet.device
     if microbatch is None:
         microbatch = 1 if device.type == "cpu" else len(seeds)
-    guidance = _guidance(model, len(seeds), prompts)
+    guidance = guidance_of(model, len(seeds), prompts)
     deltas = _per_step_delta(delta, len(seeds), steps, model.h_shape, device)
     replaced = _per_step_delta(replace_h, len(seeds), steps, model.h_shape, device)
 
@@ -276,8 +276,8 @@ def _guided_eps(
     return eps_uncond + guidance.scale * (eps_cond - eps_uncond)
 
 
-def _guidance(model: LoadedModel, batch: int, prompts: Sequence[str] | None) -> Guidance | None:
-    """The text embeddings of one sampler call (None for an unconditional model)."""
+def guidance_of(model: LoadedModel, batch: int, prompts: Sequence[str] | None) -> Guidance | None:
+    """The text embeddings of one sampler call, one prompt per sample (None for an unconditional model)."""
     if model.text is None or model.conditioning is None:
         if prompts is not None:
             raise HSpaceError(f"model {model.name!r} is unconditional: prompts apply only to a text-conditional model")

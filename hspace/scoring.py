@@ -118,7 +118,7 @@ def scores_of_edits(
     """
     seeds = list(seeds)
     h_zero = torch.zeros(steps, *model.h_shape)
-    x_zero = torch.zeros(model.image_shape)
+    x_zero = torch.zeros(model.latent_shape)
     passes = range(0, len(seeds), batch)
     parts: list[dict[str, np.ndarray]] = []
     for p, start in enumerate(passes):

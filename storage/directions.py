@@ -99,7 +99,7 @@ def direction_shape(corpus: Corpus, space: str) -> tuple[int, ...]:
     """(T, C, H, W) for h-space directions of this corpus, (3, S, S) for x_T directions."""
     if space not in SPACES:
         raise HSpaceError(f"--space must be one of {', '.join(SPACES)}; got {space!r}")
-    return (corpus.spec.steps, *corpus.spec.h_shape) if space == "h" else tuple(corpus.spec.image_shape)
+    return (corpus.spec.steps, *corpus.spec.h_shape) if space == "h" else tuple(corpus.spec.noise_shape)
 
 
 def new_record(

@@ -72,7 +72,7 @@ class InversionParts:
         settings: dict[str, Any],
         *,
         counts: dict[str, int],
-        image_shape: tuple[int, ...],
+        noise_shape: tuple[int, ...],
         h_shape: tuple[int, ...],
         batch: int,
     ) -> InversionParts:
@@ -89,7 +89,7 @@ class InversionParts:
             return cls(group)
         # Arrays first, the record last: a crash in between leaves no record, and the rerun makes them anew.
         for side, n in counts.items():
-            for name, shape in (("x_T", image_shape), ("h", h_shape)):
+            for name, shape in (("x_T", noise_shape), ("h", h_shape)):
                 new_array(
                     group,
                     f"{side}/{name}",

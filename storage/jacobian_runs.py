@@ -175,7 +175,7 @@ class JacobianRun:
         expected = {
             "singular_values": (k,),
             "directions": (k, *spec.h_shape),
-            "image_changes": (k, *spec.image_shape),
+            "image_changes": (k, *spec.noise_shape),
             "residuals": (k,),
         }
         check_shapes(f"Jacobian ({sample_id}, {step})", {name: getattr(cell, name) for name in expected}, expected)
@@ -276,13 +276,13 @@ def _check_spec(corpus: Corpus, spec: JacobianSpec, mask: np.ndarray | None) -> 
         raise HSpaceError(f"sample ids repeat: {list(spec.sample_ids)}")
     if mask_sha256(mask) != spec.mask_sha256:
         raise HSpaceError("the mask does not match the run's mask checksum")
-    if mask is not None and tuple(mask.shape) != tuple(corpus.spec.image_shape[1:]):
-        raise HSpaceError(f"mask has shape {tuple(mask.shape)}; expected {tuple(corpus.spec.image_shape[1:])}")
+    if mask is not None and tuple(mask.shape) != tuple(corpus.spec.noise_shape[1:]):
+        raise HSpaceError(f"mask has shape {tuple(mask.shape)}; expected {tuple(corpus.spec.noise_shape[1:])}")
 
 
 def _create_arrays(group: zarr.Group, corpus: Corpus, spec: JacobianSpec, mask: np.ndarray | None) -> None:
     n, m, k = len(spec.sample_ids), len(spec.steps), spec.k
-    h_shape, image_shape = corpus.spec.h_shape, corpus.spec.image_shape
+    h_shape, image_shape = corpus.spec.h_shape, corpus.spec.noise_shape
     h_dims, image_dims = ("h_channel", "h_height", "h_width"), ("image_channel", "image_height", "image_width")
     cell = ("sample", "step")
     layout: ArrayLayout = {

@@ -18,7 +18,8 @@ import zarr
 
 from hspace.errors import HSpaceError
 from hspace.names import check_name
-from storage.corpus import ADDED_SETTINGS, NOT_COMPARED, UNCHECKSUMMED_VERSION, Corpus
+from storage.corpus import Corpus
+from storage.corpus_spec import ADDED_SETTINGS, NOT_COMPARED, UNCHECKSUMMED_VERSION
 from storage.groups import describe_differences, group_at, json_attrs, new_array
 
 RESULTS_SCHEMA_VERSION = 1

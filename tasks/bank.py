@@ -148,4 +148,5 @@ def publish_bank(
         timesteps=list(spec.timesteps),
         notes=notes,
         precision=spec.precision,
+        conditioning=spec.conditioning,
     )

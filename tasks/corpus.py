@@ -12,10 +12,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import hspace
+from hspace.conditioning import Conditioning, check_prompts, parse_conditioning
 from hspace.errors import HSpaceError
 from hspace.models import LoadedModel, check_precision, check_same_weights, load_model
 from hspace.sampler import derive_seeds, make_scheduler, parse_eta, sample, to_uint8
-from storage.corpus import H_DTYPES, Corpus, CorpusSpec
+from storage.corpus import Corpus
+from storage.corpus_spec import H_DTYPES, CorpusSpec
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -65,8 +67,10 @@ def corpus_spec(
     seed: int,
     dtype: str,
     microbatch: int | None = None,
+    prompts: tuple[str, ...] | None = None,
 ) -> CorpusSpec:
-    """The settings that fix a corpus's content, from the model and the sampler arguments."""
+    """The settings that fix a corpus's content, from the model (with its conditioning) and the sampler
+    arguments."""
     scheduler = make_scheduler(model.scheduler_config, steps)
     return CorpusSpec(
         model=model.name,
@@ -86,6 +90,9 @@ def corpus_spec(
         package_version=hspace.__version__,
         precision=model.precision,
         microbatch=microbatch,
+        latent_shape=None if model.kind == "pixel" else model.latent_shape,
+        conditioning=None if model.conditioning is None else model.conditioning.sampling(),
+        prompts=prompts,
     )
 
 
@@ -102,8 +109,16 @@ def prepare_corpus(
     device: str,
     precision: str = "fp32",
     microbatch: int | None = None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance: float | None = None,
+    prompts: list[str] | None = None,
 ) -> Corpus:
-    """Check the arguments, load the model, and create or reopen the corpus (refusing other settings)."""
+    """Check the arguments, load the model, and create or reopen the corpus (refusing other settings).
+
+    A text-conditional model samples with ``prompt`` (default: the empty prompt), ``negative_prompt`` (default:
+    empty) and ``guidance`` (default 7.5), or with ``prompts``, one per sample; all are refused for an
+    unconditional model."""
     etas = check_build_arguments(
         samples=samples,
         steps=steps,
@@ -115,10 +130,21 @@ def prepare_corpus(
         precision=precision,
         microbatch=microbatch,
     )
+    conditioning = parse_conditioning(prompt, negative_prompt, guidance, prompts=prompts)
+    if prompts is not None:
+        prompts = list(check_prompts(prompts, samples))
     # On the CPU: only the fingerprint and shapes are needed here, and the GPU belongs to the workers.
-    loaded = cached_model(model, "cpu", precision)
+    loaded = cached_model(model, "cpu", precision).conditioned(conditioning)
     spec = corpus_spec(
-        loaded, samples=samples, steps=steps, eta=etas, batch=batch, seed=seed, dtype=dtype, microbatch=microbatch
+        loaded,
+        samples=samples,
+        steps=steps,
+        eta=etas,
+        batch=batch,
+        seed=seed,
+        dtype=dtype,
+        microbatch=microbatch,
+        prompts=None if prompts is None else tuple(prompts),
     )
     return Corpus.create_or_open(out, spec)
 
@@ -139,8 +165,11 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
 
 def corpus_model(corpus: Corpus, device: str = "cpu", precision: str | None = None) -> LoadedModel:
     """The model the corpus names, loaded once per process in ``precision`` (default: the corpus's), refused if
-    its weights differ from the corpus's."""
-    loaded = cached_model(corpus.spec.model, device, corpus.spec.precision if precision is None else precision)
+    its weights differ from the corpus's; a text-conditional one samples with the corpus's conditioning."""
+    spec = corpus.spec
+    loaded = cached_model(spec.model, device, spec.precision if precision is None else precision)
+    if spec.conditioning is not None:
+        loaded = loaded.conditioned(Conditioning(**spec.conditioning))
     check_same_weights(
         loaded,
         corpus.spec.fingerprint,
@@ -181,7 +210,10 @@ def sample_shard(corpus: Corpus, model: LoadedModel, shard: int) -> dict[str, np
     spec = corpus.spec
     start, stop = spec.shard_range(shard)
     seeds = derive_seeds(spec.base_seed, start, stop)
-    result = sample(model, seeds, steps=spec.steps, eta=spec.eta, capture=True, microbatch=spec.microbatch)
+    prompts = None if spec.prompts is None else spec.prompts[start:stop]
+    result = sample(
+        model, seeds, steps=spec.steps, eta=spec.eta, capture=True, microbatch=spec.microbatch, prompts=prompts
+    )
     assert result.h is not None
     return {"h": result.h.numpy(), "x0": to_uint8(result.images).numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
 

@@ -152,7 +152,7 @@ def mean_x_T(corpus: Corpus, rows: np.ndarray) -> np.ndarray:
     spec = corpus.spec
     model = corpus_model(corpus)
     rows = np.asarray(rows, dtype=np.int64)
-    total = np.zeros(spec.image_shape, dtype=np.float64)
+    total = np.zeros(spec.noise_shape, dtype=np.float64)
     for shard in np.unique(rows // spec.shard_size):
         start, stop = spec.shard_range(int(shard))
         seeds = corpus.read_seeds(slice(start, stop))[rows[(rows >= start) & (rows < stop)] - start]

@@ -14,6 +14,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from hspace.conditioning import Conditioning, parse_conditioning
 from hspace.errors import HSpaceError
 from hspace.evaluate import EvaluationPlan, check_batch, evaluation_seeds, plan_evaluation, score_samples, summarize
 from hspace.models import LoadedModel, check_precision, precision_entry
@@ -50,6 +51,9 @@ class EvaluationSpec:
     batch: int = 8
     block: int = 32
     device: str = "cpu"
+    # A text-conditional corpus's conditioning to sample with (Conditioning.record()); None: the corpus's own,
+    # edits added in both guidance passes.
+    conditioning: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(self.names))
@@ -92,15 +96,26 @@ def evaluation_inputs(spec: EvaluationSpec) -> tuple[Corpus, dict[str, np.ndarra
         "eta": list(c.eta),
         "fingerprint": c.fingerprint,
         **precision_entry(spec.precision or c.precision),
+        # Only for text-conditional corpora, so that every other evaluation keeps its key.
+        **({} if c.conditioning is None else {"conditioning": evaluation_conditioning(spec, corpus).record()}),
     }
     return corpus, tensors, settings, evaluation_key(tensors, settings)
+
+
+def evaluation_conditioning(spec: EvaluationSpec, corpus: Corpus) -> Conditioning | None:
+    """What the evaluation samples with: the spec's conditioning, else the corpus's (None if unconditional)."""
+    recorded = corpus.spec.conditioning
+    given = spec.conditioning
+    if given is not None and recorded is None:
+        raise HSpaceError(f"the corpus at {spec.url} is of an unconditional model: leave out the prompt and guidance")
+    return parse_conditioning(**(given or {}), recorded=recorded)
 
 
 def evaluation_plan(
     spec: EvaluationSpec, corpus: Corpus, tensors: dict[str, np.ndarray]
 ) -> tuple[LoadedModel, Any, EvaluationPlan]:
     """The model (loaded once per process), the annotator and the plan of every part of this evaluation."""
-    model = corpus_model(corpus, spec.device, spec.precision)
+    model = corpus_model(corpus, spec.device, spec.precision).conditioned(evaluation_conditioning(spec, corpus))
     scorer = cached_annotator(spec.annotator, options_key(spec.annotator_options))
     plan = plan_evaluation(
         model,

@@ -201,7 +201,7 @@ def inversion_parts(plan: InvertPlan, *, create: bool = False) -> InversionParts
         plan.key,
         plan.settings,
         counts={side: len(files) for side, files in plan.images.items()},
-        image_shape=loaded.image_shape,
+        noise_shape=loaded.latent_shape,
         h_shape=(plan.steps, *loaded.h_shape),
         batch=plan.batch,
     )

@@ -53,8 +53,8 @@ def prepare_jacobian(
     corpus = Corpus.open(url, writable=True)
     d_in = h_dim(corpus)
     mask = None if mask is None else np.asarray(mask, dtype=np.uint8)
-    channels = corpus.spec.image_shape[0]
-    d_out = int(np.prod(corpus.spec.image_shape)) if mask is None else channels * int(mask.sum())
+    channels = corpus.spec.noise_shape[0]
+    d_out = int(np.prod(corpus.spec.noise_shape)) if mask is None else channels * int(mask.sum())
     if not isinstance(k, int):
         raise HSpaceError(f"k must be a positive integer; got {k!r}")
     check_k(k, d_in, d_out, masked=mask is not None)

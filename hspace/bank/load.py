@@ -14,6 +14,7 @@ import torch
 from hspace.bank.manifest import Direction, check_name, parse_tensor
 from hspace.bank.publishing import publish
 from hspace.bank.store import list_versions, open_fs, read_file, read_latest, read_manifest, version_dir, write_export
+from hspace.conditioning import Conditioning
 from hspace.errors import HSpaceError
 from hspace.hook import compose_delta
 from hspace.models import LoadedModel
@@ -41,6 +42,8 @@ class Bank:
         without one, as every bank published before precisions existed, means fp32).
     h_shape : tuple of int
         (C, H, W).
+    conditioning : dict or None
+        A text-conditional model's prompt, negative prompt and guidance the directions were found with.
     """
 
     def __init__(self, url: str, fs: fsspec.AbstractFileSystem, root: str, manifest: dict[str, Any]) -> None:
@@ -55,6 +58,7 @@ class Bank:
             None if sampler["timesteps"] is None else tuple(int(t) for t in sampler["timesteps"])
         )
         self.precision: str = sampler.get("precision", "fp32")
+        self.conditioning: dict[str, Any] | None = sampler.get("conditioning")
         self.h_shape: tuple[int, int, int] = tuple(manifest["h_shape"])
         self.created: str = manifest["created"]
         self.notes: str | None = manifest["notes"]
@@ -108,6 +112,18 @@ class Bank:
                 f"bank {self.url} version {self.version} holds directions for h of shape "
                 f"{self.h_shape}, but {model.name!r} has h of shape {model.h_shape}"
             )
+        sampling = None if model.conditioning is None else model.conditioning.sampling()
+        if sampling != self.conditioning:
+            raise HSpaceError(
+                f"bank {self.url} version {self.version} was made with {_describe(self.conditioning)}, but "
+                f"{model.name!r} samples with {_describe(sampling)}: edit with the bank's prompt, negative prompt "
+                "and guidance (the defaults of `hspace bank edit`), or rebuild the bank with these"
+            )
+
+    def sampling(self, edit_branch: str = "both") -> Conditioning | None:
+        """The conditioning to sample with for these directions: the recorded prompt, negative prompt and
+        guidance, with ``edit_branch`` (an edit-time choice); None for an unconditional model's bank."""
+        return None if self.conditioning is None else Conditioning(**self.conditioning, edit_branch=edit_branch)
 
     def verify(self) -> list[str]:
         """Read every tensor file and check it against the manifest; the names checked, or HSpaceError naming
@@ -170,6 +186,7 @@ class Bank:
             timesteps=self.timesteps,
             notes=self.notes,
             precision=self.precision,
+            conditioning=self.conditioning,
         )
         return [f"{out} (version {version})"]
 
@@ -211,3 +228,12 @@ def load_bank(url: str, version: str = "latest", *, fingerprint: str | None = No
             f"{bank.fingerprint[:12]}..., not {fingerprint[:12]}...: load the bank built for this model"
         )
     return bank
+
+
+def _describe(conditioning: dict[str, Any] | None) -> str:
+    if conditioning is None:
+        return "no prompt (an unconditional model)"
+    return (
+        f"prompt {conditioning['prompt']!r}, negative prompt {conditioning['negative_prompt']!r} and guidance "
+        f"{conditioning['guidance']:g}"
+    )

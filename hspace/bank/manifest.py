@@ -16,6 +16,7 @@ import safetensors.torch
 import torch
 
 from hspace import names
+from hspace.conditioning import Conditioning
 from hspace.errors import HSpaceError
 from hspace.models import check_precision, precision_entry
 from hspace.sampler import parse_eta
@@ -161,6 +162,7 @@ def new_manifest(
     timesteps: Sequence[int] | None,
     notes: str | None,
     precision: str = "fp32",
+    conditioning: dict[str, Any] | None = None,
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The file bytes per direction name, and the manifest without ``version``, ``created`` and its seal."""
     directions = list(directions)
@@ -182,6 +184,9 @@ def new_manifest(
             "eta": list(parse_eta(eta, steps)),
             "timesteps": timesteps,
             **precision_entry(precision),
+            # A text-conditional model's prompt, negative prompt and guidance (Conditioning.sampling()); absent
+            # for unconditional models, so their manifests and content hashes are what they were.
+            **({} if conditioning is None else {"conditioning": dict(Conditioning(**conditioning).sampling())}),
         },
         "notes": notes,
         "directions": {

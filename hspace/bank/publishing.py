@@ -34,6 +34,7 @@ def publish(
     timesteps: Sequence[int] | None = None,
     notes: str | None = None,
     precision: str = "fp32",
+    conditioning: dict[str, Any] | None = None,
 ) -> str:
     """Publish ``directions`` as one new immutable version of the bank at ``url``; the version's name.
 
@@ -57,13 +58,16 @@ def publish(
     precision : str
         The U-Net precision the directions were found in (``hspace.models.PRECISIONS``);
         :func:`hspace.editing.edit` samples in it by default.
+    conditioning : dict, optional
+        A text-conditional model's prompt, negative prompt and guidance the directions were found with
+        (``Conditioning.sampling()``); :func:`hspace.editing.edit` refuses a model sampling with others.
 
     Raises
     ------
     HSpaceError
         For invalid directions or names, or a version name that exists with other content.
     """
-    payloads, manifest = new_manifest(directions, model_fingerprint, eta, timesteps, notes, precision)
+    payloads, manifest = new_manifest(directions, model_fingerprint, eta, timesteps, notes, precision, conditioning)
     fs, root = open_fs(url)
     published = scan(fs, root)
     newest = published[-1] if published else None
@@ -138,6 +142,7 @@ def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]
         "timesteps": sampler.get("timesteps"),
         "notes": meta.get("notes"),
         "precision": sampler.get("precision", "fp32"),
+        "conditioning": sampler.get("conditioning"),
     }
     if "content_sha256" in meta:
         # An exported manifest seals the tensors too (by content_sha256): a changed byte in the
@@ -149,6 +154,7 @@ def parse_meta(meta: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]
             arguments["timesteps"],
             arguments["notes"],
             arguments["precision"],
+            arguments["conditioning"],
         )
         if resealed["content_sha256"] != meta["content_sha256"]:
             raise HSpaceError(EDITED_EXPORT.format(what="the tensors or metadata do not match its content_sha256"))

@@ -11,7 +11,8 @@ import pytest
 import zarr
 
 from hspace.errors import HSpaceError
-from storage.corpus import SCHEMA_VERSION, Corpus, CorpusSpec
+from storage.corpus import Corpus
+from storage.corpus_spec import SCHEMA_VERSION, CorpusSpec
 from tasks.corpus import corpus_spec
 
 
