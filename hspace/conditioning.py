@@ -16,6 +16,7 @@ Notation (<variable> -> <name>):
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -101,8 +102,13 @@ class TextEncoder:
         """sha256 of the tokenizer's full definition (vocabulary, merges, special tokens): a different tokenizer
         gives different samples, so the model fingerprint covers it with the weights."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        text = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
-        return hashlib.sha256(f"{text}|{self.tokenizer.model_max_length}".encode()).hexdigest()
+        if backend is None:
+            definition: Any = sorted(self.tokenizer.get_vocab().items())
+        else:
+            # Without the padding and truncation state, which each call with padding="max_length" sets anew.
+            definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        text = json.dumps([definition, self.tokenizer.model_max_length], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

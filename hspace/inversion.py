@@ -113,10 +113,18 @@ def invert(
     Inversion
         ``x_T`` (n, *model.latent_shape) and ``h`` (n, T, C, H, W), h in the sampler's step order.
     """
+    x_0 = model.encode(to_model_input(images, model.image_shape).to(model.unet.device))
+    return invert_latents(model, x_0, steps=steps, microbatch=microbatch)
+
+
+def invert_latents(model: LoadedModel, x_0: torch.Tensor, *, steps: int, microbatch: int | None = None) -> Inversion:
+    """:func:`invert` from x_0 itself: the image in [-1, 1] for a pixel model, the latent for the latent kinds
+    (``model.encode`` of an image, or a sample's own ``SampleResult.latents``). A text-conditional model inverts
+    with its conditioning (prompt and guidance), as it will resample."""
     unet = model.unet
     device = unet.device
-    x = model.encode(to_model_input(images, model.image_shape).to(device))  # x_0 (the latent, for latent kinds)
-    guidance = guidance_of(model, len(x), None)  # a text model inverts with its own prompt and guidance
+    x = x_0.to(device=device, dtype=torch.float32)
+    guidance = guidance_of(model, len(x), None)
     inverse = make_inverse_scheduler(model.scheduler_config, steps)
     if microbatch is None:
         microbatch = 1 if device.type == "cpu" else len(x)

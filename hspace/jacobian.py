@@ -111,6 +111,17 @@ class JacobianResult:
     converged: bool
 
 
+def check_unconditional(kind: str, name: str) -> None:
+    """Refuse a text-conditional model: J_t of its guided eps~ (two U-Net passes, cross-attention to the prompt)
+    is not implemented; the pixel and latent kinds' J_t is the U-Net's, in x_t's space (the decoder is outside
+    it, as the paper's eps is)."""
+    if kind == "text":
+        raise HSpaceError(
+            f"model {name!r} is text-conditional: Jacobian directions (Sec. IV-B) are not supported for it yet; "
+            "use PCA, supervised (eq. 11) or disentangled (eq. 12) directions"
+        )
+
+
 def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int, eta: float | list[float] = 1.0) -> StepState:
     """x_t, h_t and t of the sample with this seed at step index ``step`` of a ``steps``-step run.
 
@@ -121,6 +132,7 @@ def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int, eta: 
     The sampler does not expose x_t, so the loop is repeated here; a ``stop_at`` option on ``sample``
     would make this replay unnecessary.
     """
+    check_unconditional(model.kind, model.name)
     scheduler = make_scheduler(model.scheduler_config, steps)
     etas = parse_eta(eta, steps)
     if not 0 <= step < steps:
@@ -195,6 +207,7 @@ def jacobian_directions(
     -------
     JacobianResult
     """
+    check_unconditional(model.kind, model.name)
     x_t = _parse_x_t(x_t, model)
     mask_t = _parse_mask(mask, model)
     d_in = int(np.prod(model.h_shape))

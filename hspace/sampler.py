@@ -43,11 +43,14 @@ class SampleResult:
     images : Tensor of shape (B, C, S, S), float32 in [0, 1], on the CPU (decoded, for the latent kinds)
     h : Tensor of shape (B, T, C_h, H_h, W_h), float32 on the CPU, or None without capture
     timesteps : tuple of int, the T training timesteps in sampling order
+    latents : Tensor of shape (B, *model.latent_shape), float32 on the CPU, or None
+        The latent kinds' final x_0, before decoding (None for a pixel model, whose x_0 is the image).
     """
 
     images: torch.Tensor
     h: torch.Tensor | None
     timesteps: tuple[int, ...]
+    latents: torch.Tensor | None = None
 
 
 def parse_eta(eta: float | Sequence[float], steps: int) -> tuple[float, ...]:
@@ -184,7 +187,8 @@ def sample(
                 x = out.prev_sample
     images = model.decode(x, microbatch)
     h = torch.stack(captured, dim=1).float().cpu() if capture else None
-    return SampleResult(images=images, h=h, timesteps=tuple(int(t) for t in scheduler.timesteps))
+    latents = None if model.autoencoder is None else x.float().cpu()
+    return SampleResult(images=images, h=h, timesteps=tuple(int(t) for t in scheduler.timesteps), latents=latents)
 
 
 def initial_noise(model: LoadedModel, seeds: Sequence[int]) -> torch.Tensor:
