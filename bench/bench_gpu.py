@@ -18,6 +18,9 @@ batches (the test ``tests/bench/test_bench_gpu.py`` runs it, so the script never
   stopped by the same tolerance (``bench/bench_jacobian.py``), in ``ieee`` float32 so that the tolerance is
   reachable; each gets a wall-time budget turned into an iteration cap from a timed one-iteration probe. A
   run that hits its cap says ``converged: false``: if only Alg. 2 does, its time ratio is a lower bound.
+* ``text`` -- (f) Stable Diffusion 1.5's shape at 512 px (``sd15-shape``, random weights), guided (two U-Net
+  halves per step, ``bench/bench_shapes.py``), in bf16 at each of ``text_batches``: samples/s and utilisation
+  (decoding not counted in the FLOPs).
 * ``workers`` -- (e) two Dask workers pinned to the same GPU (``local_gpu_cluster(["0", "0"])``) write one
   bf16 corpus; the same corpus built in-process must have the same bytes (on a GPU, bf16 batch passes need not
   be bitwise reproducible across processes: a difference is reported with the largest h difference).
@@ -46,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_jacobian import RUNS, compare_runs, time_runs
+from bench_shapes import PROMPT, step_inputs
 from torch.utils.flop_counter import FlopCounterMode
 
 from hspace.files import sha256_of
@@ -64,7 +68,7 @@ FLOPS_PER_FORWARD = {"celebahq-shape": 496_348_037_120}
 # Dense peak TFLOPS by a substring of the device name, per compute dtype; unknown device: utilisation null.
 _HOPPER = {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}
 PEAK_TFLOPS = {"H200": _HOPPER, "H100 80GB HBM3": _HOPPER, "H100 SXM": _HOPPER}
-PARTS = ("authors", "ours", "precision", "jacobian", "workers")
+PARTS = ("authors", "ours", "precision", "jacobian", "text", "workers")
 
 log = logging.getLogger("bench_gpu")
 
@@ -88,9 +92,12 @@ class Sizes:
     jacobian_max_iter: int  # cap per run (per vector for Alg. 2) whatever the budget allows
     jacobian_budget_s: tuple[float, float]  # (Alg. 1, Alg. 2)
     corpus: tuple[int, int, int]  # (e): samples, steps, batch
+    text_model: str  # (f)
+    text_batches: tuple[int, ...]
 
 
-# One H200, estimated: (a) ~10 s, (b) ~60 s, (c) ~20 s, (d) <= 200 s, (e) ~60-90 s, plus model loads.
+# One H200, estimated: (a) ~10 s, (b) ~60 s, (c) ~20 s, (d) <= 200 s, (e) ~60-90 s, (f) ~30 s (sd15-shape built with
+# random weights on the CPU first: ~20 s), plus model loads.
 GPU = Sizes(
     model="celebahq-shape",
     device="cuda",
@@ -107,6 +114,8 @@ GPU = Sizes(
     jacobian_max_iter=500,
     jacobian_budget_s=(60.0, 120.0),
     corpus=(16, 20, 4),
+    text_model="sd15-shape",
+    text_batches=(4, 8),
 )
 DRY = Sizes(
     model="tiny",
@@ -124,6 +133,8 @@ DRY = Sizes(
     jacobian_max_iter=50,
     jacobian_budget_s=(5.0, 5.0),
     corpus=(4, 3, 2),
+    text_model="tiny-sd",
+    text_batches=(2,),
 )
 
 
@@ -313,6 +324,17 @@ def iteration_caps(model: LoadedModel, state, sizes: Sizes) -> tuple[tuple[int, 
     return (caps[0], caps[1]), per_iteration
 
 
+def part_text(sizes: Sizes, done: dict) -> dict:
+    """(f) The text-conditional kind at Stable Diffusion 1.5's shape, guided, bf16."""
+    model = load_model(sizes.text_model, device=sizes.device, precision="bf16", conditioning=PROMPT)
+    x, kwargs = step_inputs(model)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.unet(x, 500, **kwargs)
+    flops = int(counter.get_total_flops())  # one guided step of one sample
+    settings = [sampling_rate(model, derive_seeds(0, 0, batch), sizes, "bf16", flops) for batch in sizes.text_batches]
+    return {"model": sizes.text_model, "flops_per_step": flops, "guidance": PROMPT.guidance, "settings": settings}
+
+
 def part_workers(sizes: Sizes, done: dict) -> dict:
     """(e) Two workers pinned to one GPU write a bf16 corpus; the same corpus built in-process, byte for byte."""
     from flows.corpus import build_corpus
@@ -364,6 +386,7 @@ PART_FUNCTIONS: dict[str, Callable[[Sizes, dict], dict]] = {
     "ours": part_ours,
     "precision": part_precision,
     "jacobian": part_jacobian,
+    "text": part_text,
     "workers": part_workers,
 }
 

@@ -432,4 +432,5 @@ def publish_random_bank(
         for name in names
     ]
     timesteps = [int(t) for t in make_scheduler(model.scheduler_config, steps).timesteps]
-    return publish(url, directions, model_fingerprint=model.fingerprint, timesteps=timesteps)
+    conditioning = None if model.conditioning is None else model.conditioning.sampling()
+    return publish(url, directions, model_fingerprint=model.fingerprint, timesteps=timesteps, conditioning=conditioning)

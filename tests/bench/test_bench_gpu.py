@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[2] / "bench" / "bench_gpu.py"
-PARTS = {"authors", "ours", "precision", "jacobian", "workers"}
+PARTS = {"authors", "ours", "precision", "jacobian", "text", "workers"}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,14 @@ def test_every_part_runs_without_error(report):
     assert report["failed"] == []
     assert not [name for name, part in report["parts"].items() if "error" in part]
     assert report["total_seconds"] >= sum(part["wall_seconds"] for part in report["parts"].values())
+
+
+@pytest.mark.slow
+def test_the_text_kind_is_timed_guided(report):
+    text = report["parts"]["text"]
+    assert text["model"] == "tiny-sd" and text["flops_per_step"] > 0
+    assert [s["batch"] for s in text["settings"]] == report["sizes"]["text_batches"]
+    assert all(s["samples_per_s"] > 0 and s["precision"] == "bf16" for s in text["settings"])
 
 
 @pytest.mark.slow
