@@ -12,7 +12,9 @@ from diffusers import DDIMScheduler, LDMPipeline, StableDiffusionPipeline
 
 from hspace.conditioning import Conditioning
 from hspace.errors import HSpaceError
+from hspace.hook import h_hook
 from hspace.inversion import invert_latents
+from hspace.jacobian import jacobian_directions, state_at_step
 from hspace.model_configs import build
 from hspace.models import load_model, model_fingerprint, weight_fingerprint
 from hspace.sampler import sample, to_uint8
@@ -224,3 +226,22 @@ def test_bad_input_is_one_line(tmp_path, ldm):
     (half / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
     with pytest.raises(HSpaceError, match="not all of vae/, text_encoder/ and tokenizer/"):
         load_model(str(half))
+
+
+def test_the_latent_kinds_jacobian_is_the_unets_in_latent_space(ldm, sd):
+    # Oracle: the dense Jacobian of eps(x_t, h_t + delta) by reverse mode, decomposed in float64.
+    state = state_at_step(ldm, 0, steps=STEPS, step=2)
+    assert state.x_t.shape == (1, *ldm.latent_shape)
+
+    def eps_of_delta(delta):
+        with h_hook(ldm.unet) as hook:
+            hook.delta = delta.reshape(1, *ldm.h_shape)
+            return ldm.unet(state.x_t, state.t).sample.reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(eps_of_delta, torch.zeros(int(np.prod(ldm.h_shape))), vectorize=True)
+    sigma = torch.linalg.svdvals(jac.double())
+    result = jacobian_directions(ldm, state.x_t, state.t, 1, tol=1e-4)
+    assert result.image_changes.shape == (1, *ldm.latent_shape)
+    assert abs(result.singular_values[0].item() - sigma[0].item()) <= 1e-3 * sigma[0].item()
+    with pytest.raises(HSpaceError, match="text-conditional: Jacobian directions"):
+        state_at_step(sd, 0, steps=STEPS, step=2)
