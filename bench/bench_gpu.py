@@ -36,8 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
-import subprocess
 import tempfile
 import time
 import traceback
@@ -48,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_env import environment
 from bench_jacobian import RUNS, compare_runs, time_runs
 from bench_shapes import PROMPT, step_inputs
 from torch.utils.flop_counter import FlopCounterMode
@@ -405,31 +404,6 @@ def run_part(name: str, sizes: Sizes, done: dict) -> dict:
     return {"wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start, **result}
 
 
-def environment(device: str) -> dict:
-    cuda = torch.device(device).type == "cuda"
-    return {
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "device_name": torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()})",
-        "cpu_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": None if (status := git("status", "--porcelain", "--untracked-files=no")) is None else bool(status),
-        "torch_default_fp32_precision": {"matmul": TORCH_DEFAULT_FP32[0], "conv": TORCH_DEFAULT_FP32[1]},
-    }
-
-
-def git(*args: str) -> str | None:
-    """Output of a git command in this checkout; None where there is no git or no repository (a copied tree)."""
-    try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry", action="store_true", help="the CPU, the tiny model, a few steps, small batches")
@@ -451,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "mode": "dry" if args.dry else "gpu",
         "started": started.isoformat(timespec="seconds"),
-        "environment": {**environment(sizes.device), **({"git_commit": args.commit} if args.commit else {})},
+        "environment": {
+            **environment(sizes.device),
+            "torch_default_fp32_precision": {"matmul": TORCH_DEFAULT_FP32[0], "conv": TORCH_DEFAULT_FP32[1]},
+            **({"git_commit": args.commit} if args.commit else {}),
+        },
         "sizes": asdict(sizes),
         "parts": {},
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_env import environment
 from torch.utils.flop_counter import FlopCounterMode
 
 from hspace.conditioning import Conditioning
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "mode": "dry" if args.dry else "cpu",
         "started": started.isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+        "environment": environment("cpu"),
         "steps": args.steps,
         "rows": rows,
     }

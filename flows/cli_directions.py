@@ -10,7 +10,16 @@ import argparse
 import json
 from collections.abc import Callable
 
-from flows.cli_args import add_precision_argument, add_runner_arguments, ints, names, print_info, runner_choice
+from flows.cli_args import (
+    add_conditioning_arguments,
+    add_precision_argument,
+    add_runner_arguments,
+    conditioning_arguments,
+    ints,
+    names,
+    print_info,
+    runner_choice,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -51,6 +60,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     invert.add_argument("--name", help="the direction's name (default: the --out file's stem)")
     invert.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(invert)
+    add_conditioning_arguments(invert, default="the corpus's with --corpus, else the empty prompt at 7.5")
     invert.add_argument(
         "--batch",
         type=int,
@@ -181,6 +191,7 @@ def _invert(args: argparse.Namespace) -> None:
         precision=args.precision,
         batch=args.batch,
         block=args.block,
+        **conditioning_arguments(args),
         progress=not args.no_progress,
     )
     print_info(run_flow(invert_images, runner=runner_choice(args), **arguments), args.json)

@@ -41,6 +41,9 @@ def invert_images(
     precision: str = "fp32",
     batch: int | None = None,
     block: int = DEFAULT_BLOCK,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """DDIM-invert real images: their x_T and h to ``out``, or eq. 11 on positives vs negatives (a direction).
@@ -61,6 +64,9 @@ def invert_images(
         overwrite=overwrite,
         batch=batch,
         block=block,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        guidance=guidance,
     )
     parts = inversion_parts(plan, create=True)
     missing = parts.missing()

@@ -17,6 +17,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from hspace.conditioning import Conditioning, parse_conditioning
 from hspace.errors import HSpaceError
 from hspace.images import load_image_files, load_images
 from hspace.inversion import invert
@@ -51,7 +52,7 @@ EQ11_BATCH = 16  # images per float64 partial sum: hspace.inversion.direction_fr
 class InvertPlan:
     """Inputs of an inversion: the model, the images, how they are cut into passes and tasks, where the result goes."""
 
-    model: str
+    model_name: str
     device: str
     precision: str
     steps: int
@@ -65,6 +66,12 @@ class InvertPlan:
     block: int  # images per task, in whole passes (at least one): any block gives the same bits
     settings: dict[str, Any]  # what decides the bits besides the images; hashed with them into ``key``
     key: str
+    conditioning: dict[str, Any] | None = None  # a text model's (Conditioning.record()): it inverts with it
+
+    def model(self) -> LoadedModel:
+        """The model, loaded once per process, with the plan's conditioning."""
+        loaded = cached_model(self.model_name, self.device, self.precision)
+        return loaded if self.conditioning is None else loaded.conditioned(Conditioning(**self.conditioning))
 
     @property
     def passes_per_task(self) -> int:
@@ -91,8 +98,14 @@ def plan_invert(
     overwrite: bool = False,
     batch: int | None = None,
     block: int = DEFAULT_BLOCK,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance: float | None = None,
 ) -> InvertPlan:
     """Check folders, model, steps, outputs, ``batch`` and ``block`` before any image is inverted.
+
+    A text-conditional model inverts with ``prompt``, ``negative_prompt`` and ``guidance``, those unset taken
+    from ``corpus`` where given (else the defaults: the empty prompt at 7.5); an unconditional model refuses them.
 
     Either ``images`` (write their x_T and h_{T:1} to ``out``), or ``positives`` and ``negatives`` (eq. 11 on
     their inverted h: a direction, to ``out`` and/or to ``directions/<name>`` of ``corpus``). ``batch``:
@@ -101,7 +114,9 @@ def plan_invert(
     """
     _check_invert_arguments(steps=steps, images=images, positives=positives, negatives=negatives, out=out)
     batch = _check_batch_and_block(batch, block, device)
-    loaded = cached_model(model, device, precision)
+    recorded = None if corpus is None else Corpus.open(corpus).spec.conditioning
+    conditioning = parse_conditioning(prompt, negative_prompt, guidance, recorded=recorded)
+    loaded = cached_model(model, device, precision).conditioned(conditioning)
     scheduler = make_scheduler(loaded.scheduler_config, steps)  # steps within the training timesteps
     if images is not None:
         if out is None:
@@ -128,9 +143,11 @@ def plan_invert(
         "steps": steps,
         "timesteps": [int(t) for t in scheduler.timesteps],
         "batch": batch,
+        **({} if loaded.conditioning is None else {"conditioning": loaded.conditioning.record()}),
     }
     return InvertPlan(
-        model=model,
+        model_name=model,
+        conditioning=settings.get("conditioning"),
         device=device,
         precision=precision,
         steps=steps,
@@ -195,7 +212,7 @@ def inversion_parts(plan: InvertPlan, *, create: bool = False) -> InversionParts
         root = standalone_root(plan.standalone)
     if not create:
         return InversionParts(group_at(root, f"{INVERSIONS}/{plan.key}"))
-    loaded = cached_model(plan.model, plan.device, plan.precision)
+    loaded = plan.model()
     return InversionParts.create_or_open(
         root,
         plan.key,
@@ -210,7 +227,7 @@ def inversion_parts(plan: InvertPlan, *, create: bool = False) -> InversionParts
 @task(cache_policy=NO_CACHE, task_run_name="invert-side-{side}-passes-{passes}")
 def invert_passes(plan: InvertPlan, side: int, passes: list[int]) -> int:
     """DDIM-invert ``passes`` of side ``side`` and store each (its done flag last); returns the images inverted."""
-    loaded = cached_model(plan.model, plan.device, plan.precision)
+    loaded = plan.model()
     parts = inversion_parts(plan)
     name = parts.sides[side]
     inverted = 0
@@ -262,7 +279,7 @@ def _write_inversions(plan: InvertPlan, parts: InversionParts) -> dict[str, Any]
     """Every image's x_T and h to ``out`` (safetensors), with the model, steps and file names."""
     x_T, h = parts.read(0, "x_T"), parts.read(0, "h")
     metadata = {
-        "model": cached_model(plan.model, plan.device, plan.precision).name,
+        "model": plan.model_name,
         "fingerprint": plan.settings["fingerprint"],
         **precision_entry(plan.precision),
         "steps": plan.steps,
