@@ -285,6 +285,7 @@ def _write_inversions(plan: InvertPlan, parts: InversionParts) -> dict[str, Any]
         "steps": plan.steps,
         "timesteps": plan.settings["timesteps"],
         "files": [Path(f).name for f in plan.images["images"]],
+        **({} if plan.conditioning is None else {"conditioning": plan.conditioning}),
     }
     assert plan.out is not None
     write_direction_file(plan.out, {"x_T": x_T, "h": h}, metadata)

@@ -7,6 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from flows.bank import RebuildSettings, rebuild_bank
 from flows.runner import run_flow
@@ -14,6 +18,7 @@ from hspace.bank import load_bank
 from hspace.conditioning import Conditioning
 from hspace.directions import top_bottom
 from hspace.editing import edit
+from hspace.inversion import invert
 from hspace.models import load_model
 from storage.corpus import Corpus
 
@@ -156,3 +161,23 @@ def test_a_text_corpus_resumes_to_the_bytes_of_an_uninterrupted_build(prefect_ha
     assert tree_bytes(resumed) != tree_bytes(whole)
     assert cli("corpus", "build", resumed, *argv, "--batch", "2", "--seed", "0", "--no-progress") == 0
     assert tree_bytes(resumed) == tree_bytes(whole)
+
+
+def test_directions_invert_on_a_text_model_inverts_with_the_prompt(prefect_harness, cli, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    for i, picture in enumerate(pixels):
+        Image.fromarray(picture).save(folder / f"{i}.png")
+    out = tmp_path / "inverted.safetensors"
+    argv = ("directions", "invert", "--steps", "3", "--images", folder, "--out", out, "--no-progress")
+    assert cli(*argv, "--model", "tiny-sd", "--prompt", "a face", "--guidance", "2") == 0
+    model = load_model("tiny-sd", conditioning=Conditioning(prompt="a face", guidance=2.0))
+    expected = invert(model, pixels.transpose(0, 3, 1, 2), steps=3)
+    stored = load_file(out)  # as tests/flows/test_inversion.py: the flow's threads round differently, by ~1e-6
+    torch.testing.assert_close(stored["x_T"], expected.x_T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stored["h"], expected.h, rtol=1e-5, atol=1e-5)
+    assert json.loads(safe_open(out, "pt").metadata()["hspace"])["conditioning"]["prompt"] == "a face"
+    other = ("directions", "invert", "--steps", "3", "--images", folder, "--out", tmp_path / "other.safetensors")
+    assert cli(*other, "--model", "tiny-ldm", "--prompt", "a face") == 1
+    assert "unconditional (latent kind)" in capsys.readouterr().err
