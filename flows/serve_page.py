@@ -32,6 +32,7 @@ def directions_info(bank: Bank, limits: dict[str, Any], thresholds: Thresholds |
         "version": bank.version,
         "model_fingerprint": bank.fingerprint,
         "steps": bank.steps,
+        "conditioning": bank.conditioning,  # a text-conditional model's prompt, negative prompt and guidance
         "directions": [
             {
                 "name": name,
@@ -45,6 +46,16 @@ def directions_info(bank: Bank, limits: dict[str, Any], thresholds: Thresholds |
     }
 
 
+def _conditioning_line(conditioning: dict[str, Any] | None) -> str:
+    if conditioning is None:
+        return ""
+    prompt, negative = html.escape(conditioning["prompt"]), html.escape(conditioning["negative_prompt"])
+    return (
+        f'<p>prompt <code id="prompt">{prompt}</code>, negative prompt <code>{negative}</code>, '
+        f"guidance {conditioning['guidance']:g}</p>"
+    )
+
+
 def render_page(info: dict[str, Any]) -> tuple[str, str]:
     """The page, and its Content-Security-Policy (which allows its own inline script and nothing from elsewhere)."""
     template = files("flows").joinpath(PAGE).read_text(encoding="utf-8")
@@ -55,6 +66,7 @@ def render_page(info: dict[str, Any]) -> tuple[str, str]:
         "version": html.escape(info["version"]),
         "fingerprint": html.escape(info["model_fingerprint"]),
         "steps": str(info["steps"]),
+        "conditioning": _conditioning_line(info["conditioning"]),
         "max_seed": str(limits["max_seed"]),
         "rows": "\n".join(_slider_row(direction, limits["max_gamma"]) for direction in info["directions"]),
         "config": json.dumps(config).replace("<", "\\u003c"),

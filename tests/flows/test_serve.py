@@ -132,6 +132,7 @@ def test_directions_describe_the_bank(client, bank):
         "version": "v0001",
         "model_fingerprint": bank.fingerprint,
         "steps": 4,
+        "conditioning": None,
         "directions": [
             {"name": "a", "method": "random", "evaluation": EVALUATION, "verdict": expected["a"]},
             {"name": "b", "method": "random", "evaluation": None, "verdict": expected["b"]},
@@ -159,6 +160,25 @@ def test_an_edit_is_hspace_edit_bitwise(client, bank, tiny):
     assert np.array_equal(shown, expected)
     assert not np.array_equal(expected, edit(tiny, [3], {}, bank)[0])  # the edit changes the image
     assert np.array_equal(png_image(client.post("/edit", json={"seed": 3})), edit(tiny, [3], {}, bank)[0])
+
+
+def test_a_text_models_bank_is_served_with_its_prompt(tmp_path):
+    from hspace.conditioning import Conditioning
+    from hspace.models import load_model
+
+    model = load_model("tiny-sd", conditioning=Conditioning(prompt="a <b>face</b>", guidance=3.0))
+    url = str(tmp_path / "bank")
+    publish_random_bank(url, model, NAMES, steps=3)
+    bank = load_bank(url)
+    with TestClient(make_app(model, bank, LIMITS)) as client:
+        assert client.get("/directions").json()["conditioning"] == {
+            "prompt": "a <b>face</b>",
+            "negative_prompt": "",
+            "guidance": 3.0,
+        }
+        assert 'prompt <code id="prompt">a &lt;b&gt;face&lt;/b&gt;</code>' in client.get("/").text
+        shown = png_image(client.post("/edit", json={"seed": 3, "gammas": {"a": 2.0}}))
+    assert np.array_equal(shown, edit(model, [3], {"a": 2.0}, bank)[0])
 
 
 BAD_JSON = {
