@@ -211,10 +211,12 @@ class RebuildSettings:
         """The settings that decide the bank's content, JSON-ready (recorded in the version's notes).
 
         Corpus settings added since records began are left out at the value every earlier rebuild had
-        (``storage.corpus.ADDED_SETTINGS``), so that such a bank's next rebuild with those values publishes nothing new.
+        (``storage.corpus.ADDED_SETTINGS``, and the text kind's conditioning when unset), so that such a bank's
+        next rebuild with those values publishes nothing new.
         """
         recorded = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RECORDED}
-        return {k: v for k, v in recorded.items() if k not in ADDED_SETTINGS or v != ADDED_SETTINGS[k]} | {
+        added = {**ADDED_SETTINGS, **dict.fromkeys(CONDITIONING)}
+        return {k: v for k, v in recorded.items() if k not in added or v != added[k]} | {
             "attributes": list(self.attributes)
         }
 

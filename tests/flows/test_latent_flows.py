@@ -181,3 +181,10 @@ def test_directions_invert_on_a_text_model_inverts_with_the_prompt(prefect_harne
     other = ("directions", "invert", "--steps", "3", "--images", folder, "--out", tmp_path / "other.safetensors")
     assert cli(*other, "--model", "tiny-ldm", "--prompt", "a face") == 1
     assert "unconditional (latent kind)" in capsys.readouterr().err
+
+
+def test_rebuild_records_the_conditioning_only_where_given():
+    # A bank rebuilt before prompts existed must rebuild to the same version: unset, they are not recorded.
+    assert not {"prompt", "negative_prompt", "guidance"} & set(RebuildSettings(bank="b", corpus="c").record())
+    recorded = RebuildSettings(bank="b", corpus="c", model="tiny-sd", prompt="a face").record()
+    assert recorded["prompt"] == "a face" and "guidance" not in recorded
