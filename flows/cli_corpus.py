@@ -37,6 +37,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--device", default="cpu", help="cpu or cuda")
     add_precision_argument(build, note="(a corpus setting: a resume uses the same)")
     add_conditioning_arguments(build, prompt_list=True)
+    build.add_argument(
+        "--latents", action="store_true", help="latent models: also store each sample's final latent (a corpus setting)"
+    )
     add_microbatch_argument(build)
     add_runner_arguments(build, "the shards")
     build.set_defaults(func=_build)
@@ -83,6 +86,7 @@ def _build(args: argparse.Namespace) -> None:
             precision=args.precision,
             microbatch=args.microbatch,
             **conditioning_arguments(args),
+            latents=args.latents,
             progress=not args.no_progress,
         ),
         as_json=False,

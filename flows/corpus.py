@@ -46,6 +46,7 @@ def build_corpus(
     negative_prompt: str | None = None,
     guidance: float | None = None,
     prompts: list[str] | None = None,
+    latents: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate every missing shard of the corpus at ``out`` and return its info.
@@ -53,7 +54,7 @@ def build_corpus(
     ``precision`` is the U-Net's dtype (``hspace.models.PRECISIONS``), ``microbatch`` the samples per U-Net
     pass (default: one on the CPU, so a sample is bitwise the same in any batch); both are corpus settings.
     A text-conditional model's ``prompt`` (or ``prompts``, one per sample), ``negative_prompt`` and
-    ``guidance`` are too (``tasks.corpus.prepare_corpus``).
+    ``guidance`` are too (``tasks.corpus.prepare_corpus``), and ``latents`` (store the final latents).
     """
     corpus = prepare_corpus(
         out=out,
@@ -71,6 +72,7 @@ def build_corpus(
         negative_prompt=negative_prompt,
         guidance=guidance,
         prompts=prompts,
+        latents=latents,
     )
     missing = corpus.missing_shards()
 

@@ -49,8 +49,6 @@ from storage.groups import (
 )
 from storage.stores import corpus_store
 
-# The samples' arrays, written shard by shard (``done`` marks each shard's).
-DATA_ARRAYS = ("h", "x0", "seed")
 # Group attribute: results that may not match the samples any more (``storage/verify.py``), path -> why.
 STALE = "hspace_stale"
 
@@ -102,19 +100,24 @@ class Corpus(ShardFlags):
         return json_attrs(self.group, "hspace").get("schema_version") != UNCHECKSUMMED_VERSION
 
     # ----- writing -----------------------------------------------------------------------------
-    def write_shard(self, shard: int, *, h: np.ndarray, x0: np.ndarray, seeds: np.ndarray) -> None:
-        """Write all T steps of one shard's samples in one write per array, then mark it done."""
+    def write_shard(
+        self, shard: int, *, h: np.ndarray, x0: np.ndarray, seeds: np.ndarray, latents: np.ndarray | None = None
+    ) -> None:
+        """Write all T steps of one shard's samples in one write per array, then mark it done. ``latents``: the
+        final latents, given exactly when the corpus stores them."""
         start, stop = self.spec.shard_range(shard)
         n = stop - start
+        data = {"h": h, "x0": x0, "seed": seeds, **({} if latents is None else {"latents": latents})}
         expected = {
             "h": (n, self.spec.steps, *self.spec.h_shape),
             "x0": (n, *self.spec.image_shape),
             "seed": (n,),
+            **({"latents": (n, *self.spec.noise_shape)} if self.spec.latents else {}),
         }
-        check_shapes(f"shard {shard}", {"h": h, "x0": x0, "seed": seeds}, expected)
-        array_at(self.group, "h")[start:stop] = h.astype(self.spec.h_dtype, copy=False)
-        array_at(self.group, "x0")[start:stop] = x0.astype(np.uint8, copy=False)
-        array_at(self.group, "seed")[start:stop] = seeds.astype(np.int64, copy=False)
+        check_shapes(f"shard {shard}", data, expected)
+        dtypes: dict[str, Any] = {"h": self.spec.h_dtype, "x0": "uint8", "seed": "int64", "latents": "float32"}
+        for name in self.spec.data_arrays:
+            array_at(self.group, name)[start:stop] = data[name].astype(dtypes[name], copy=False)
         array_at(self.group, "done")[shard] = True
 
     # ----- reading -----------------------------------------------------------------------------
@@ -124,6 +127,12 @@ class Corpus(ShardFlags):
 
     def read_x0(self, samples: slice = slice(None)) -> np.ndarray:
         return self._read("x0", samples)
+
+    def read_latents(self, samples: slice = slice(None)) -> np.ndarray:
+        """The final latents (float32), of a corpus built with ``latents`` (a latent model's, ``--latents``)."""
+        if not self.spec.latents:
+            raise HSpaceError(f"the corpus at {self.url} does not store latents: build one with --latents")
+        return self._read("latents", samples)
 
     def read_seeds(self, samples: slice = slice(None)) -> np.ndarray:
         return self._read("seed", samples)
@@ -230,6 +239,7 @@ class Corpus(ShardFlags):
             **({} if spec.latent_shape is None else {"latent_shape": list(spec.latent_shape)}),
             **({} if spec.conditioning is None else {"conditioning": spec.conditioning}),
             **({} if spec.prompts is None else {"prompts": f"{len(spec.prompts)} (one per sample)"}),
+            **({"latents": True} if spec.latents else {}),
             "seed": spec.base_seed,
             "package_version": spec.package_version,
             "checksummed": self.checksummed,
@@ -349,6 +359,16 @@ def _create_arrays(group: zarr.Group, spec: CorpusSpec) -> None:
         overwrite=True,
     )
     new_array(group, "seed", shape=(n,), dtype="int64", chunks=(b,), dimension_names=("sample",), overwrite=True)
+    if spec.latents:
+        new_array(
+            group,
+            "latents",
+            shape=(n, *spec.noise_shape),
+            dtype="float32",
+            chunks=(b, *spec.noise_shape),
+            dimension_names=("sample", "latent_channel", "latent_height", "latent_width"),
+            overwrite=True,
+        )
     new_array(
         group,
         "done",

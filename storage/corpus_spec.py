@@ -22,6 +22,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "latent_shape": None,
     "conditioning": None,
     "prompts": None,
+    "latents": False,
 }
 
 
@@ -55,6 +56,8 @@ class CorpusSpec:
     # of each sample when a list was given (then the conditioning's prompt is unused).
     conditioning: dict[str, Any] | None = None
     prompts: tuple[str, ...] | None = None
+    # Also store each sample's final latent (the latent kinds' x_0 before decoding), array ``latents``.
+    latents: bool = False
 
     def __post_init__(self) -> None:
         if self.samples <= 0:
@@ -65,6 +68,8 @@ class CorpusSpec:
             raise HSpaceError(f"h dtype must be one of {', '.join(H_DTYPES)}; got {self.h_dtype!r}")
         if self.microbatch is not None and self.microbatch <= 0:
             raise HSpaceError(f"microbatch must be a positive integer; got {self.microbatch}")
+        if self.latents and self.latent_shape is None:
+            raise HSpaceError("only a latent model's corpus can store latents: leave out --latents for a pixel model")
 
     @property
     def kind(self) -> str:
@@ -75,6 +80,11 @@ class CorpusSpec:
     def noise_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of x_t (and x_T, and eps): the latent for the latent kinds, else the image."""
         return self.image_shape if self.latent_shape is None else self.latent_shape
+
+    @property
+    def data_arrays(self) -> tuple[str, ...]:
+        """The samples' arrays, written shard by shard (``done`` marks each shard's)."""
+        return ("h", "x0", "seed", *(("latents",) if self.latents else ()))
 
     @property
     def n_shards(self) -> int:

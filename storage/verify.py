@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from storage.corpus import DATA_ARRAYS, Corpus
+from storage.corpus import Corpus
 from storage.groups import array_at, unreadable
 
 # Result groups whose members do not depend on the corpus's samples: inversions hold the user's images'.
@@ -48,7 +48,7 @@ def verify(
     spec, found = corpus.spec, []
     for shard in range(spec.n_shards):
         start, stop = spec.shard_range(shard)
-        for name in DATA_ARRAYS:
+        for name in spec.data_arrays:
             reason = corpus.damage(name, shard)
             if reason is not None:
                 found.append(Damage(name, f"shard {shard} (samples {start}..{stop - 1})", reason, "rebuild", shard))
@@ -78,7 +78,7 @@ def repair(corpus: Corpus, damaged: list[Damage]) -> dict[str, Any]:
         done[shard] = False  # also rewrites a damaged flag's chunk
     if any(d.array == "timestep" for d in damaged):
         array_at(corpus.group, "timestep")[:] = np.asarray(corpus.spec.timesteps, dtype=np.int64)
-    data_shards = sorted({d.shard for d in damaged if d.array in DATA_ARRAYS and d.shard is not None})
+    data_shards = sorted({d.shard for d in damaged if d.array in corpus.spec.data_arrays and d.shard is not None})
     stale: dict[str, str] = {}
     if data_shards:
         reason = f"made from corpus shards {_ranges(data_shards)}, since found damaged"

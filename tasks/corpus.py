@@ -68,6 +68,7 @@ def corpus_spec(
     dtype: str,
     microbatch: int | None = None,
     prompts: tuple[str, ...] | None = None,
+    latents: bool = False,
 ) -> CorpusSpec:
     """The settings that fix a corpus's content, from the model (with its conditioning) and the sampler
     arguments."""
@@ -93,6 +94,7 @@ def corpus_spec(
         latent_shape=None if model.kind == "pixel" else model.latent_shape,
         conditioning=None if model.conditioning is None else model.conditioning.sampling(),
         prompts=prompts,
+        latents=latents,
     )
 
 
@@ -113,12 +115,13 @@ def prepare_corpus(
     negative_prompt: str | None = None,
     guidance: float | None = None,
     prompts: list[str] | None = None,
+    latents: bool = False,
 ) -> Corpus:
     """Check the arguments, load the model, and create or reopen the corpus (refusing other settings).
 
     A text-conditional model samples with ``prompt`` (default: the empty prompt), ``negative_prompt`` (default:
     empty) and ``guidance`` (default 7.5), or with ``prompts``, one per sample; all are refused for an
-    unconditional model."""
+    unconditional model. ``latents`` also stores each sample's final latent (latent models only)."""
     etas = check_build_arguments(
         samples=samples,
         steps=steps,
@@ -145,6 +148,7 @@ def prepare_corpus(
         dtype=dtype,
         microbatch=microbatch,
         prompts=None if prompts is None else tuple(prompts),
+        latents=latents,
     )
     return Corpus.create_or_open(out, spec)
 
@@ -215,7 +219,11 @@ def sample_shard(corpus: Corpus, model: LoadedModel, shard: int) -> dict[str, np
         model, seeds, steps=spec.steps, eta=spec.eta, capture=True, microbatch=spec.microbatch, prompts=prompts
     )
     assert result.h is not None
-    return {"h": result.h.numpy(), "x0": to_uint8(result.images).numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+    data = {"h": result.h.numpy(), "x0": to_uint8(result.images).numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+    if spec.latents:
+        assert result.latents is not None  # a latent model's corpus (CorpusSpec checks)
+        data["latents"] = result.latents.numpy()
+    return data
 
 
 @task(

@@ -20,6 +20,7 @@ from hspace.directions import top_bottom
 from hspace.editing import edit
 from hspace.inversion import invert
 from hspace.models import load_model
+from hspace.sampler import to_uint8
 from storage.corpus import Corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: bits depend on the thread count
@@ -188,3 +189,19 @@ def test_rebuild_records_the_conditioning_only_where_given():
     assert not {"prompt", "negative_prompt", "guidance"} & set(RebuildSettings(bank="b", corpus="c").record())
     recorded = RebuildSettings(bank="b", corpus="c", model="tiny-sd", prompt="a face").record()
     assert recorded["prompt"] == "a face" and "guidance" not in recorded
+
+
+def test_a_latent_corpus_can_store_the_final_latents(prefect_harness, cli, capsys, tmp_path):
+    url = tmp_path / "c.zarr"
+    argv = ("--samples", "2", "--steps", "2", "--batch", "1", "--seed", "0", "--latents", "--no-progress")
+    assert cli("corpus", "build", url, "--model", "tiny-ldm", *argv) == 0
+    corpus = Corpus.open(str(url))
+    model = load_model("tiny-ldm")
+    latents = corpus.read_latents()
+    assert latents.shape == (2, *model.latent_shape) and latents.dtype == np.float32
+    decoded = to_uint8(model.decode(torch.from_numpy(latents), 1)).numpy()
+    assert np.array_equal(decoded, corpus.read_x0())  # x0 is exactly these latents decoded
+    assert cli("corpus", "verify", url, "--json", "--no-progress") == 0
+    assert cli("corpus", "build", tmp_path / "p.zarr", "--model", "tiny", *argv) == 1
+    assert "only a latent model's corpus can store latents" in capsys.readouterr().err
+    assert not (tmp_path / "p.zarr").exists()
