@@ -22,7 +22,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sub = corpus.add_subparsers(dest="corpus_command", required=True)
     build = sub.add_parser("build", help="generate samples and record h_{T:1} into a Zarr corpus (resumable)")
     build.add_argument("url", help="the corpus to create or resume: a path or an fsspec URL")
-    build.add_argument("--model", required=True, help="built-in name (tiny, celebahq-shape), model directory or hub id")
+    build.add_argument(
+        "--model",
+        required=True,
+        help="built-in name (tiny, tiny-ldm, tiny-sd, ...), pipeline folder (DDPM, LDM, Stable Diffusion) or hub id",
+    )
     build.add_argument("--samples", type=int, required=True, help="number of samples N")
     build.add_argument("--steps", type=int, required=True, help="DDIM steps T")
     build.add_argument("--eta", type=eta, default=1.0, help="eta in [0, 1], or one per step (default 1)")
