@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -52,7 +53,9 @@ class Conditioning:
     edit_branch: str = "both"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.guidance, (int, float)) or not self.guidance >= 1.0:
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise HSpaceError("the prompt and the negative prompt must be strings")
+        if not isinstance(self.guidance, (int, float)) or not 1.0 <= self.guidance < math.inf:
             raise HSpaceError(
                 f"guidance must be a number >= 1 (1 = no classifier-free guidance; diffusers' default is "
                 f"{DEFAULT_GUIDANCE}); got {self.guidance!r}"

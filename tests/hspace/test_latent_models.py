@@ -208,8 +208,9 @@ def test_the_fingerprint_covers_every_part_that_changes_a_sample():
 def test_bad_input_is_one_line(tmp_path, ldm):
     with pytest.raises(HSpaceError, match="unconditional \\(latent kind\\)"):
         ldm.conditioned(Conditioning(prompt="a face"))
-    with pytest.raises(HSpaceError, match="guidance must be a number >= 1"):
-        Conditioning(guidance=0.5)
+    for guidance in (0.5, float("inf"), float("nan")):
+        with pytest.raises(HSpaceError, match="guidance must be a number >= 1"):
+            Conditioning(guidance=guidance)
     with pytest.raises(HSpaceError, match="unconditional"):
         sample(ldm, [1], steps=2, prompts=["a face"])
     dit = tmp_path / "dit"
