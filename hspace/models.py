@@ -304,10 +304,17 @@ def load_model(
 def model_fingerprint(parts: ModelParts) -> str:
     """The U-Net's :func:`weight_fingerprint` for a pixel model (so fingerprints recorded before the latent kinds
     stay valid); for the latent kinds, sha256 over the fingerprints of the U-Net, the autoencoder and the text
-    encoder, and the tokenizer's definition: every part that changes a sample."""
+    encoder, and the tokenizer's definition: every part that changes a sample, with the autoencoder's
+    ``scaling_factor`` (a config value that decoding divides by: CompVis/ldm-celebahq-256's config leaves it at
+    VQModel's default)."""
     if parts.autoencoder is None:
         return weight_fingerprint(parts.unet)
-    entries = [f"unet:{weight_fingerprint(parts.unet)}", f"autoencoder:{weight_fingerprint(parts.autoencoder)}"]
+    scale = float(parts.autoencoder.config.scaling_factor)
+    entries = [
+        f"unet:{weight_fingerprint(parts.unet)}",
+        f"autoencoder:{weight_fingerprint(parts.autoencoder)}",
+        f"scaling_factor:{scale!r}",
+    ]
     if parts.text is not None:
         entries += [f"text_encoder:{weight_fingerprint(parts.text.encoder)}", f"tokenizer:{parts.text.digest()}"]
     return hashlib.sha256("|".join(entries).encode()).hexdigest()

@@ -198,6 +198,9 @@ def test_the_fingerprint_covers_every_part_that_changes_a_sample():
             next(module.parameters()).view(-1)[0] += 1e-3
         assert model_fingerprint(parts) != reference, part
     parts = build("tiny-sd")
+    parts.autoencoder.register_to_config(scaling_factor=1.0)  # a config value that changes every decoded sample
+    assert model_fingerprint(parts) != reference
+    parts = build("tiny-sd")
     parts.text.tokenizer.model_max_length = 8
     assert model_fingerprint(parts) != reference
     parts.text.embed(["a face"])  # tokenizing with padding sets the tokenizer's padding state: not its definition
