@@ -45,7 +45,7 @@ from hspace.models import LoadedModel
 
 # The replay in `state_at_step` uses the sampler's own noise draws and U-Net pass, so that x_t is
 # bitwise the x_t of `hspace.sampler.sample` for that seed (one stream per sample).
-from hspace.sampler import draw_noise, make_scheduler, parse_eta, predict_eps
+from hspace.sampler import draw_noise, guidance_of, make_scheduler, parse_eta, predict_eps
 
 Algorithm = Literal["batched", "sequential"]
 
@@ -111,17 +111,6 @@ class JacobianResult:
     converged: bool
 
 
-def check_unconditional(kind: str, name: str) -> None:
-    """Refuse a text-conditional model: J_t of its guided eps~ (two U-Net passes, cross-attention to the prompt)
-    is not implemented; the pixel and latent kinds' J_t is the U-Net's, in x_t's space (the decoder is outside
-    it, as the paper's eps is)."""
-    if kind == "text":
-        raise HSpaceError(
-            f"model {name!r} is text-conditional: Jacobian directions (Sec. IV-B) are not supported for it yet; "
-            "use PCA, supervised (eq. 11) or disentangled (eq. 12) directions"
-        )
-
-
 def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int, eta: float | list[float] = 1.0) -> StepState:
     """x_t, h_t and t of the sample with this seed at step index ``step`` of a ``steps``-step run.
 
@@ -132,17 +121,17 @@ def state_at_step(model: LoadedModel, seed: int, *, steps: int, step: int, eta: 
     The sampler does not expose x_t, so the loop is repeated here; a ``stop_at`` option on ``sample``
     would make this replay unnecessary.
     """
-    check_unconditional(model.kind, model.name)
     scheduler = make_scheduler(model.scheduler_config, steps)
     etas = parse_eta(eta, steps)
     if not 0 <= step < steps:
         raise HSpaceError(f"step must be an index in 0..{steps - 1} (sampling order); got {step}")
     unet, device = model.unet, model.unet.device
+    guidance = guidance_of(model, 1, None)  # a text model replays with its prompt and guidance
     generators = [torch.Generator().manual_seed(int(seed))]
     x = draw_noise(generators, model.latent_shape).to(device)  # x_T
     with h_hook(unet) as hook, torch.no_grad():
         for i, t in enumerate(scheduler.timesteps[: step + 1]):
-            eps, h_t = predict_eps(unet, hook, x, t, None, 1, capture=i == step)
+            eps, h_t = predict_eps(unet, hook, x, t, None, 1, capture=i == step, guidance=guidance)
             if i == step:
                 assert h_t is not None  # captured at this step
                 return StepState(x_t=x, h_t=h_t[0], t=int(t), step=step)
@@ -207,7 +196,6 @@ def jacobian_directions(
     -------
     JacobianResult
     """
-    check_unconditional(model.kind, model.name)
     x_t = _parse_x_t(x_t, model)
     mask_t = _parse_mask(mask, model)
     d_in = int(np.prod(model.h_shape))

@@ -22,8 +22,13 @@ switches process-wide backend flags, changing the attention kernel of every mode
 whereas the processor swap touches only the model being differentiated. Do not sample with the same
 model object from another thread while :func:`hspace.jacobian.jacobian_directions` runs on it.
 
+A text-conditional model's eps is the guided eps~ = eps_u + w (eps_c - eps_u) (:mod:`hspace.conditioning`): each
+product runs the conditional pass and, when guided, the unconditional one, with the edit in both (or only in the
+conditional one, ``edit_branch="cond"``), as the sampler adds it; the prompt embeddings are broadcast to the
+columns like the skip connections.
+
 Notation (<variable> -> <name in paper>):
-    x_t        -> x_t, the noisy image at the step (held fixed)
+    x_t        -> x_t, the noisy image (or latent) at the step (held fixed)
     delta      -> a v, the change added to h_t (the argument we differentiate in)
     mask       -> M (eq. 10): eps~ = eps * M
 """
@@ -40,6 +45,7 @@ from torch.autograd import forward_ad
 
 from hspace.hook import h_hook
 from hspace.models import LoadedModel
+from hspace.sampler import guidance_of
 
 
 @contextmanager
@@ -58,15 +64,25 @@ def jacobian_products(
     mask = None if mask is None else mask.to(device=device, dtype=dtype)
     x_t = x_t.to(device=device, dtype=dtype)
     h_shape, image_shape = model.h_shape, model.latent_shape
+    guidance = guidance_of(model, 1, None)
 
     with _classic_attention(unet), _broadcast_skips(unet), h_hook(unet) as hook:
 
-        def f(delta: torch.Tensor) -> torch.Tensor:  # (n, C_h, H_h, W_h) -> (n, C, S, S)
+        def eps_of(delta: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
             hook.delta = delta
-            try:
-                eps = unet(x_t, t).sample  # x_t at batch 1; h_t + delta at batch n (see _broadcast_skips)
+            try:  # x_t at batch 1; h_t + delta at batch n (see _broadcast_skips)
+                return unet(x_t, t).sample if text is None else unet(x_t, t, encoder_hidden_states=text).sample
             finally:
                 hook.delta = None
+
+        def f(delta: torch.Tensor) -> torch.Tensor:  # (n, C_h, H_h, W_h) -> (n, C, S, S)
+            if guidance is None:
+                eps = eps_of(delta, None)
+            else:
+                eps = eps_of(delta, guidance.cond)
+                if guidance.uncond is not None:  # eps~ = eps_u + w (eps_c - eps_u), the sampler's guidance
+                    eps_u = eps_of(delta if guidance.edit_branch == "both" else None, guidance.uncond)
+                    eps = eps_u + guidance.scale * (eps - eps_u)
             return eps if mask is None else eps * mask  # eq. 10: eps~ = eps (.) M
 
         def jvp(v: torch.Tensor) -> torch.Tensor:  # J V (eq. 8), batched forward mode
@@ -117,7 +133,8 @@ def _broadcast_skips(unet: torch.nn.Module) -> Iterator[None]:
     """
 
     def expand(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # UNet2DModel calls up_block(hidden_states, res_hidden_states_tuple, temb); accept keywords too.
+        # UNet2DModel calls up_block(hidden_states, res_hidden_states_tuple, temb); UNet2DConditionModel passes
+        # keywords, with the prompt embeddings (encoder_hidden_states) at batch 1 too.
         positional, keywords = list(args), dict(kwargs)
         hidden = positional[0] if positional else keywords["hidden_states"]
         batch = hidden.shape[0]
@@ -127,6 +144,9 @@ def _broadcast_skips(unet: torch.nn.Module) -> Iterator[None]:
             keywords["res_hidden_states_tuple"] = tuple(
                 s.expand(batch, *s.shape[1:]) for s in keywords["res_hidden_states_tuple"]
             )
+        text = keywords.get("encoder_hidden_states")
+        if text is not None:
+            keywords["encoder_hidden_states"] = text.expand(batch, *text.shape[1:])
         return tuple(positional), keywords
 
     up_blocks = cast(torch.nn.ModuleList, unet.up_blocks)

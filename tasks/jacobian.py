@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 import hspace
 from hspace.errors import HSpaceError
-from hspace.jacobian import check_k, check_unconditional, jacobian_directions, parse_block, state_at_step
+from hspace.jacobian import check_k, jacobian_directions, parse_block, state_at_step
 from hspace.models import check_precision
 from hspace.sampler import derive_seeds
 from storage.corpus import Corpus
@@ -51,7 +51,6 @@ def prepare_jacobian(
     """
     check_run_name(run)
     corpus = Corpus.open(url, writable=True)
-    check_unconditional(corpus.spec.kind, corpus.spec.model)
     d_in = h_dim(corpus)
     mask = None if mask is None else np.asarray(mask, dtype=np.uint8)
     channels = corpus.spec.noise_shape[0]

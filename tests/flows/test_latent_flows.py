@@ -111,10 +111,12 @@ def test_a_bank_is_refused_for_a_model_sampling_with_another_prompt(banks, cli, 
     assert cli(*argv, "--edit-branch", "cond") == 0  # where the edit goes is an edit-time choice
 
 
-def test_text_corpus_refuses_the_jacobian_and_an_unconditional_one_refuses_prompts(banks, cli, capsys):
+def test_jacobian_directions_of_a_text_corpus_and_prompts_refused_on_an_unconditional_one(banks, cli, capsys):
     corpus_url, _, _ = banks["tiny-sd"]
-    assert cli("jacobian", corpus_url, "--sample", "0", "--step", "1", "--k", "2") == 1
-    assert "Jacobian directions (Sec. IV-B) are not supported" in capsys.readouterr().err
+    argv = ("--sample", "0", "--step", "1", "--k", "2", "--tol", "0.01", "--run", "text")
+    assert cli("jacobian", corpus_url, *argv) == 0
+    jacobian = Corpus.open(corpus_url).group["jacobian/text"]
+    assert jacobian["directions"].shape[:3] == (1, 1, 2) and bool(jacobian["done"][:].all())
     ldm_corpus, _, _ = banks["tiny-ldm"]
     assert cli("evaluate", ldm_corpus, "--directions", "smile", "--prompt", "a face", "--samples", "2") == 1
     assert "unconditional model: leave out the prompt" in capsys.readouterr().err

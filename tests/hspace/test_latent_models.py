@@ -247,5 +247,26 @@ def test_the_latent_kinds_jacobian_is_the_unets_in_latent_space(ldm, sd):
     result = jacobian_directions(ldm, state.x_t, state.t, 1, tol=1e-4)
     assert result.image_changes.shape == (1, *ldm.latent_shape)
     assert abs(result.singular_values[0].item() - sigma[0].item()) <= 1e-3 * sigma[0].item()
-    with pytest.raises(HSpaceError, match="text-conditional: Jacobian directions"):
-        state_at_step(sd, 0, steps=STEPS, step=2)
+
+
+@pytest.mark.parametrize("branch", ["both", "cond"])
+def test_the_text_kinds_jacobian_is_the_guided_eps_one(sd, branch):
+    # Oracle: the guided eps~ as StableDiffusionPipeline computes it, [uncond, cond] in one batch at batch 2, the
+    # edit in both halves (or the conditional one), differentiated densely by reverse mode; float64 SVD.
+    model = sd.conditioned(Conditioning(**{**PROMPTED.record(), "edit_branch": branch}))
+    state = state_at_step(model, 0, steps=STEPS, step=2)
+    assert torch.equal(state.h_t, sample(model, [0], steps=STEPS, eta=1.0).h[0, 2])
+    cond, uncond = model.text.embed([PROMPTED.prompt]), model.text.embed([PROMPTED.negative_prompt])
+
+    def eps_of_delta(delta):
+        delta = delta.reshape(1, *model.h_shape)
+        with h_hook(model.unet) as hook:
+            hook.delta = torch.cat([delta if branch == "both" else torch.zeros_like(delta), delta])
+            both = model.unet(torch.cat([state.x_t] * 2), state.t, encoder_hidden_states=torch.cat([uncond, cond]))
+        eps_u, eps_c = both.sample.chunk(2)
+        return (eps_u + PROMPTED.guidance * (eps_c - eps_u)).reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(eps_of_delta, torch.zeros(int(np.prod(model.h_shape))), vectorize=True)
+    sigma = torch.linalg.svdvals(jac.double())
+    result = jacobian_directions(model, state.x_t, state.t, 1, tol=1e-4)
+    assert abs(result.singular_values[0].item() - sigma[0].item()) <= 1e-3 * sigma[0].item()
