@@ -302,9 +302,7 @@ def bank_model(args: argparse.Namespace, bank: Any) -> Any:
     from hspace.conditioning import parse_conditioning
     from hspace.models import load_model
 
-    given = conditioning_arguments(args)
-    recorded = bank.conditioning
-    conditioning = parse_conditioning(**given, recorded=recorded) if given or recorded else None
+    conditioning = parse_conditioning(**conditioning_arguments(args), recorded=bank.conditioning)
     model = load_model(args.model, device=args.device, precision=args.precision or bank.precision)
     model = model.conditioned(conditioning)
     bank.check_model(model)

@@ -123,6 +123,10 @@ class Guidance:
     scale: float
     edit_branch: str
 
+    def guide(self, eps_uncond: torch.Tensor, eps_cond: torch.Tensor) -> torch.Tensor:
+        """eps~ = eps_uncond + w (eps_cond - eps_uncond), as ``StableDiffusionPipeline`` combines the halves."""
+        return eps_uncond + self.scale * (eps_cond - eps_uncond)
+
 
 def parse_conditioning(
     prompt: str | None = None,

@@ -80,9 +80,9 @@ def jacobian_products(
                 eps = eps_of(delta, None)
             else:
                 eps = eps_of(delta, guidance.cond)
-                if guidance.uncond is not None:  # eps~ = eps_u + w (eps_c - eps_u), the sampler's guidance
+                if guidance.uncond is not None:  # the sampler's guided eps~
                     eps_u = eps_of(delta if guidance.edit_branch == "both" else None, guidance.uncond)
-                    eps = eps_u + guidance.scale * (eps - eps_u)
+                    eps = guidance.guide(eps_u, eps)
             return eps if mask is None else eps * mask  # eq. 10: eps~ = eps (.) M
 
         def jvp(v: torch.Tensor) -> torch.Tensor:  # J V (eq. 8), batched forward mode

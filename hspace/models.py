@@ -106,8 +106,6 @@ class LoadedModel:
     precision : str
         One of :data:`PRECISIONS`: the dtype the U-Net was cast to on load (the autoencoder and text encoder stay
         float32: they run once per sample, the U-Net at every step).
-    kind : str
-        One of :data:`KINDS`.
     autoencoder : VQModel or AutoencoderKL or None
         Latent kinds: maps images to latents (:meth:`encode`) and back (:meth:`decode`).
     text : TextEncoder or None
@@ -121,7 +119,6 @@ class LoadedModel:
     scheduler_config: dict[str, Any]
     fingerprint: str
     precision: str = "fp32"
-    kind: str = "pixel"
     autoencoder: Any = None  # VQModel, AutoencoderKL or None
     text: TextEncoder | None = None
     conditioning: Conditioning | None = None
@@ -159,6 +156,11 @@ class LoadedModel:
                 "applies only to a text-conditional model; leave them out"
             )
         return replace(self, conditioning=conditioning)
+
+    @property
+    def kind(self) -> str:
+        """One of :data:`KINDS`, from the parts: no autoencoder is pixel, no text encoder latent, else text."""
+        return "pixel" if self.autoencoder is None else "latent" if self.text is None else "text"
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -277,7 +279,6 @@ def load_model(
             f"model {name!r} has no mid_block, so it has no h-space: use a U-Net whose config has a "
             "mid_block_type (the default UNetMidBlock2D)"
         )
-    kind = "pixel" if parts.autoencoder is None else "latent" if parts.text is None else "text"
     fingerprint = model_fingerprint(parts)
     # torch's own .to: diffusers' override warns about keeping fp32 modules even when, as for every
     # UNet2DModel, the list of such modules is empty.
@@ -293,10 +294,9 @@ def load_model(
         scheduler_config=parts.scheduler_config,
         fingerprint=fingerprint,
         precision=precision,
-        kind=kind,
         autoencoder=autoencoder,
         text=text,
-        conditioning=Conditioning() if kind == "text" else None,
+        conditioning=None if text is None else Conditioning(),
     )
     return model.conditioned(conditioning)
 

@@ -277,7 +277,7 @@ def _guided_eps(
         hook.replace = torch.cat([hook.replace, hook.replace])
     both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([guidance.uncond[part], cond])).sample.float()
     eps_uncond, eps_cond = both.chunk(2)
-    return eps_uncond + guidance.scale * (eps_cond - eps_uncond)
+    return guidance.guide(eps_uncond, eps_cond)
 
 
 def guidance_of(model: LoadedModel, batch: int, prompts: Sequence[str] | None) -> Guidance | None:

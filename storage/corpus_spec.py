@@ -72,11 +72,6 @@ class CorpusSpec:
             raise HSpaceError("only a latent model's corpus can store latents: leave out --latents for a pixel model")
 
     @property
-    def kind(self) -> str:
-        """The model kind (``hspace.models.KINDS``): text if conditioned, latent if it has a latent shape."""
-        return "text" if self.conditioning is not None else "pixel" if self.latent_shape is None else "latent"
-
-    @property
     def noise_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of x_t (and x_T, and eps): the latent for the latent kinds, else the image."""
         return self.image_shape if self.latent_shape is None else self.latent_shape
